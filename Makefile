@@ -1,0 +1,64 @@
+# MobileViT export toolkit. Every target sets up .venv itself (see `setup`).
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PYTHON := $(BIN)/python
+STAMP := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+
+VARIANT ?= small
+WEIGHTS ?=
+PRECISION ?=
+PATCHES ?=
+OUT ?= artifacts
+EXPORT_ARGS = --variant $(VARIANT) --out $(OUT) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
+	$(if $(PRECISION),--precision $(PRECISION)) $(if $(PATCHES),--patches $(PATCHES)) $(if $(FORCE),--force)
+
+.PHONY: setup test lint export-coreml export-onnx export-tflite export-all bench bench-full \
+	finetune bench-accuracy clean
+
+setup: $(STAMP)
+
+# Rebuilt whenever a lock file changes. torch goes first, alone and pinned (a local CPU build);
+# onnx2tf goes last without its own (older) pins.
+$(STAMP): requirements-torch.lock requirements.lock constraints.txt requirements-nodeps.lock
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -r requirements-torch.lock
+	$(PYTHON) -m pip install -q -r requirements.lock -c constraints.txt
+	$(PYTHON) -m pip install -q --no-deps -r requirements-nodeps.lock
+	$(PYTHON) -c "import torch, coremltools, onnxruntime, onnx2tf, ai_edge_litert; print('environment ok, torch', torch.__version__)"
+	touch $(STAMP)
+
+test: setup
+	$(PYTHON) -m pytest -q tests
+
+lint: setup
+	$(BIN)/ruff check mobilevit export benchmarks tests
+
+export-coreml: setup
+	$(PYTHON) -m export coreml $(EXPORT_ARGS)
+
+export-onnx: setup
+	$(PYTHON) -m export onnx $(EXPORT_ARGS)
+
+export-tflite: setup
+	$(PYTHON) -m export tflite $(EXPORT_ARGS)
+
+export-all: setup
+	$(PYTHON) -m export all $(EXPORT_ARGS)
+
+bench: setup
+	$(PYTHON) -m benchmarks --quick
+
+bench-full: setup
+	$(PYTHON) -m benchmarks --full
+
+finetune: setup
+	$(PYTHON) -m mobilevit.train
+
+bench-accuracy: setup
+	$(PYTHON) -m benchmarks.accuracy
+
+clean:
+	rm -rf artifacts .pytest_cache

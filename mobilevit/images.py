@@ -1,0 +1,79 @@
+"""Real photographs that ship with installed packages (nothing is downloaded).
+
+scikit-image, scikit-learn and matplotlib each carry a few real photos. Deterministic crops,
+flips and rescales of them give as many realistic RGB inputs as calibration and drift need.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def _skimage_photos() -> dict[str, np.ndarray]:
+    import skimage.data as d
+
+    return {n: getattr(d, n)() for n in ("astronaut", "coffee", "chelsea", "rocket")}
+
+
+def _sklearn_photos() -> dict[str, np.ndarray]:
+    import sklearn.datasets
+
+    folder = Path(sklearn.datasets.__file__).parent / "images"
+    return {p.stem: np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("*.jpg"))}
+
+
+def _matplotlib_photos() -> dict[str, np.ndarray]:
+    import matplotlib
+
+    folder = Path(matplotlib.get_data_path()) / "sample_data"
+    return {p.stem: np.asarray(Image.open(p).convert("RGB")) for p in [folder / "grace_hopper.jpg"]
+            if p.exists()}
+
+
+@lru_cache(maxsize=1)
+def base_photos() -> dict[str, np.ndarray]:
+    """Name -> uint8 RGB ``[H, W, 3]`` photograph, from installed packages."""
+    photos: dict[str, np.ndarray] = {}
+    for source in (_skimage_photos, _sklearn_photos, _matplotlib_photos):
+        photos.update(source())
+    if not photos:
+        raise RuntimeError("no sample photographs found: install scikit-image or scikit-learn")
+    return photos
+
+
+def photo_variants(count: int, seed: int = 0, min_side: int = 160) -> list[np.ndarray]:
+    """``count`` deterministic views (random crop of 50-100% of the side, optional flip) of the photos.
+
+    The first views are the whole photos, so small counts still show every photo once.
+    """
+    rng = np.random.default_rng(seed)
+    bases = list(base_photos().values())
+    out: list[np.ndarray] = []
+    for i in range(count):
+        img = bases[i % len(bases)]
+        if i >= len(bases):
+            h, w = img.shape[:2]
+            frac = rng.uniform(0.5, 1.0)
+            ch, cw = max(min_side, int(h * frac)), max(min_side, int(w * frac))
+            ch, cw = min(ch, h), min(cw, w)
+            y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+            img = img[y:y + ch, x:x + cw]
+            if rng.random() < 0.5:
+                img = img[:, ::-1]
+        out.append(np.ascontiguousarray(img))
+    return out
+
+
+def load_folder(folder: str | Path, limit: int | None = None) -> list[np.ndarray]:
+    """Every readable image under ``folder`` (sorted), as uint8 RGB arrays."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    exts = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(exts))}) found under {folder}")
+    return [np.asarray(Image.open(p).convert("RGB")) for p in files[:limit]]

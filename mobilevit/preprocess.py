@@ -1,0 +1,46 @@
+"""Preprocessing the public MobileViT weights expect: short side 288, center crop 256, [0, 1], BGR."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .config import MobileViTConfig, Preprocessing
+
+
+def resize_and_crop(rgb: np.ndarray, size: int, resize_short_side: int | None = None) -> np.ndarray:
+    """Resize the short side (bilinear), center-crop ``size x size``; uint8 RGB in and out.
+
+    ``resize_short_side`` defaults to ``size * 288 / 256``, the ratio of the public eval pipeline.
+    """
+    short = resize_short_side or int(round(size * 288 / 256))
+    img = Image.fromarray(rgb)
+    w, h = img.size
+    scale = short / min(w, h)
+    nw, nh = max(size, int(round(w * scale))), max(size, int(round(h * scale)))
+    img = img.resize((nw, nh), Image.BILINEAR)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)))
+
+
+def to_tensor(rgb_crops: list[np.ndarray] | np.ndarray, pre: Preprocessing = Preprocessing()) -> torch.Tensor:
+    """uint8 RGB ``[H, W, 3]`` crops -> float ``[B, 3, H, W]`` in the model's channel order and scale."""
+    arr = np.stack(rgb_crops) if isinstance(rgb_crops, list) else rgb_crops[None]
+    arr = arr.astype(np.float32) * pre.pixel_scale  # [B, H, W, 3] RGB
+    if pre.channel_order == "BGR":
+        arr = arr[..., ::-1]  # RGB -> BGR
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(0, 3, 1, 2)))  # -> [B, 3, H, W]
+
+
+def preprocess(images: list[np.ndarray], cfg: MobileViTConfig, size: int | None = None) -> torch.Tensor:
+    """Full eval pipeline for a list of uint8 RGB images."""
+    size = size or cfg.preprocessing.crop_size
+    short = cfg.preprocessing.resize_short_side * size // cfg.preprocessing.crop_size
+    return to_tensor([resize_and_crop(im, size, short) for im in images], cfg.preprocessing)
+
+
+def sample_batch(cfg: MobileViTConfig, count: int = 8, size: int | None = None, seed: int = 0) -> torch.Tensor:
+    """A preprocessed batch of real photographs (see :mod:`mobilevit.images`)."""
+    from .images import photo_variants
+
+    return preprocess(photo_variants(count, seed), cfg, size)

@@ -1,0 +1,104 @@
+"""The reference model: public sizes, MACs, patch strategies, sizes, features."""
+import pytest
+import torch
+
+import mobilevit
+from mobilevit import InputSizeError, build, count_macs, count_params
+from mobilevit.config import UnknownVariantError, get_config
+from mobilevit.patches import STRATEGIES, UnknownPatchStrategyError, get_strategy
+
+PARAMS = {"xx_small": 1_272_024, "x_small": 2_317_848, "small": 5_578_632}
+MACS_G = {"xx_small": 0.407, "x_small": 1.026, "small": 2.001}
+
+
+@pytest.mark.parametrize("variant", PARAMS)
+def test_parameter_count_is_public(variant):
+    model = build(variant)
+    assert count_params(model) == PARAMS[variant]
+    assert round(count_params(model) / 1e6, 2) == get_config(variant).public.params_m
+
+
+@pytest.mark.parametrize("variant", PARAMS)
+def test_macs_within_5_percent_of_public(variant):
+    macs = count_macs(build(variant)) / 1e9
+    assert macs == pytest.approx(MACS_G[variant], abs=0.002)
+    public = get_config(variant).public.gflops
+    assert abs(macs - public) / public < 0.05
+
+
+@pytest.mark.parametrize("variant", PARAMS)
+@pytest.mark.parametrize("size", [(160, 160), (256, 256), (224, 320)])
+def test_every_patch_strategy_equals_reference(variant, size):
+    torch.manual_seed(0)
+    model = build(variant)
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        ref = model(x)
+        for name in STRATEGIES:
+            out = model.set_patches(name)(x)
+            assert torch.equal(out, ref), name
+    model.set_patches("reference")
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+@pytest.mark.parametrize("shape", [(1, 8, 4, 6), (3, 5, 8, 8), (2, 16, 16, 2)])
+def test_unfold_fold_roundtrip_and_grouping(name, shape):
+    """Each strategy inverts itself and groups the same pixels as the reference."""
+    s, ref = get_strategy(name), get_strategy("reference")
+    x = torch.randn(shape)
+    t = s.unfold(x, 2)
+    assert t.shape == (shape[0] * 4, shape[2] * shape[3] // 4, shape[1])
+    assert torch.equal(s.fold(t, shape, 2), x)
+    # Same multiset of sequences: sort the sequence axis and compare.
+    a = torch.sort(t.reshape(-1, t.shape[-1] * t.shape[-2]), dim=0).values
+    b = torch.sort(ref.unfold(x, 2).reshape(-1, t.shape[-1] * t.shape[-2]), dim=0).values
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("size", [(250, 256), (256, 100), (16, 16)])
+def test_bad_input_size_is_a_clear_error(size):
+    with pytest.raises(InputSizeError, match="multiples of 32"):
+        build("xx_small")(torch.zeros(1, 3, *size))
+
+
+def test_wrong_channels_is_a_clear_error():
+    with pytest.raises(InputSizeError, match=r"\[B, 3, H, W\]"):
+        build("xx_small")(torch.zeros(1, 4, 256, 256))
+
+
+def test_features_only_returns_five_stages():
+    model = build("x_small", features_only=True)
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, 256, 256))
+    assert [tuple(f.shape) for f in feats] == [
+        (1, 32, 128, 128), (1, 48, 64, 64), (1, 64, 32, 32), (1, 80, 16, 16), (1, 96, 8, 8)]
+    model = build("x_small", features_only=True, out_indices=(2, -1))
+    with torch.no_grad():
+        assert [f.shape[1] for f in model(torch.randn(1, 3, 256, 256))] == [64, 96]
+
+
+def test_unknown_names_list_the_choices():
+    with pytest.raises(UnknownVariantError, match="xx_small, x_small, small"):
+        get_config("medium")
+    with pytest.raises(UnknownPatchStrategyError, match="reference"):
+        get_strategy("magic")
+
+
+def test_variant_table_metadata():
+    for name, cfg in mobilevit.VARIANTS.items():
+        assert cfg.input_size == 256 and cfg.preprocessing.channel_order == "BGR"
+        assert set(cfg.public.checkpoints) == {"mmpretrain", "cvnets", "timm", "huggingface"}
+        assert cfg.name == name
+
+
+def test_synthetic_weights_stay_out_of_denormals(synthetic_xxs):
+    from mobilevit.preprocess import sample_batch
+
+    x = sample_batch(synthetic_xxs.cfg, 4)
+    with torch.no_grad():
+        feats = synthetic_xxs.forward_stages(x)
+        logits = synthetic_xxs(x)
+    for f in feats:
+        assert 0.05 < f.std().item() < 20
+    assert logits.std().item() > 0.05
+    assert len(set(logits.argmax(1).tolist())) > 1  # photos do not all collapse to one class
