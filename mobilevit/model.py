@@ -62,15 +62,15 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        S, N, d = x.shape
+        _, N, d = x.shape
         h, hd = self.num_heads, self.head_dim
         q, k, v = self.qkv(x).chunk(3, dim=-1)  # [S, N, 3d] -> 3 x [S, N, d]
-        q = q.reshape(S, N, h, hd).transpose(1, 2)  # -> [S, h, N, hd]
-        k = k.reshape(S, N, h, hd).permute(0, 2, 3, 1)  # -> [S, h, hd, N]
-        v = v.reshape(S, N, h, hd).transpose(1, 2)  # -> [S, h, N, hd]
+        q = q.reshape(-1, N, h, hd).transpose(1, 2)  # -> [S, h, N, hd]
+        k = k.reshape(-1, N, h, hd).permute(0, 2, 3, 1)  # -> [S, h, hd, N]
+        v = v.reshape(-1, N, h, hd).transpose(1, 2)  # -> [S, h, N, hd]
         attn = torch.matmul(q * self.scale, k).softmax(dim=-1)  # -> [S, h, N, N]
         out = torch.matmul(attn, v)  # -> [S, h, N, hd]
-        out = out.transpose(1, 2).reshape(S, N, d)  # -> [S, N, h, hd] -> [S, N, d]
+        out = out.transpose(1, 2).reshape(-1, N, d)  # -> [S, N, h, hd] -> [S, N, d]
         return self.proj(out)
 
 

@@ -6,6 +6,8 @@ tokens back. Attention never mixes different pixel positions inside a patch, so 
 puts the same pixels in the same sequence gives identical results; only the graph differs.
 
 Every strategy is a pair ``unfold(x, p) -> tokens`` and ``fold(tokens, (B, C, H, W), p) -> x``.
+The batch-bearing dimension of every reshape is ``-1``, so exported graphs keep a dynamic batch
+without computing shapes at run time.
 ``reference`` is the public code's reshape/transpose chain; the others are rewrites that suit
 particular converters. They are all exactly equal to ``reference`` in fp32 (``tests/``).
 """
@@ -35,24 +37,24 @@ class PatchStrategy:
 # --------------------------------------------------------------------------------------------
 def reference_unfold(x: torch.Tensor, p: int) -> torch.Tensor:
     """Public reshape/transpose unfold. Merges batch and channel dims (``B * C * n_h``)."""
-    B, C, H, W = x.shape
+    _, C, H, W = x.shape
     nh, nw = H // p, W // p
-    x = x.reshape(B * C * nh, p, nw, p)  # [B, C, H, W] -> [B*C*n_h, p_h, n_w, p_w]
+    x = x.reshape(-1, p, nw, p)  # [B, C, H, W] -> [B*C*n_h, p_h, n_w, p_w]
     x = x.transpose(1, 2)  # -> [B*C*n_h, n_w, p_h, p_w]
-    x = x.reshape(B, C, nh * nw, p * p)  # -> [B, C, N, P]
+    x = x.reshape(-1, C, nh * nw, p * p)  # -> [B, C, N, P]
     x = x.transpose(1, 3)  # -> [B, P, N, C]
-    return x.reshape(B * p * p, nh * nw, C)  # -> [B*P, N, C]
+    return x.reshape(-1, nh * nw, C)  # -> [B*P, N, C]
 
 
 def reference_fold(t: torch.Tensor, shape: Shape4, p: int) -> torch.Tensor:
     """Inverse of :func:`reference_unfold`."""
-    B, C, H, W = shape
+    _, C, H, W = shape
     nh, nw = H // p, W // p
-    x = t.reshape(B, p * p, nh * nw, C)  # [B*P, N, C] -> [B, P, N, C]
+    x = t.reshape(-1, p * p, nh * nw, C)  # [B*P, N, C] -> [B, P, N, C]
     x = x.transpose(1, 3)  # -> [B, C, N, P]
-    x = x.reshape(B * C * nh, nw, p, p)  # -> [B*C*n_h, n_w, p_h, p_w]
+    x = x.reshape(-1, nw, p, p)  # -> [B*C*n_h, n_w, p_h, p_w]
     x = x.transpose(1, 2)  # -> [B*C*n_h, p_h, n_w, p_w]
-    return x.reshape(B, C, H, W)  # -> [B, C, H, W]
+    return x.reshape(-1, C, H, W)  # -> [B, C, H, W]
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,21 +62,21 @@ def reference_fold(t: torch.Tensor, shape: Shape4, p: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 def pixel_shuffle_unfold(x: torch.Tensor, p: int) -> torch.Tensor:
     """Space-to-depth, then one permute. Batch and channel stay separate dims."""
-    B, C, H, W = x.shape
+    _, C, H, W = x.shape
     nh, nw = H // p, W // p
     x = F.pixel_unshuffle(x, p)  # [B, C, H, W] -> [B, C*P, n_h, n_w], channel = c*P + (i*p + j)
-    x = x.reshape(B, C, p * p, nh * nw)  # -> [B, C, P, N]
+    x = x.reshape(-1, C, p * p, nh * nw)  # -> [B, C, P, N]
     x = x.permute(0, 2, 3, 1)  # -> [B, P, N, C]
-    return x.reshape(B * p * p, nh * nw, C)  # -> [B*P, N, C]
+    return x.reshape(-1, nh * nw, C)  # -> [B*P, N, C]
 
 
 def pixel_shuffle_fold(t: torch.Tensor, shape: Shape4, p: int) -> torch.Tensor:
     """Inverse of :func:`pixel_shuffle_unfold`: one permute, then depth-to-space."""
-    B, C, H, W = shape
+    _, C, H, W = shape
     nh, nw = H // p, W // p
-    x = t.reshape(B, p * p, nh * nw, C)  # [B*P, N, C] -> [B, P, N, C]
+    x = t.reshape(-1, p * p, nh * nw, C)  # [B*P, N, C] -> [B, P, N, C]
     x = x.permute(0, 3, 1, 2)  # -> [B, C, P, N]
-    x = x.reshape(B, C * p * p, nh, nw)  # -> [B, C*P, n_h, n_w]
+    x = x.reshape(-1, C * p * p, nh, nw)  # -> [B, C*P, n_h, n_w]
     return F.pixel_shuffle(x, p)  # -> [B, C, H, W]
 
 
@@ -89,21 +91,21 @@ def _one_hot_kernel(C: int, p: int, like: torch.Tensor) -> torch.Tensor:
 
 def conv_unfold(x: torch.Tensor, p: int) -> torch.Tensor:
     """Unfold as a strided depthwise conv with one-hot kernels (same layout as space-to-depth)."""
-    B, C, H, W = x.shape
+    _, C, H, W = x.shape
     nh, nw = H // p, W // p
     x = F.conv2d(x, _one_hot_kernel(C, p, x), stride=p, groups=C)  # -> [B, C*P, n_h, n_w]
-    x = x.reshape(B, C, p * p, nh * nw)  # -> [B, C, P, N]
+    x = x.reshape(-1, C, p * p, nh * nw)  # -> [B, C, P, N]
     x = x.permute(0, 2, 3, 1)  # -> [B, P, N, C]
-    return x.reshape(B * p * p, nh * nw, C)  # -> [B*P, N, C]
+    return x.reshape(-1, nh * nw, C)  # -> [B*P, N, C]
 
 
 def conv_fold(t: torch.Tensor, shape: Shape4, p: int) -> torch.Tensor:
     """Fold as a strided depthwise transposed conv with the same one-hot kernels."""
-    B, C, H, W = shape
+    _, C, H, W = shape
     nh, nw = H // p, W // p
-    x = t.reshape(B, p * p, nh * nw, C)  # [B*P, N, C] -> [B, P, N, C]
+    x = t.reshape(-1, p * p, nh * nw, C)  # [B*P, N, C] -> [B, P, N, C]
     x = x.permute(0, 3, 1, 2)  # -> [B, C, P, N]
-    x = x.reshape(B, C * p * p, nh, nw)  # -> [B, C*P, n_h, n_w]
+    x = x.reshape(-1, C * p * p, nh, nw)  # -> [B, C*P, n_h, n_w]
     return F.conv_transpose2d(x, _one_hot_kernel(C, p, x), stride=p, groups=C)  # -> [B, C, H, W]
 
 
@@ -116,27 +118,27 @@ def slice_unfold(x: torch.Tensor, p: int) -> torch.Tensor:
     Sequences come out position-major (``k * B + b``) rather than batch-major; that only
     reorders independent sequences, and :func:`slice_fold` undoes it.
     """
-    B, C, H, W = x.shape
+    _, C, H, W = x.shape
     nh, nw = H // p, W // p
     parts = [x[:, :, i::p, j::p] for i in range(p) for j in range(p)]  # P x [B, C, n_h, n_w]
     x = torch.cat(parts, dim=0)  # -> [P*B, C, n_h, n_w]
-    x = x.reshape(p * p * B, C, nh * nw)  # -> [P*B, C, N]
+    x = x.reshape(-1, C, nh * nw)  # -> [P*B, C, N]
     return x.transpose(1, 2)  # -> [P*B, N, C]
 
 
 def slice_fold(t: torch.Tensor, shape: Shape4, p: int) -> torch.Tensor:
     """Inverse of :func:`slice_unfold`: interleave columns, then rows, by concat + reshape."""
-    B, C, H, W = shape
+    _, C, H, W = shape
     nh, nw = H // p, W // p
     x = t.transpose(1, 2)  # [P*B, N, C] -> [P*B, C, N]
-    x = x.reshape(p * p * B, C * nh, nw, 1)  # -> [P*B, C*n_h, n_w, 1]
-    parts = x.split(B, dim=0)  # P x [B, C*n_h, n_w, 1], part k = i*p + j
+    x = x.reshape(-1, C * nh, nw, 1)  # -> [P*B, C*n_h, n_w, 1]
+    parts = x.chunk(p * p, dim=0)  # P x [B, C*n_h, n_w, 1], part k = i*p + j
     rows = []
     for i in range(p):
         r = torch.cat(parts[i * p:(i + 1) * p], dim=3)  # -> [B, C*n_h, n_w, p_w]
-        rows.append(r.reshape(B, C * nh, 1, W))  # -> [B, C*n_h, 1, W]
+        rows.append(r.reshape(-1, C * nh, 1, W))  # -> [B, C*n_h, 1, W]
     x = torch.cat(rows, dim=2)  # -> [B, C*n_h, p_h, W]
-    return x.reshape(B, C, H, W)  # -> [B, C, H, W]
+    return x.reshape(-1, C, H, W)  # -> [B, C, H, W]
 
 
 STRATEGIES: dict[str, PatchStrategy] = {}
