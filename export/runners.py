@@ -115,3 +115,71 @@ def coreml_runtime_available() -> tuple[bool, str]:
     if platform.system() != "Darwin":
         return False, f"Core ML prediction needs macOS (this is {platform.system()})"
     return True, ""
+
+
+class CoreMLRuntimeRunner(Runner):
+    """Core ML's own runtime (macOS only); image inputs get PIL images, as an app would pass."""
+
+    runtime = "coreml"
+
+    def __init__(self, path, threads: int = 2, compute_units: str = "ALL"):
+        super().__init__(path, threads)
+        ok, reason = coreml_runtime_available()
+        if not ok:
+            raise RunnerUnavailable(reason)
+        import coremltools as ct
+
+        self.model = ct.models.MLModel(str(self.path), compute_units=getattr(ct.ComputeUnit, compute_units))
+        spec = self.model.get_spec()
+        self.input = spec.description.input[0]
+        self.is_image = self.input.type.HasField("imageType")
+        self.bgr = self.is_image and self.input.type.imageType.colorSpace == 30  # ColorSpace.BGR
+        self.output = spec.description.predictedProbabilitiesName or spec.description.output[0].name
+        self.labels = None
+        if spec.description.predictedProbabilitiesName:
+            from .coreml_labels import classifier_labels
+
+            self.labels = classifier_labels(spec)
+
+    @property
+    def version(self) -> str:
+        import coremltools as ct
+
+        return ct.__version__
+
+    def _one(self, x: np.ndarray) -> np.ndarray:
+        if self.is_image:
+            from PIL import Image
+
+            pixels = np.clip(np.round(x[0].transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
+            if self.bgr:
+                pixels = pixels[..., ::-1]  # the model's BGR channels -> the RGB image an app holds
+            feed = Image.fromarray(np.ascontiguousarray(pixels))
+        else:
+            feed = x.astype(np.float32)
+        out = self.model.predict({self.input.name: feed})[self.output]
+        if isinstance(out, dict):
+            out = np.array([out[label] for label in self.labels], dtype=np.float32)
+        return np.asarray(out, np.float32).reshape(1, -1)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.concatenate([self._one(x[i:i + 1]) for i in range(x.shape[0])])
+
+
+def make_runner(path: str | Path, threads: int = 2, **kwargs) -> Runner:
+    """Pick the runner by suffix. ``.mlpackage`` uses Core ML on macOS, else the reference executor."""
+    suffix = Path(path).suffix
+    if suffix == ".onnx":
+        return OnnxRuntimeRunner(path, threads)
+    if suffix == ".tflite":
+        return LiteRTRunner(path, threads)
+    if suffix == ".mlpackage":
+        if coreml_runtime_available()[0]:
+            return CoreMLRuntimeRunner(path, threads)
+        try:
+            from .coreml_reference import CoreMLReferenceRunner
+        except ImportError as e:  # pragma: no cover - the executor ships with the package
+            raise RunnerUnavailable(f"{coreml_runtime_available()[1]}, and the reference executor "
+                                    f"is not importable ({e})") from e
+        return CoreMLReferenceRunner(path, threads=threads, **kwargs)
+    raise ValueError(f"no runner for {path}: unknown artifact type {suffix!r}")

@@ -1,0 +1,124 @@
+"""Core ML export: an ``.mlpackage`` ML program a user can drop into Xcode.
+
+Defaults: FLOAT16 compute precision, image input (BGR, scale 1/255: what the public weights
+expect), classifier output with the class names (softmax probabilities + top label). Options:
+FLOAT32, a tensor input, raw logits, several input sizes in one model (``EnumeratedShapes``),
+and weight compression through ``coremltools.optimize`` (8-bit linear, 6-bit palettization).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+IMAGE_INPUT = "image"
+TENSOR_INPUT = "input"
+LOGITS_OUTPUT = "logits"
+PROBS_OUTPUT = "classLabel_probs"
+LABEL_OUTPUT = "classLabel"
+
+
+@dataclass(frozen=True)
+class CoreMLOptions:
+    """What the Core ML artifact looks like; see ``export.config.TARGETS['coreml']``."""
+
+    precision: str = "fp16"  # fp16 | fp32 | int8 | palettize6 (compression implies fp16 compute)
+    input_kind: str = "image"  # image | tensor
+    output_kind: str = "classifier"  # classifier | logits
+    sizes: tuple[int, ...] = (256,)  # several sizes -> EnumeratedShapes; the first is the default
+    labels: tuple[str, ...] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class _Probabilities(torch.nn.Module):
+    """Classifier head for Core ML: ``classify`` expects probabilities, so add the softmax."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x).softmax(dim=-1)
+
+
+def _input_shape(sizes: tuple[int, ...]):
+    import coremltools as ct
+
+    if len(sizes) == 1:
+        return (1, 3, sizes[0], sizes[0])
+    shapes = [(1, 3, s, s) for s in sizes]
+    return ct.EnumeratedShapes(shapes=shapes, default=shapes[0])
+
+
+def convert_coreml(model: torch.nn.Module, opts: CoreMLOptions = CoreMLOptions()):
+    """Trace ``model`` and convert it to an ML program; returns an unsaved ``ct.models.MLModel``."""
+    import coremltools as ct
+
+    size = opts.sizes[0]
+    classifier = opts.output_kind == "classifier"
+    module = (_Probabilities(model) if classifier else model).eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, torch.zeros(1, 3, size, size))
+    shape = _input_shape(opts.sizes)
+    if opts.input_kind == "image":
+        inputs = [ct.ImageType(name=IMAGE_INPUT, shape=shape, scale=1.0 / 255.0,
+                               color_layout=ct.colorlayout.BGR)]
+    else:
+        inputs = [ct.TensorType(name=TENSOR_INPUT, shape=shape)]
+    kwargs = {}
+    if classifier:
+        if not opts.labels:
+            raise ValueError("a classifier output needs class labels")
+        kwargs["classifier_config"] = ct.ClassifierConfig(list(opts.labels), predicted_feature_name=LABEL_OUTPUT)
+    else:
+        kwargs["outputs"] = [ct.TensorType(name=LOGITS_OUTPUT)]
+    precision = ct.precision.FLOAT32 if opts.precision == "fp32" else ct.precision.FLOAT16
+    mlmodel = ct.convert(traced, convert_to="mlprogram", inputs=inputs, compute_precision=precision,
+                         minimum_deployment_target=ct.target.iOS16, skip_model_load=True, **kwargs)
+    if opts.precision in ("int8", "palettize6"):
+        mlmodel = compress_weights(mlmodel, opts.precision)
+    _describe(mlmodel, opts, classifier)
+    return mlmodel
+
+
+def compress_weights(mlmodel, scheme: str):
+    """8-bit symmetric linear quantization (``int8``) or 6-bit k-means palettization of weights."""
+    import coremltools.optimize.coreml as cto
+
+    if scheme == "int8":
+        config = cto.OptimizationConfig(
+            global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"))
+        return cto.linear_quantize_weights(mlmodel, config)
+    if scheme == "palettize6":
+        config = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=6))
+        return cto.palettize_weights(mlmodel, config)
+    raise ValueError(f"unknown Core ML weight compression {scheme!r}")
+
+
+def _describe(mlmodel, opts: CoreMLOptions, classifier: bool) -> None:
+    """Model card fields Xcode shows: description, author, license, version, I/O descriptions."""
+    md = dict(opts.metadata)
+    variant = md.get("variant", "?")
+    synthetic = md.get("synthetic") == "true"
+    mlmodel.short_description = (
+        f"MobileViT v1 {variant} image classifier (Mehta & Rastegari, ICLR 2022). "
+        + ("WARNING: calibrated SYNTHETIC weights, predictions are meaningless; export a real "
+           "checkpoint with --weights." if synthetic else f"Weights: {md.get('weights_origin', '?')}."))
+    mlmodel.author = md.pop("author", "mobilevit-export toolkit")
+    mlmodel.license = md.pop("license", "Model code MIT; weights under their publisher's license")
+    mlmodel.version = md.pop("version", "1.0")
+    for key, value in md.items():
+        mlmodel.user_defined_metadata[key] = str(value)
+    sizes = ", ".join(f"{s}x{s}" for s in opts.sizes)
+    name = IMAGE_INPUT if opts.input_kind == "image" else TENSOR_INPUT
+    mlmodel.input_description[name] = (
+        f"Colour image, {sizes} (center crop after resizing the short side); Core ML feeds it in BGR "
+        "order scaled to [0, 1]." if opts.input_kind == "image" else
+        f"Float tensor [1, 3, H, W] for H = W in ({sizes}): BGR channels, pixel values / 255.")
+    if classifier:
+        mlmodel.output_description[PROBS_OUTPUT] = "Probability of each class (softmax of the logits)"
+        mlmodel.output_description[LABEL_OUTPUT] = "Most likely class"
+    else:
+        mlmodel.output_description[LOGITS_OUTPUT] = "Class logits [1, num_classes] (before softmax)"

@@ -1,0 +1,137 @@
+"""ONNX export: opset 18 through torch.export, single file, simplified; fp16 and int8 variants."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+OPSET = 18
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+@contextlib.contextmanager
+def _quiet():
+    """torch.onnx prints progress lines and warnings about torchvision ops we never use."""
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def export_onnx(model: torch.nn.Module, path: str | Path, *, size: int = 256, dynamic_batch: bool = True,
+                dynamic_hw: bool = False, simplify: bool = True) -> Path:
+    """Write ``model`` ([B, 3, H, W] -> logits) as one fp32 ONNX file at ``path``.
+
+    ``dynamic_hw`` makes height and width symbolic multiples of 64 (64 ... 512): that keeps every
+    MobileViT grid even, so no resize branch is baked into the graph.
+    """
+    path = Path(path)
+    model = model.eval()
+    x = torch.zeros(1, 3, size, size)
+    dims: dict[int, object] = {}
+    if dynamic_batch:
+        dims[0] = torch.export.Dim("batch", min=1, max=1024)
+    if dynamic_hw:
+        if size % 64:
+            raise ValueError(f"dynamic height/width needs an example size that is a multiple of 64, got {size}")
+        dims[2] = 64 * torch.export.Dim("h64", min=1, max=8)
+        dims[3] = 64 * torch.export.Dim("w64", min=1, max=8)
+    kwargs = dict(dynamo=True, external_data=False, opset_version=OPSET, input_names=[INPUT_NAME],
+                  output_names=[OUTPUT_NAME], optimize=True)
+    if dims:
+        kwargs["dynamic_shapes"] = (dims,)
+    with _quiet(), torch.no_grad():
+        torch.onnx.export(model, (x,), str(path), **kwargs)
+    if simplify:
+        simplify_onnx(path)
+    return path
+
+
+def simplify_onnx(path: str | Path) -> Path:
+    """Run onnxsim in place; a model it cannot prove equal is an error, not a silent keep."""
+    import onnx
+    import onnxsim
+
+    model = onnx.load(str(path))
+    simplified, ok = onnxsim.simplify(model)
+    if not ok:
+        raise RuntimeError(f"onnxsim could not validate the simplified graph of {path}")
+    onnx.save(simplified, str(path))
+    return Path(path)
+
+
+class _PhotoReader:
+    """onnxruntime calibration reader over a float32 ``[N, 3, H, W]`` array, one image per batch."""
+
+    def __init__(self, images: np.ndarray):
+        self.images = images.astype(np.float32)
+        self.i = 0
+
+    def get_next(self):
+        if self.i >= len(self.images):
+            return None
+        self.i += 1
+        return {INPUT_NAME: self.images[self.i - 1:self.i]}
+
+    def rewind(self):
+        self.i = 0
+
+
+def activation_matmuls(model) -> list[str]:
+    """Names of MatMul nodes whose inputs are both activations (attention q.k^T and attn.v).
+
+    Quantizing those to 8 bits wrecks attention (softmax logits lose their fine structure), so
+    static int8 keeps them in float and quantizes only weight-bearing Conv/MatMul/Gemm.
+    """
+    weights = {init.name for init in model.graph.initializer}
+    weights |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+    return [n.name for n in model.graph.node
+            if n.op_type == "MatMul" and not (set(n.input) & weights)]
+
+
+def convert_onnx_precision(fp32_path: str | Path, out_path: str | Path, precision: str,
+                           calibration: np.ndarray | None = None) -> Path:
+    """Derive an fp16, static-int8 (QDQ) or dynamic-int8 model from an fp32 one.
+
+    * ``fp16``: weights and activations in fp16, fp32 input/output (``keep_io_types``).
+    * ``int8``: static QDQ, per-channel weights, activations calibrated on ``calibration``
+      (real photographs). Only Conv/MatMul/Gemm are quantized: LayerNorm, Softmax and SiLU stay
+      in float, which keeps MobileViT's attention usable.
+    * ``int8_dynamic``: int8 MatMul/Gemm weights, activations quantized at run time.
+    """
+    import onnx
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    if precision == "fp32":
+        onnx.save(onnx.load(str(fp32_path)), str(out_path))
+    elif precision == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+        onnx.save(model, str(out_path))
+    elif precision == "int8":
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        if calibration is None or len(calibration) == 0:
+            raise ValueError("static int8 quantization needs calibration images")
+        quantize_static(str(fp32_path), str(out_path), _PhotoReader(calibration),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                        nodes_to_exclude=activation_matmuls(onnx.load(str(fp32_path))),
+                        calibrate_method=CalibrationMethod.Percentile,
+                        extra_options={"CalibPercentile": 99.999})
+    elif precision == "int8_dynamic":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul", "Gemm"])
+    else:
+        raise ValueError(f"unknown ONNX precision {precision!r}")
+    return out_path
