@@ -83,6 +83,14 @@ class _PhotoReader:
         self.i = 0
 
 
+# Static int8 scope. Measured on xx_small (calibrated synthetic weights, 32 calibration photos,
+# 16 validation photos; cosine to fp32 / top-1 agreement): Conv+MatMul+Gemm 0.86 / 44%,
+# without depthwise convs 0.93 / 50%, Conv only 0.87 / 44%, weight MatMul+Gemm only 0.999 / 100%.
+# Per-tensor activation scales cannot follow MobileViT's conv activations, so static int8
+# quantizes the transformer and classifier linears and keeps convolutions in float.
+STATIC_INT8_OPS = ("MatMul", "Gemm")
+
+
 def activation_matmuls(model) -> list[str]:
     """Names of MatMul nodes whose inputs are both activations (attention q.k^T and attn.v).
 
@@ -101,8 +109,8 @@ def convert_onnx_precision(fp32_path: str | Path, out_path: str | Path, precisio
 
     * ``fp16``: weights and activations in fp16, fp32 input/output (``keep_io_types``).
     * ``int8``: static QDQ, per-channel weights, activations calibrated on ``calibration``
-      (real photographs). Only Conv/MatMul/Gemm are quantized: LayerNorm, Softmax and SiLU stay
-      in float, which keeps MobileViT's attention usable.
+      (real photographs). Only weight-bearing MatMul/Gemm are quantized (see ``STATIC_INT8_OPS``);
+      attention matmuls, convolutions, LayerNorm, Softmax and SiLU stay in float.
     * ``int8_dynamic``: int8 MatMul/Gemm weights, activations quantized at run time.
     """
     import onnx
@@ -120,13 +128,13 @@ def convert_onnx_precision(fp32_path: str | Path, out_path: str | Path, precisio
 
         if calibration is None or len(calibration) == 0:
             raise ValueError("static int8 quantization needs calibration images")
+        model = onnx.load(str(fp32_path))
         quantize_static(str(fp32_path), str(out_path), _PhotoReader(calibration),
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=["Conv", "MatMul", "Gemm"],
-                        nodes_to_exclude=activation_matmuls(onnx.load(str(fp32_path))),
-                        calibrate_method=CalibrationMethod.Percentile,
-                        extra_options={"CalibPercentile": 99.999})
+                        op_types_to_quantize=list(STATIC_INT8_OPS),
+                        nodes_to_exclude=activation_matmuls(model),
+                        calibrate_method=CalibrationMethod.MinMax)
     elif precision == "int8_dynamic":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 

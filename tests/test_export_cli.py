@@ -1,0 +1,93 @@
+"""The CLI: bad requests get a clear error, exit 2, and write nothing; failures leave nothing."""
+import os
+
+import pytest
+
+from export.__main__ import EXIT_BAD_REQUEST, EXIT_CONVERSION, EXIT_VALIDATION, main
+
+
+def _run(args, capsys):
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["onnx", "--variant", "medium"], "unknown MobileViT variant 'medium'"),
+    (["onnx", "--precision", "int4"], "precision 'int4' is not available for onnx"),
+    (["onnx", "--size", "250"], "size 250 is not accepted"),
+    (["onnx", "--size", "abc"], "--size must be integers"),
+    (["coreml", "--size", "160,256"], "odd patch grid"),
+    (["tflite", "--dynamic-hw"], "--dynamic-hw applies to ONNX only"),
+])
+def test_bad_requests_exit_2_and_write_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    code, err = _run(args + ["--out", str(out)], capsys)
+    assert code == EXIT_BAD_REQUEST
+    assert message in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_unknown_strategy_is_refused_by_argparse(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["onnx", "--patches", "magic"])
+    assert e.value.code == 2
+    assert "invalid choice: 'magic'" in capsys.readouterr().err
+
+
+def test_existing_output_needs_force(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["onnx", "--variant", "xx_small", "--out", str(out)]
+    assert main(args) == 0
+    code, err = _run(args, capsys)
+    assert code == EXIT_BAD_REQUEST and "already exists: pass --force" in err
+    assert main(args + ["--force"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["mobilevit_xx_small_onnx_fp32"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere; permission bits do not bind")
+def test_unwritable_output(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    code, err = _run(["onnx", "--variant", "xx_small", "--out", str(locked)], capsys)
+    assert code == EXIT_BAD_REQUEST and "not writable" in err
+
+
+def test_output_that_is_a_file(tmp_path, capsys):
+    target = tmp_path / "file"
+    target.write_text("x")
+    code, err = _run(["onnx", "--variant", "xx_small", "--out", str(target / "sub")], capsys)
+    assert code == EXIT_BAD_REQUEST and "choose another --out" in err
+
+
+def test_failed_validation_writes_nothing(tmp_path, capsys, monkeypatch):
+    from export import config
+
+    monkeypatch.setitem(config.TOLERANCES, ("onnx", "fp32"), config.Tolerance(0.0, 1.1, 1.0))
+    out = tmp_path / "out"
+    code, err = _run(["onnx", "--variant", "xx_small", "--out", str(out)], capsys)
+    assert code == EXIT_VALIDATION
+    assert "failed validation" in err and "cosine similarity" in err and "max abs diff" in err
+    assert list(out.iterdir()) == []
+
+
+def test_interrupted_conversion_leaves_nothing(tmp_path, capsys, monkeypatch):
+    import export.onnx
+
+    def broken(model, path, **kw):
+        path.write_bytes(b"half an onnx file")
+        raise RuntimeError("simulated crash half-way")
+
+    monkeypatch.setattr(export.onnx, "export_onnx", broken)
+    out = tmp_path / "out"
+    code, err = _run(["onnx", "--variant", "xx_small", "--out", str(out)], capsys)
+    assert code == EXIT_CONVERSION and "simulated crash" in err
+    assert list(out.iterdir()) == []
+
+
+def test_help_explains_choices(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for word in ("coreml", "onnx", "tflite", "pixel_shuffle", "palettize6", "int8_dynamic", "exit codes"):
+        assert word in text
