@@ -5,12 +5,37 @@ import tempfile
 from pathlib import Path
 
 from .pipeline import ExportRequest, ExportResult, _input_spec, _say, publish_artifact
+from .validate import ValidationError
+
+
+class _Collector:
+    """Publish each precision on its own; remember failures and raise them together at the end."""
+
+    def __init__(self):
+        self.results: list[ExportResult] = []
+        self.failed: list[ValidationError] = []
+
+    def add(self, fn, *args, **kwargs) -> None:
+        try:
+            self.results.append(fn(*args, **kwargs))
+        except ValidationError as e:
+            _say(str(e))
+            self.failed.append(e)
+
+    def finish(self) -> list[ExportResult]:
+        if self.failed:
+            done = [str(r.artifact) for r in self.results]
+            problems = [f"{e.artifact}: {p}" for e in self.failed for p in e.problems]
+            if done:
+                problems.append("published anyway (they passed): " + ", ".join(done))
+            raise ValidationError(", ".join(e.artifact for e in self.failed), problems)
+        return self.results
 
 
 def build_coreml(req: ExportRequest, model, weights, labels, val, calib, dests) -> list[ExportResult]:
     from .coreml import IMAGE_INPUT, LABEL_OUTPUT, LOGITS_OUTPUT, PROBS_OUTPUT, TENSOR_INPUT, CoreMLOptions, convert_coreml
 
-    results = []
+    results = _Collector()
     classifier = req.output_kind == "classifier"
     for precision, dest in dests.items():
         meta = {"variant": model.cfg.name, "weights_origin": weights["origin"],
@@ -29,15 +54,15 @@ def build_coreml(req: ExportRequest, model, weights, labels, val, calib, dests) 
         in_spec = _input_spec(req, "image" if req.input_kind == "image" else "NCHW", name)
         out_spec = ({"probabilities": PROBS_OUTPUT, "label": LABEL_OUTPUT, "classes": len(labels)}
                     if classifier else {"name": LOGITS_OUTPUT, "shape": [1, model.cfg.num_classes]})
-        results.append(publish_artifact(req, precision, dest, make, model, weights, labels, val, in_spec,
-                                        out_spec, softmax=classifier))
-    return results
+        results.add(publish_artifact, req, precision, dest, make, model, weights, labels, val, in_spec,
+                    out_spec, softmax=classifier)
+    return results.finish()
 
 
 def build_onnx(req: ExportRequest, model, weights, labels, val, calib, dests) -> list[ExportResult]:
     from .onnx import INPUT_NAME, OUTPUT_NAME, convert_onnx_precision, export_onnx
 
-    results = []
+    results = _Collector()
     for precision, dest in dests.items():
         def make(tmp: Path, precision=precision) -> Path:
             path = tmp / f"mobilevit_{model.cfg.name}.onnx"
@@ -51,16 +76,15 @@ def build_onnx(req: ExportRequest, model, weights, labels, val, calib, dests) ->
         in_spec["batch"] = "dynamic"
         in_spec["height_width"] = "dynamic (multiples of 64)" if req.dynamic_hw else "static"
         out_spec = {"name": OUTPUT_NAME, "shape": ["batch", model.cfg.num_classes]}
-        results.append(publish_artifact(req, precision, dest, make, model, weights, labels, val, in_spec,
-                                        out_spec))
-    return results
+        results.add(publish_artifact, req, precision, dest, make, model, weights, labels, val, in_spec, out_spec)
+    return results.finish()
 
 
 def build_tflite(req: ExportRequest, model, weights, labels, val, calib, dests) -> list[ExportResult]:
     """One onnx2tf run makes every requested precision; each is validated and published alone."""
     from .tflite import export_tflite
 
-    results = []
+    results = _Collector()
     root = Path(req.out)
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".tflite-build-", dir=root) as build:
@@ -75,9 +99,9 @@ def build_tflite(req: ExportRequest, model, weights, labels, val, calib, dests) 
             in_spec = _input_spec(req, "NHWC", "input")
             in_spec["dtype"] = "float32"
             out_spec = {"name": "logits", "shape": [1, model.cfg.num_classes]}
-            results.append(publish_artifact(req, precision, dest, make, model, weights, labels, val,
-                                            in_spec, out_spec))
-    return results
+            results.add(publish_artifact, req, precision, dest, make, model, weights, labels, val, in_spec,
+                        out_spec)
+    return results.finish()
 
 
 BUILDERS = {"coreml": build_coreml, "onnx": build_onnx, "tflite": build_tflite}
