@@ -33,7 +33,15 @@ class _Collector:
 
 
 def build_coreml(req: ExportRequest, model, weights, labels, val, calib, dests) -> list[ExportResult]:
-    from .coreml import IMAGE_INPUT, LABEL_OUTPUT, LOGITS_OUTPUT, PROBS_OUTPUT, TENSOR_INPUT, CoreMLOptions, convert_coreml
+    from .coreml import (
+        IMAGE_INPUT,
+        LABEL_OUTPUT,
+        LOGITS_OUTPUT,
+        PROBS_OUTPUT,
+        TENSOR_INPUT,
+        CoreMLOptions,
+        convert_coreml,
+    )
 
     results = _Collector()
     classifier = req.output_kind == "classifier"
