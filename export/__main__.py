@@ -36,6 +36,9 @@ def parser() -> argparse.ArgumentParser:
                    help="comma-separated precisions (see below); default: the target's default")
     p.add_argument("--patches", default=None, choices=list(STRATEGIES),
                    help="unfold/fold strategy; default: the one measured best for the target")
+    p.add_argument("--attention", default=None, choices=["batched", "split"],
+                   help="attention layout: batched (public code, 4 transposes per layer) or split "
+                        "(heads as channel slices, 1 transpose per layer); default: the target's best")
     p.add_argument("--size", default="256",
                    help="input size, or a comma list for a multi-size Core ML model (e.g. 192,256,320)")
     p.add_argument("--out", default="artifacts", help="output folder (default artifacts/)")
@@ -86,7 +89,8 @@ def main(argv=None) -> int:
         for target in targets:
             req = ExportRequest(target=target, variant=args.variant, weights=args.weights,
                                 precisions=precisions if args.target != "all" else (),
-                                patches=args.patches, sizes=sizes, out=Path(args.out), force=args.force,
+                                patches=args.patches, attention=args.attention, sizes=sizes,
+                                out=Path(args.out), force=args.force,
                                 input_kind=args.input_kind, output_kind=args.output_kind,
                                 dynamic_hw=args.dynamic_hw, images=args.images)
             written += run_export(req)

@@ -1,7 +1,10 @@
 """One small config per export target, and the tolerance table every validation uses.
 
-Default patch strategies were chosen by measurement (see README, "Patch strategies"): each
-target gets the strategy that converted cleanly, validated, and ran fastest through it.
+Default patch strategies and attention layouts were chosen by measurement (README, "Patch
+strategies"): each target gets the rewrite that converted cleanly, validated, and ran fastest.
+``split`` attention (heads as channel slices) is exactly equal to the public ``batched`` layout
+and needs 1 transpose per transformer layer instead of 4; for Core ML it also follows
+ml-ane-transformers' principle of splitting heads into separate ops.
 """
 from __future__ import annotations
 
@@ -53,6 +56,7 @@ class TargetConfig:
     precisions: tuple[str, ...]
     default_precision: str
     default_patches: str
+    default_attention: str
     suffix: str
     notes: str = ""
     extra: dict = field(default_factory=dict)
@@ -60,16 +64,16 @@ class TargetConfig:
 
 TARGETS: dict[str, TargetConfig] = {
     "coreml": TargetConfig(
-        Target.COREML, ("fp16", "fp32", "int8", "palettize6"), "fp16", "pixel_shuffle", ".mlpackage",
+        Target.COREML, ("fp16", "fp32", "int8", "palettize6"), "fp16", "pixel_shuffle", "split", ".mlpackage",
         "ML program; image input (BGR, scale 1/255) and classifier output by default; "
         "int8 = 8-bit linear weight quantization, palettize6 = 6-bit k-means palettization "
         "(both on fp16 compute)."),
     "onnx": TargetConfig(
-        Target.ONNX, ("fp32", "fp16", "int8", "int8_dynamic"), "fp32", "slice", ".onnx",
+        Target.ONNX, ("fp32", "fp16", "int8", "int8_dynamic"), "fp32", "slice", "split", ".onnx",
         "opset 18, single file, dynamic batch; int8 = static QDQ calibrated on real photos, "
         "int8_dynamic = dynamic quantization of MatMul/Gemm weights."),
     "tflite": TargetConfig(
-        Target.TFLITE, ("fp32", "fp16", "int8_dynamic", "int8"), "fp32", "slice", ".tflite",
+        Target.TFLITE, ("fp32", "fp16", "int8_dynamic", "int8"), "fp32", "slice", "split", ".tflite",
         "via onnx2tf; NHWC input; int8_dynamic = dynamic-range weights, "
         "int8 = full integer with a representative dataset of real photos (float I/O)."),
 }

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from mobilevit import InputSizeError, MobileViT, get_config
+from mobilevit.model import ATTENTION_LAYOUTS
 from mobilevit.patches import get_strategy
 
 from . import publish
@@ -37,6 +38,7 @@ class ExportRequest:
     weights: str | None = None
     precisions: tuple[str, ...] = ()
     patches: str | None = None
+    attention: str | None = None  # batched | split
     sizes: tuple[int, ...] = (256,)
     out: Path = Path("artifacts")
     force: bool = False
@@ -65,6 +67,10 @@ def resolve(req: ExportRequest) -> ExportRequest:
     for p in precisions:
         check_precision(req.target, p)
     patches = get_strategy(req.patches or cfg.default_patches).name
+    attention = req.attention or cfg.default_attention
+    if attention not in ATTENTION_LAYOUTS:
+        raise ExportConfigError(
+            f"unknown attention layout {attention!r}; choose one of: {', '.join(ATTENTION_LAYOUTS)}")
     sizes = tuple(req.sizes) or (256,)
     for s in sizes:
         if s % 32 or s < 64 or s > 1024:
@@ -91,7 +97,8 @@ def resolve(req: ExportRequest) -> ExportRequest:
         raise ExportConfigError(f"unknown input kind {req.input_kind!r}; choose image or tensor")
     if req.output_kind not in ("classifier", "logits"):
         raise ExportConfigError(f"unknown output kind {req.output_kind!r}; choose classifier or logits")
-    return replace(req, precisions=tuple(precisions), patches=patches, sizes=sizes, out=Path(req.out))
+    return replace(req, precisions=tuple(precisions), patches=patches, attention=attention, sizes=sizes,
+                   out=Path(req.out))
 
 
 def destination(req: ExportRequest, precision: str) -> Path:
@@ -118,13 +125,13 @@ def load_model(req: ExportRequest) -> tuple[MobileViT, dict]:
         info = {"origin": f"{ckpt.format}:{Path(req.weights).name}", "synthetic": False,
                 "sha256": ckpt.sha256, "format": ckpt.format,
                 "class_names": list(ckpt.class_names) if ckpt.class_names else None}
-        return model.eval(), info
+        return model.set_attention(req.attention).eval(), info
     _say("=" * 78)
     _say(f"NO --weights GIVEN: exporting MobileViT {req.variant} with CALIBRATED SYNTHETIC WEIGHTS.")
     _say("The artifact is real and validated, but its predictions are meaningless.")
     _say("Export a real checkpoint with WEIGHTS=path/to/checkpoint (make) or --weights (CLI).")
     _say("=" * 78)
-    model = synthetic_model(req.variant, patches=req.patches)
+    model = synthetic_model(req.variant, patches=req.patches).set_attention(req.attention)
     return model, {"origin": SYNTHETIC_ORIGIN, "synthetic": True, "sha256": None, "format": None,
                    "class_names": None}
 
@@ -191,6 +198,7 @@ def _manifest(req: ExportRequest, precision: str, model: MobileViT, weights: dic
         "num_classes": model.cfg.num_classes,
         "weights": {k: v for k, v in weights.items() if k != "class_names"},
         "patch_strategy": req.patches,
+        "attention_layout": req.attention,
         "input": input_spec,
         "output": output_spec,
         "graph": inspect(artifact).to_dict(),
@@ -234,7 +242,7 @@ def publish_artifact(req: ExportRequest, precision: str, dest: Path, make: Calla
     start = time.time()
     with publish.staging(dest, req.force) as tmp:
         _say(f"{req.target} {precision}: converting MobileViT {model.cfg.name} "
-             f"(patches={req.patches}, sizes={list(req.sizes)}) ...")
+             f"(patches={req.patches}, attention={req.attention}, sizes={list(req.sizes)}) ...")
         artifact = make(tmp)
         _say(f"{req.target} {precision}: validating on {len(next(iter(val.values())))} real photos "
              f"at {', '.join(f'{s}x{s}' for s in val)} ...")

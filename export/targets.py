@@ -48,6 +48,7 @@ def build_coreml(req: ExportRequest, model, weights, labels, val, calib, dests) 
     for precision, dest in dests.items():
         meta = {"variant": model.cfg.name, "weights_origin": weights["origin"],
                 "synthetic": str(weights["synthetic"]).lower(), "patch_strategy": req.patches,
+                "attention_layout": req.attention,
                 "precision": precision, "sizes": ",".join(map(str, req.sizes)),
                 "preprocessing": "resize short side to 288/256 of the input, center crop; BGR; x/255"}
         opts = CoreMLOptions(precision=precision, input_kind=req.input_kind, output_kind=req.output_kind,

@@ -48,11 +48,25 @@ class InvertedResidual(nn.Module):
         return x + y if self.use_residual else y
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention on ``[S, N, d]`` sequences; every tensor stays rank <= 4."""
+ATTENTION_LAYOUTS = ("batched", "split")
 
-    def __init__(self, dim: int, num_heads: int):
+
+class Attention(nn.Module):
+    """Multi-head self-attention on ``[S, N, d]`` sequences; every tensor stays rank <= 4.
+
+    Two layouts compute the same thing:
+
+    * ``batched`` (the public code's): heads become a tensor axis, which costs four transposes
+      per layer (q, k, v in; the output back);
+    * ``split``: heads are slices of the channel axis; k is transposed once for all heads and
+      per-head outputs are concatenated, so one transpose per layer remains (more, smaller matmuls).
+    """
+
+    def __init__(self, dim: int, num_heads: int, layout: str = "batched"):
         super().__init__()
+        if layout not in ATTENTION_LAYOUTS:
+            raise ValueError(f"unknown attention layout {layout!r}; choose one of: {', '.join(ATTENTION_LAYOUTS)}")
+        self.layout = layout
         if dim % num_heads:
             raise ValueError(f"transformer dim {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
@@ -62,6 +76,8 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layout == "split":
+            return self._forward_split(x)
         _, N, d = x.shape
         h, hd = self.num_heads, self.head_dim
         q, k, v = self.qkv(x).chunk(3, dim=-1)  # [S, N, 3d] -> 3 x [S, N, d]
@@ -72,6 +88,15 @@ class Attention(nn.Module):
         out = torch.matmul(attn, v)  # -> [S, h, N, hd]
         out = out.transpose(1, 2).reshape(-1, N, d)  # -> [S, N, h, hd] -> [S, N, d]
         return self.proj(out)
+
+    def _forward_split(self, x: torch.Tensor) -> torch.Tensor:
+        hd = self.head_dim
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # [S, N, 3d] -> 3 x [S, N, d]
+        kt = k.transpose(1, 2)  # -> [S, d, N], once for all heads
+        qs, kts, vs = q.split(hd, dim=2), kt.split(hd, dim=1), v.split(hd, dim=2)  # h x [S, N, hd] / [S, hd, N]
+        heads = [torch.matmul(torch.matmul(qi * self.scale, ki).softmax(dim=-1), vi)  # [S, N, N] @ [S, N, hd]
+                 for qi, ki, vi in zip(qs, kts, vs)]
+        return self.proj(torch.cat(heads, dim=2))  # h x [S, N, hd] -> [S, N, d]
 
 
 class MLP(nn.Module):
@@ -90,10 +115,10 @@ class MLP(nn.Module):
 class TransformerLayer(nn.Module):
     """Pre-norm transformer layer: x + MHA(LN(x)), then x + FFN(LN(x))."""
 
-    def __init__(self, dim: int, ffn_dim: int, num_heads: int):
+    def __init__(self, dim: int, ffn_dim: int, num_heads: int, attention: str = "batched"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads)
+        self.attn = Attention(dim, num_heads, attention)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, ffn_dim)
 
@@ -111,14 +136,14 @@ class MobileViTBlock(nn.Module):
     """
 
     def __init__(self, channels: int, dim: int, ffn_dim: int, num_layers: int, num_heads: int,
-                 patch_size: int, patches: PatchStrategy):
+                 patch_size: int, patches: PatchStrategy, attention: str = "batched"):
         super().__init__()
         self.patch_size = patch_size
         self.patches = patches
         self.conv_local = ConvNormAct(channels, channels, 3)
         self.conv_in = nn.Conv2d(channels, dim, 1, bias=False)
         self.transformer = nn.Sequential(
-            *[TransformerLayer(dim, ffn_dim, num_heads) for _ in range(num_layers)])
+            *[TransformerLayer(dim, ffn_dim, num_heads, attention) for _ in range(num_layers)])
         self.norm = nn.LayerNorm(dim)
         self.conv_proj = ConvNormAct(dim, channels, 1)
         self.conv_fusion = ConvNormAct(2 * channels, channels, 3)
@@ -142,7 +167,7 @@ class MobileViTBlock(nn.Module):
         return self.conv_fusion(torch.cat((shortcut, y), dim=1))  # [B, 2C, H, W] -> [B, C, H, W]
 
 
-def _build_stage(cin: int, stage, cfg: MobileViTConfig, patches: PatchStrategy) -> nn.Sequential:
+def _build_stage(cin: int, stage, cfg: MobileViTConfig, patches: PatchStrategy, attention: str) -> nn.Sequential:
     if stage.kind is StageKind.MV2:
         blocks = [InvertedResidual(cin if i == 0 else stage.out_channels, stage.out_channels,
                                    stage.stride if i == 0 else 1, stage.expand_ratio)
@@ -150,7 +175,7 @@ def _build_stage(cin: int, stage, cfg: MobileViTConfig, patches: PatchStrategy) 
     else:
         blocks = [InvertedResidual(cin, stage.out_channels, stage.stride, stage.expand_ratio),
                   MobileViTBlock(stage.out_channels, stage.transformer_dim, stage.ffn_dim,
-                                 stage.num_layers, cfg.num_heads, cfg.patch_size, patches)]
+                                 stage.num_layers, cfg.num_heads, cfg.patch_size, patches, attention)]
     return nn.Sequential(*blocks)
 
 
@@ -162,10 +187,12 @@ class MobileViT(nn.Module):
         patches: unfold/fold strategy name or object (``reference`` by default).
         features_only: return the stage feature maps instead of logits.
         out_indices: which of the five stages (strides 2, 4, 8, 16, 32) to return.
+        attention: ``batched`` (public layout) or ``split`` (fewer transposes); see :class:`Attention`.
     """
 
     def __init__(self, cfg: MobileViTConfig | str = "small", patches: str | PatchStrategy = "reference",
-                 features_only: bool = False, out_indices: Sequence[int] = (0, 1, 2, 3, 4)):
+                 features_only: bool = False, out_indices: Sequence[int] = (0, 1, 2, 3, 4),
+                 attention: str = "batched"):
         super().__init__()
         self.cfg = get_config(cfg) if isinstance(cfg, str) else cfg
         self.patches = get_strategy(patches)
@@ -177,7 +204,7 @@ class MobileViT(nn.Module):
         self.stem = ConvNormAct(3, self.cfg.stem_channels, 3, stride=2)
         stages, cin = [], self.cfg.stem_channels
         for stage in self.cfg.stages:
-            stages.append(_build_stage(cin, stage, self.cfg, self.patches))
+            stages.append(_build_stage(cin, stage, self.cfg, self.patches, attention))
             cin = stage.out_channels
         self.stages = nn.Sequential(*stages)
         if not features_only:
@@ -191,6 +218,15 @@ class MobileViT(nn.Module):
         for m in self.modules():
             if isinstance(m, MobileViTBlock):
                 m.patches = self.patches
+        return self
+
+    def set_attention(self, layout: str) -> "MobileViT":
+        """Swap the attention layout in place (weights are untouched)."""
+        if layout not in ATTENTION_LAYOUTS:
+            raise ValueError(f"unknown attention layout {layout!r}; choose one of: {', '.join(ATTENTION_LAYOUTS)}")
+        for m in self.modules():
+            if isinstance(m, Attention):
+                m.layout = layout
         return self
 
     def check_input(self, x: torch.Tensor) -> None:

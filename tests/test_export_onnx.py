@@ -10,8 +10,10 @@ from export.runners import OnnxRuntimeRunner
 from mobilevit import STRATEGIES, build
 from tests.export_helpers import exported
 
-# Transposes per static xx_small export, measured when each strategy was added: must not grow.
+# Transposes per static xx_small export (batched attention), measured when each strategy was
+# added: must not grow. The exporters' default (slice + split attention) has 15.
 MAX_TRANSPOSES = {"reference": 48, "pixel_shuffle": 45, "conv": 42, "slice": 42}
+MAX_TRANSPOSES_DEFAULT = 15
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +61,13 @@ def test_static_graph_has_no_shape_ops_and_rank_at_most_4(tmp_path, strategy):
     print(f"{strategy}: {report.nodes} nodes, {report.transposes} transposes")
 
 
-def test_dynamic_batch_graph_computes_no_shapes(tmp_path):
-    path = export_onnx(build("xx_small", patches="slice"), tmp_path / "m.onnx", dynamic_batch=True)
-    assert inspect_onnx(path).shape_ops == {}
+def test_default_export_graph(root):
+    """The published default (slice patches, split attention): dynamic batch, no shape ops, rank 4."""
+    res = exported(root, "onnx", "xx_small", ("fp32", "fp16", "int8", "int8_dynamic"))["fp32"]
+    report = inspect_onnx(res.artifact)
+    assert res.manifest["attention_layout"] == "split" and res.manifest["patch_strategy"] == "slice"
+    assert report.shape_ops == {} and report.max_rank <= 4
+    assert report.transposes <= MAX_TRANSPOSES_DEFAULT
 
 
 def test_dynamic_hw_validates_at_several_sizes(root):

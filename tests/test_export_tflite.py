@@ -7,7 +7,7 @@ from export.validate import ValidationError
 from tests.export_helpers import exported
 
 PASSING = ("fp32", "fp16", "int8_dynamic")
-MAX_TRANSPOSES_XXS = 48  # slice strategy, measured; the HF export as-is has 54
+MAX_TRANSPOSES_XXS = 21  # slice patches + split attention, measured; the HF export as-is has 54
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,18 @@ def test_every_patch_strategy_equals_reference(variant, size):
     model.set_patches("reference")
 
 
+@pytest.mark.parametrize("variant", PARAMS)
+def test_split_attention_equals_batched(variant):
+    torch.manual_seed(1)
+    model = build(variant, patches="slice")
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        ref = model(x)
+        assert torch.allclose(model.set_attention("split")(x), ref, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="batched, split"):
+        model.set_attention("fused")
+
+
 @pytest.mark.parametrize("name", list(STRATEGIES))
 @pytest.mark.parametrize("shape", [(1, 8, 4, 6), (3, 5, 8, 8), (2, 16, 16, 2)])
 def test_unfold_fold_roundtrip_and_grouping(name, shape):
