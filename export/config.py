@@ -44,7 +44,7 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("coreml", "fp32"): Tolerance(1e-4, 0.99999, 1.0),
     ("coreml", "fp16"): Tolerance(5e-2, 0.999, 0.9),
     ("coreml", "int8"): Tolerance(0.2, 0.99, 0.8),
-    ("coreml", "palettize6"): Tolerance(0.3, 0.98, 0.7),
+    ("coreml", "palettize8"): Tolerance(0.2, 0.99, 0.8),
 }
 
 
@@ -64,9 +64,9 @@ class TargetConfig:
 
 TARGETS: dict[str, TargetConfig] = {
     "coreml": TargetConfig(
-        Target.COREML, ("fp16", "fp32", "int8", "palettize6"), "fp16", "pixel_shuffle", "split", ".mlpackage",
+        Target.COREML, ("fp16", "fp32", "int8", "palettize8"), "fp16", "pixel_shuffle", "split", ".mlpackage",
         "ML program; image input (BGR, scale 1/255) and classifier output by default; "
-        "int8 = 8-bit linear weight quantization, palettize6 = 6-bit k-means palettization "
+        "int8 = 8-bit linear weight quantization, palettize8 = 8-bit k-means palettization "
         "(both on fp16 compute)."),
     "onnx": TargetConfig(
         Target.ONNX, ("fp32", "fp16", "int8", "int8_dynamic"), "fp32", "slice", "split", ".onnx",

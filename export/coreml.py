@@ -3,7 +3,7 @@
 Defaults: FLOAT16 compute precision, image input (BGR, scale 1/255: what the public weights
 expect), classifier output with the class names (softmax probabilities + top label). Options:
 FLOAT32, a tensor input, raw logits, several input sizes in one model (``EnumeratedShapes``),
-and weight compression through ``coremltools.optimize`` (8-bit linear, 6-bit palettization).
+and weight compression through ``coremltools.optimize`` (8-bit linear, 8-bit palettization).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ LABEL_OUTPUT = "classLabel"
 class CoreMLOptions:
     """What the Core ML artifact looks like; see ``export.config.TARGETS['coreml']``."""
 
-    precision: str = "fp16"  # fp16 | fp32 | int8 | palettize6 (compression implies fp16 compute)
+    precision: str = "fp16"  # fp16 | fp32 | int8 | palettize8 (compression implies fp16 compute)
     input_kind: str = "image"  # image | tensor
     output_kind: str = "classifier"  # classifier | logits
     sizes: tuple[int, ...] = (256,)  # several sizes -> EnumeratedShapes; the first is the default
@@ -77,22 +77,22 @@ def convert_coreml(model: torch.nn.Module, opts: CoreMLOptions = CoreMLOptions()
     precision = ct.precision.FLOAT32 if opts.precision == "fp32" else ct.precision.FLOAT16
     mlmodel = ct.convert(traced, convert_to="mlprogram", inputs=inputs, compute_precision=precision,
                          minimum_deployment_target=ct.target.iOS16, skip_model_load=True, **kwargs)
-    if opts.precision in ("int8", "palettize6"):
+    if opts.precision in ("int8", "palettize8"):
         mlmodel = compress_weights(mlmodel, opts.precision)
     _describe(mlmodel, opts, classifier)
     return mlmodel
 
 
 def compress_weights(mlmodel, scheme: str):
-    """8-bit symmetric linear quantization (``int8``) or 6-bit k-means palettization of weights."""
+    """8-bit symmetric linear quantization (``int8``) or 8-bit k-means palettization of weights."""
     import coremltools.optimize.coreml as cto
 
     if scheme == "int8":
         config = cto.OptimizationConfig(
             global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"))
         return cto.linear_quantize_weights(mlmodel, config)
-    if scheme == "palettize6":
-        config = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=6))
+    if scheme == "palettize8":
+        config = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=8))
         return cto.palettize_weights(mlmodel, config)
     raise ValueError(f"unknown Core ML weight compression {scheme!r}")
 

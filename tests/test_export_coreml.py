@@ -53,7 +53,7 @@ def test_fp32_tensor_input_raw_logits(root):
     assert spec.description.input[0].name == "input" and spec.description.output[0].name == "logits"
 
 
-@pytest.mark.parametrize("precision", ["int8", "palettize6"])
+@pytest.mark.parametrize("precision", ["int8", "palettize8"])
 def test_compressed_weights(root, precision):
     res = exported(root, "coreml", "xx_small", (precision,))[precision]
     _validated(res)

@@ -1,0 +1,547 @@
+"""A small, exact numpy executor for the Core ML ML programs this toolkit writes.
+
+Core ML predicts only on macOS. So that Linux CI does not export Core ML models blind, this module
+loads a saved ``.mlpackage`` from disk (the MIL program in its spec and ``weights/weight.bin``;
+never the PyTorch model) and runs the ``main`` function op by op in numpy, following MIL
+semantics.
+
+Precision modes:
+
+* ``accumulate="fp32"`` (default): every op computes in float32 from its inputs and rounds its
+  result to the dtype the program declares for that output (fp16 programs keep fp16 storage and
+  fp16 weights). This shows the drift that fp16 *storage* causes.
+* ``accumulate="fp16"`` (pessimistic): additionally, the sums inside matmul / linear / conv are
+  rounded to fp16 every 32 products and accumulated in fp16, and softmax / layer_norm /
+  reduce_mean reduce in fp16. Real hardware lies between the two modes.
+
+What it cannot prove: the Neural Engine's and GPU's own kernels (their accumulation order,
+fused ops, their fp16 transcendental approximations) and Core ML's scheduling. It proves that the
+saved program, with its saved weights, computes what PyTorch computes within fp32 rounding, and
+brackets the error of fp16 storage.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+_DTYPES = {10: np.float16, 11: np.float32, 12: np.float64, 21: np.int8, 22: np.int16, 23: np.int32,
+           24: np.int64, 31: np.uint8, 32: np.uint16, 33: np.uint32, 34: np.uint64, 1: np.bool_}
+_CAST = {"fp16": np.float16, "fp32": np.float32, "int32": np.int32, "int64": np.int64, "bool": np.bool_,
+         "int8": np.int8, "uint8": np.uint8, "int16": np.int16}
+_BLOB_READERS = {10: "read_fp16_data", 11: "read_float_data", 21: "read_int8_data", 31: "read_uint8_data",
+                 22: "read_int16_data", 32: "read_uint16_data", 23: "read_int32_data", 33: "read_uint32_data"}
+_CHUNK = 32  # products per fp16 partial sum in the pessimistic mode
+
+
+class CoreMLReferenceError(RuntimeError):
+    """The file is not an ML program this executor can run."""
+
+
+class UnsupportedOpError(CoreMLReferenceError):
+    """An op type the executor does not implement; names the op and where it occurs."""
+
+
+# ------------------------------------------------------------------------------------------
+# Reading values out of the spec
+# ------------------------------------------------------------------------------------------
+def _tensor_value(value, blobs) -> object:
+    """Decode a MIL ``Value`` (immediate or blob-file) into numpy / Python."""
+    vtype = value.type
+    if value.HasField("blobFileValue"):
+        dt = vtype.tensorType.dataType
+        if dt not in _BLOB_READERS:
+            raise CoreMLReferenceError(f"blob of data type {dt} is not supported")
+        raw = getattr(blobs, _BLOB_READERS[dt])(value.blobFileValue.offset)
+        arr = np.asarray(raw).view(_DTYPES[dt]) if dt == 10 else np.asarray(raw, _DTYPES[dt])
+        return arr.reshape(_shape(vtype.tensorType))
+    imm = value.immediateValue
+    kind = imm.WhichOneof("value")
+    if kind == "list":
+        return [_tensor_value(v, blobs) for v in imm.list.values]
+    if kind == "tuple":
+        return tuple(_tensor_value(v, blobs) for v in imm.tuple.values)
+    t, dt = imm.tensor, vtype.tensorType.dataType
+    field = t.WhichOneof("value")
+    if field == "strings":
+        vals = list(t.strings.values)
+        return vals[0] if vtype.tensorType.rank == 0 else vals
+    if field == "bytes":
+        arr = np.frombuffer(t.bytes.values, dtype=_DTYPES[dt]).copy()
+    elif field is None:
+        arr = np.zeros(0, _DTYPES.get(dt, np.float32))
+    else:
+        arr = np.asarray(list(getattr(t, field).values), dtype=_DTYPES.get(dt, np.float32))
+    shape = _shape(vtype.tensorType)
+    return arr.reshape(shape) if shape is not None else arr
+
+
+def _shape(tt):
+    dims = []
+    for d in tt.dimensions:
+        if not d.HasField("constant"):
+            return None
+        dims.append(d.constant.size)
+    return tuple(dims)
+
+
+# ------------------------------------------------------------------------------------------
+# Ops: each takes (inputs dict, attributes dict, ctx) and returns one array or a tuple
+# ------------------------------------------------------------------------------------------
+def _f32(x):
+    return np.asarray(x, np.float32)
+
+
+def _matmul(a, b, ctx):
+    """a @ b in float32, or with fp16 partial sums of _CHUNK products in the pessimistic mode."""
+    a, b = _f32(a), _f32(b)
+    if not ctx.fp16_accumulate:
+        return np.matmul(a, b)
+    k = a.shape[-1]
+    acc = None
+    for s in range(0, k, _CHUNK):
+        part = np.matmul(a[..., s:s + _CHUNK], b[..., s:s + _CHUNK, :]).astype(np.float16)
+        acc = part if acc is None else (acc + part).astype(np.float16)
+    return acc.astype(np.float32)
+
+
+def _reduce(x, axes, ctx, keepdims=True):
+    if ctx.fp16_accumulate:
+        return np.mean(np.asarray(x, np.float16), axis=axes, keepdims=keepdims, dtype=np.float16).astype(np.float32)
+    return np.mean(_f32(x), axis=axes, keepdims=keepdims)
+
+
+def _pads(pad_type, pad, x_hw, k_hw, strides, dilations):
+    """Explicit (top, bottom, left, right) padding for MIL pad types."""
+    if pad_type == "valid":
+        return (0, 0, 0, 0)
+    if pad_type == "custom":
+        return tuple(int(p) for p in pad)
+    out = []
+    for size, k, s, d in zip(x_hw, k_hw, strides, dilations):
+        eff = (k - 1) * d + 1
+        total = max((-(-size // s) - 1) * s + eff - size, 0)
+        small, big = total // 2, total - total // 2
+        out += [small, big] if pad_type == "same" else [big, small]  # same_lower puts the extra first
+    return tuple(out)
+
+
+def _conv(i, a, ctx):
+    x, w = _f32(i["x"]), _f32(i["weight"])
+    strides = tuple(int(v) for v in i.get("strides", (1, 1)))
+    dil = tuple(int(v) for v in i.get("dilations", (1, 1)))
+    groups = int(i.get("groups", 1))
+    t, b, l, r = _pads(str(i.get("pad_type", "valid")), i.get("pad", (0, 0, 0, 0)), x.shape[2:], w.shape[2:],
+                       strides, dil)
+    x = np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)))
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    ho = (h - (kh - 1) * dil[0] - 1) // strides[0] + 1
+    wo = (wd - (kw - 1) * dil[1] - 1) // strides[1] + 1
+    sn, sc, sh, sw = x.strides
+    cols = np.lib.stride_tricks.as_strided(
+        x, (n, groups, cg, kh, kw, ho, wo),
+        (sn, sc * cg, sc, sh * dil[0], sw * dil[1], sh * strides[0], sw * strides[1]))
+    wg = w.reshape(groups, o // groups, cg, kh, kw)
+    if cg == 1 and o == groups and not ctx.fp16_accumulate:  # depthwise: a weighted sum of shifted views
+        y = np.einsum("ngcijhw,gocij->ngohw", cols, wg, optimize=True)
+    else:
+        patches = cols.transpose(0, 1, 5, 6, 2, 3, 4).reshape(n, groups, ho * wo, cg * kh * kw)
+        y = _matmul(patches, wg.reshape(groups, o // groups, -1).transpose(0, 2, 1), ctx)  # [n, g, hw, og]
+        y = y.transpose(0, 1, 3, 2).reshape(n, groups, o // groups, ho, wo)
+    y = y.reshape(n, o, ho, wo)
+    if i.get("bias") is not None:
+        y = y + _f32(i["bias"]).reshape(1, -1, 1, 1)
+    return y
+
+
+def _conv_transpose(i, a, ctx):
+    """Transposed conv as a strided scatter of each input pixel times the kernel."""
+    x, w = _f32(i["x"]), _f32(i["weight"])  # w: [C_in, C_out / groups, kh, kw]
+    s = tuple(int(v) for v in i.get("strides", (1, 1)))
+    groups = int(i.get("groups", 1))
+    pad = [int(p) for p in i.get("pad", (0, 0, 0, 0))] if str(i.get("pad_type", "valid")) == "custom" else [0] * 4
+    n, cin, h, wd = x.shape
+    _, og, kh, kw = w.shape
+    full = np.zeros((n, og * groups, (h - 1) * s[0] + kh, (wd - 1) * s[1] + kw), np.float32)
+    cg = cin // groups
+    for g in range(groups):
+        xs = x[:, g * cg:(g + 1) * cg]  # [n, cg, h, w]
+        wg = w[g * cg:(g + 1) * cg]  # [cg, og, kh, kw]
+        contrib = np.einsum("nchw,coij->noijhw", xs, wg)  # [n, og, kh, kw, h, w]
+        for p in range(kh):
+            for q in range(kw):
+                full[:, g * og:(g + 1) * og, p:p + (h - 1) * s[0] + 1:s[0], q:q + (wd - 1) * s[1] + 1:s[1]] += \
+                    contrib[:, :, p, q]
+    y = full[:, :, pad[0]:full.shape[2] - pad[1], pad[2]:full.shape[3] - pad[3]]
+    if i.get("bias") is not None:
+        y = y + _f32(i["bias"]).reshape(1, -1, 1, 1)
+    return y
+
+
+def _layer_norm(i, a, ctx):
+    x = _f32(i["x"])
+    axes = tuple(int(v) for v in i["axes"])
+    eps = float(i.get("epsilon", 1e-5))
+    mean = _reduce(x, axes, ctx)
+    var = _reduce((x - mean) ** 2, axes, ctx)
+    y = (x - mean) / np.sqrt(var + eps)
+    if i.get("gamma") is not None:
+        y = y * _f32(i["gamma"])
+    if i.get("beta") is not None:
+        y = y + _f32(i["beta"])
+    return y
+
+
+def _softmax(i, a, ctx):
+    x = _f32(i["x"])
+    axis = int(i.get("axis", -1))
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    if ctx.fp16_accumulate:
+        e = e.astype(np.float16)
+        return (e / e.sum(axis=axis, keepdims=True, dtype=np.float16)).astype(np.float32)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _matmul_op(i, a, ctx):
+    x, y = _f32(i["x"]), _f32(i["y"])
+    if bool(i.get("transpose_x", False)):
+        x = np.swapaxes(x, -1, -2)
+    if bool(i.get("transpose_y", False)):
+        y = np.swapaxes(y, -1, -2)
+    if x.ndim == 1 or y.ndim == 1:
+        return np.matmul(x, y)
+    return _matmul(x, y, ctx)
+
+
+def _linear(i, a, ctx):
+    x, w = _f32(i["x"]), _f32(i["weight"])  # w: [out, in]
+    y = _matmul(x, w.T, ctx) if x.ndim > 1 else np.matmul(x, w.T)
+    return y + _f32(i["bias"]) if i.get("bias") is not None else y
+
+
+def _reshape(i, a, ctx):
+    x, shape = i["x"], [int(v) for v in i["shape"]]
+    shape = [x.shape[k] if v == 0 else v for k, v in enumerate(shape)]  # 0 copies the input dim
+    return np.reshape(x, shape)
+
+
+def _slice_by_index(i, a, ctx):
+    x = i["x"]
+    nd = x.ndim
+    begin = [int(v) for v in i["begin"]]
+    end = [int(v) for v in i["end"]]
+    stride = [int(v) for v in i.get("stride", [1] * nd)]
+    bmask = [bool(v) for v in i.get("begin_mask", [False] * nd)]
+    emask = [bool(v) for v in i.get("end_mask", [False] * nd)]
+    smask = [bool(v) for v in i.get("squeeze_mask", [False] * nd)]
+    idx = []
+    for d in range(nd):
+        if smask[d]:
+            idx.append(begin[d])
+            continue
+        idx.append(slice(None if bmask[d] else begin[d], None if emask[d] else end[d], stride[d]))
+    return x[tuple(idx)]
+
+
+def _concat(i, a, ctx):
+    values, axis = [np.atleast_1d(v) for v in i["values"]], int(i["axis"])
+    if bool(i.get("interleave", False)):  # [a0, b0, a1, b1, ...] along axis
+        stacked = np.stack(values, axis=axis + 1 if axis >= 0 else axis)
+        shape = list(values[0].shape)
+        shape[axis] = shape[axis] * len(values)
+        return stacked.reshape(shape)
+    return np.concatenate(values, axis=axis)
+
+
+def _split(i, a, ctx):
+    x, axis = i["x"], int(i["axis"])
+    if i.get("split_sizes") is not None:
+        bounds = np.cumsum([int(v) for v in i["split_sizes"]])[:-1]
+        return tuple(np.split(x, bounds, axis=axis))
+    return tuple(np.split(x, int(i["num_splits"]), axis=axis))
+
+
+def _pixel_shuffle(i, a, ctx):
+    x, r = i["x"], int(i["upscale_factor"])
+    n, c, h, w = x.shape
+    y = x.reshape(n, c // (r * r), r, r, h, w).transpose(0, 1, 4, 2, 5, 3)  # CRD order, as torch
+    return y.reshape(n, c // (r * r), h * r, w * r)
+
+
+def _pixel_unshuffle(i, a, ctx):
+    x, r = i["x"], int(i["downscale_factor"])
+    n, c, h, w = x.shape
+    y = x.reshape(n, c, h // r, r, w // r, r).transpose(0, 1, 3, 5, 2, 4)
+    return y.reshape(n, c * r * r, h // r, w // r)
+
+
+def _bilinear_axis(n_in, n_out, align_corners):
+    """Source indices and weights along one axis. The ratio comes from the sizes (the program's
+    declared output shape), not from the stored fp32 scale factor, whose rounding (1.2 for 5 -> 6)
+    would shift every sample."""
+    dst = np.arange(n_out, dtype=np.float64)
+    if align_corners:
+        src = dst * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
+    else:  # half-pixel centres, clamped at 0: torch's F.interpolate(align_corners=False)
+        src = np.maximum((dst + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    lam = (src - i0).astype(np.float32)
+    return i0, i1, lam
+
+
+def _upsample_bilinear(i, a, ctx):
+    x = _f32(i["x"])
+    sh, sw = float(i.get("scale_factor_height", 1)), float(i.get("scale_factor_width", 1))
+    ac = bool(i.get("align_corners", False))
+    out_shape = ctx.current_output_shape
+    ho = out_shape[2] if out_shape else int(np.floor(x.shape[2] * sh + 1e-4))
+    wo = out_shape[3] if out_shape else int(np.floor(x.shape[3] * sw + 1e-4))
+    h0, h1, lh = _bilinear_axis(x.shape[2], ho, ac)
+    w0, w1, lw = _bilinear_axis(x.shape[3], wo, ac)
+    rows = x[:, :, h0] * (1 - lh)[:, None] + x[:, :, h1] * lh[:, None]
+    return rows[..., w0] * (1 - lw) + rows[..., w1] * lw
+
+
+def _batch_norm(i, a, ctx):
+    x = _f32(i["x"])
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    var = _f32(i["variance"]).reshape(shape)
+    y = (x - _f32(i["mean"]).reshape(shape)) / np.sqrt(var + float(i.get("epsilon", 1e-5)))
+    if i.get("gamma") is not None:
+        y = y * _f32(i["gamma"]).reshape(shape)
+    if i.get("beta") is not None:
+        y = y + _f32(i["beta"]).reshape(shape)
+    return y
+
+
+def _affine_dequantize(i, a, ctx):
+    q = np.asarray(a["quantized_data"], np.float32)
+    axis = int(a["axis"])
+    shape = [1] * q.ndim
+    zp, scale = np.asarray(a["zero_point"], np.float32), np.asarray(a["scale"], np.float32)
+    if zp.ndim == 1 and zp.size > 1:
+        shape[axis] = -1
+        zp = zp.reshape(shape)
+    if scale.ndim == 1 and scale.size > 1:
+        shape[axis] = -1
+        scale = scale.reshape(shape)
+    return (q - zp) * scale
+
+
+def _lut_to_dense(i, a, ctx):
+    """iOS16 palettization: indices packed LSB-first, nbits = log2(len(lut)), one shared LUT."""
+    lut, packed, shape = np.asarray(a["lut"]), np.asarray(a["indices"], np.uint8), [int(v) for v in a["shape"]]
+    nbits = int(np.log2(lut.shape[-1]))
+    count = int(np.prod(shape))
+    bits = np.unpackbits(packed, bitorder="little")[: count * nbits].reshape(count, nbits)
+    idx = (bits.astype(np.int64) << np.arange(nbits)).sum(axis=1)
+    return lut.reshape(-1)[idx].reshape(shape)
+
+
+def _classify(i, a, ctx):
+    probs = np.asarray(i["probabilities"], np.float32).reshape(-1)
+    classes = list(i["classes"])
+    ctx.classifier_probs = probs
+    return classes[int(np.argmax(probs))], dict(zip(classes, probs.tolist()))
+
+
+def _binary(fn):
+    return lambda i, a, ctx: fn(_f32(i["x"]) if np.asarray(i["x"]).dtype.kind == "f" else np.asarray(i["x"]),
+                                _f32(i["y"]) if np.asarray(i["y"]).dtype.kind == "f" else np.asarray(i["y"]))
+
+
+OPS = {
+    "conv": _conv, "conv_transpose": _conv_transpose, "linear": _linear, "matmul": _matmul_op,
+    "layer_norm": _layer_norm, "batch_norm": _batch_norm, "softmax": _softmax,
+    "silu": lambda i, a, ctx: _f32(i["x"]) / (1.0 + np.exp(-_f32(i["x"]))),
+    "sigmoid": lambda i, a, ctx: 1.0 / (1.0 + np.exp(-_f32(i["x"]))),
+    "relu": lambda i, a, ctx: np.maximum(_f32(i["x"]), 0),
+    "add": _binary(np.add), "sub": _binary(np.subtract), "mul": _binary(np.multiply),
+    "real_div": _binary(np.divide), "floor_div": _binary(np.floor_divide), "maximum": _binary(np.maximum),
+    "minimum": _binary(np.minimum),
+    "reshape": _reshape, "transpose": lambda i, a, ctx: np.transpose(i["x"], [int(p) for p in i["perm"]]),
+    "slice_by_index": _slice_by_index, "concat": _concat, "split": _split,
+    "squeeze": lambda i, a, ctx: np.squeeze(i["x"], axis=tuple(int(v) for v in i["axes"]) if i.get("axes")
+                                            is not None else None),
+    "expand_dims": lambda i, a, ctx: np.expand_dims(i["x"], tuple(int(v) for v in i["axes"])),
+    "pixel_shuffle": _pixel_shuffle, "pixel_unshuffle": _pixel_unshuffle,
+    "upsample_bilinear": _upsample_bilinear,
+    "reduce_mean": lambda i, a, ctx: _reduce(i["x"], tuple(int(v) for v in i["axes"]), ctx,
+                                             bool(i.get("keep_dims", False))),
+    "cast": lambda i, a, ctx: np.asarray(i["x"]).astype(_CAST[str(i["dtype"])]),
+    "shape": lambda i, a, ctx: np.asarray(np.shape(i["x"]), np.int32),
+    "gather": lambda i, a, ctx: np.take(i["x"], np.asarray(i["indices"]).astype(np.int64), axis=int(i.get("axis", 0))),
+    "identity": lambda i, a, ctx: i["x"],
+    "constexpr_affine_dequantize": _affine_dequantize, "constexpr_lut_to_dense": _lut_to_dense,
+    "classify": _classify,
+}
+
+
+class _Context:
+    def __init__(self, fp16_accumulate: bool):
+        self.fp16_accumulate = fp16_accumulate
+        self.current_output_shape = None
+        self.classifier_probs = None
+
+
+# ------------------------------------------------------------------------------------------
+# The executor
+# ------------------------------------------------------------------------------------------
+class CoreMLReference:
+    """Run a saved ``.mlpackage`` ML program in numpy.
+
+    ``predict`` mirrors ``MLModel.predict``: image inputs take a PIL image (RGB, as an app has it)
+    or a float ``[1, 3, H, W]`` array already in the model's channel order and pixel scale
+    (0...255, before the program's own scale); tensor inputs take arrays.
+    """
+
+    def __init__(self, path: str | Path, accumulate: str = "fp32"):
+        import coremltools as ct
+
+        if accumulate not in ("fp32", "fp16"):
+            raise ValueError(f"accumulate must be 'fp32' or 'fp16', got {accumulate!r}")
+        self.path = Path(path)
+        manifest = self.path / "Manifest.json"
+        if not self.path.is_dir() or not manifest.exists():
+            raise CoreMLReferenceError(f"{self.path} is not an .mlpackage (no Manifest.json): export one with "
+                                       "`python -m export coreml`")
+        try:
+            spec = ct.utils.load_spec(str(self.path))
+        except Exception as e:
+            raise CoreMLReferenceError(f"{self.path}: cannot read the model spec ({e})") from e
+        if spec.WhichOneof("Type") != "mlProgram":
+            raise CoreMLReferenceError(f"{self.path} is a {spec.WhichOneof('Type')} model, not an ML program")
+        self.spec = spec
+        self.accumulate = accumulate
+        main = spec.mlProgram.functions["main"]
+        self.block = main.block_specializations[main.opset]
+        self.function_inputs = {v.name: v for v in main.inputs}
+        weights = self.path / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+        self._blobs = None
+        if weights.exists():
+            from coremltools.libmilstoragepython import _BlobStorageReader
+
+            self._blobs = _BlobStorageReader(str(weights))
+        self._consts: dict[str, object] = {}
+        self._load_consts()
+
+    # -- program structure ------------------------------------------------------------------
+    def _attr(self, op, key):
+        return _tensor_value(op.attributes[key], self._blobs)
+
+    def _load_consts(self):
+        for op in self.block.operations:
+            if op.type == "const":
+                self._consts[op.outputs[0].name] = self._attr(op, "val")
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.spec.description.input]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.spec.description.output]
+
+    def op_types(self) -> dict[str, int]:
+        from collections import Counter
+
+        return dict(Counter(op.type for op in self.block.operations))
+
+    # -- inputs -------------------------------------------------------------------------------
+    def _feed(self, inputs: dict) -> dict[str, np.ndarray]:
+        env = {}
+        for desc in self.spec.description.input:
+            if desc.name not in inputs:
+                raise KeyError(f"missing input {desc.name!r}; the model takes {self.input_names}")
+            value = inputs[desc.name]
+            if desc.type.HasField("imageType"):
+                if not isinstance(value, np.ndarray):  # a PIL image, RGB as apps hold them
+                    arr = np.asarray(value.convert("RGB"), np.float32)  # [H, W, 3] RGB
+                    if desc.type.imageType.colorSpace == 30:  # BGR model: Core ML feeds B, G, R
+                        arr = arr[..., ::-1]
+                    value = np.ascontiguousarray(arr.transpose(2, 0, 1))[None]  # -> [1, 3, H, W]
+            env[desc.name] = np.asarray(value, np.float32)
+        return env
+
+    # -- execution ------------------------------------------------------------------------------
+    def run(self, inputs: dict, keep: bool = False) -> dict[str, object]:
+        """Execute ``main``; returns the block outputs (or every intermediate value if ``keep``)."""
+        ctx = _Context(self.accumulate == "fp16")
+        env: dict[str, object] = dict(self._consts)
+        env.update(self._feed(inputs))
+        for index, op in enumerate(self.block.operations):
+            if op.type == "const":
+                continue
+            fn = OPS.get(op.type)
+            where = f"op #{index} (output {op.outputs[0].name!r})"
+            if fn is None:
+                raise UnsupportedOpError(f"unsupported MIL op {op.type!r} at {where} in {self.path}")
+            args = {}
+            for key, arg in op.inputs.items():
+                vals = [env[b.name] if b.WhichOneof("binding") == "name" else _tensor_value(b.value, self._blobs)
+                        for b in arg.arguments]
+                args[key] = vals if key == "values" else vals[0]
+            attrs = {k: self._attr(op, k) for k in op.attributes if k != "name"} if op.type.startswith(
+                "constexpr") else {}
+            ctx.current_output_shape = _shape(op.outputs[0].type.tensorType) if op.outputs[0].type.HasField(
+                "tensorType") else None
+            try:
+                result = fn(args, attrs, ctx)
+            except (KeyError, ValueError, IndexError) as e:
+                raise CoreMLReferenceError(f"{op.type} at {where} failed: {type(e).__name__}: {e}") from e
+            results = result if isinstance(result, tuple) else (result,)
+            for out, value in zip(op.outputs, results):
+                if out.type.HasField("tensorType") and isinstance(value, np.ndarray):
+                    dt = _DTYPES.get(out.type.tensorType.dataType)
+                    if dt is not None:
+                        value = value.astype(dt)  # storage in the declared dtype (fp16 stays fp16)
+                env[out.name] = value
+        self._last_probs = ctx.classifier_probs
+        if keep:
+            return env
+        return {name: env[name] for name in self.block.outputs}
+
+    def predict(self, inputs: dict) -> dict[str, object]:
+        """Outputs by their model-description names, like ``MLModel.predict``."""
+        out = self.run(inputs)
+        return {desc.name: out[desc.name] for desc in self.spec.description.output if desc.name in out}
+
+    def scores(self, inputs: dict) -> np.ndarray:
+        """The float scores vector: logits for a logits model, probabilities for a classifier."""
+        out = self.run(inputs)
+        if self._last_probs is not None:
+            return self._last_probs.astype(np.float32).reshape(1, -1)
+        return np.asarray(out[self.block.outputs[0]], np.float32).reshape(1, -1)
+
+
+class CoreMLReferenceRunner:
+    """Runner interface (see ``export.runners``) over :class:`CoreMLReference`.
+
+    Takes the same float32 ``[B, 3, H, W]`` batch as PyTorch (model channel order, pixels / 255);
+    for an image-input program it feeds ``x * 255`` (exact for inputs made from uint8 photos).
+    """
+
+    runtime = "coreml-reference"
+
+    def __init__(self, path, threads: int = 2, accumulate: str = "fp32"):
+        self.path = Path(path)
+        self.threads = threads
+        self.model = CoreMLReference(path, accumulate=accumulate)
+        desc = self.model.spec.description.input[0]
+        self.input_name = desc.name
+        self.is_image = desc.type.HasField("imageType")
+
+    @property
+    def version(self) -> str:
+        return f"numpy {np.__version__} ({self.model.accumulate} accumulate)"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        outs = []
+        for k in range(x.shape[0]):
+            xi = x[k:k + 1].astype(np.float32)
+            if self.is_image:
+                xi = np.round(xi * 255.0)
+            outs.append(self.model.scores({self.input_name: xi}))
+        return np.concatenate(outs)
