@@ -1,0 +1,305 @@
+"""The Core ML reference executor: op semantics, whole models, planted faults, clear errors."""
+import shutil
+
+import coremltools as ct
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from coremltools.converters.mil import Builder as mb
+
+from export.coreml import CoreMLOptions, convert_coreml
+from export.coreml_reference import CoreMLReference, CoreMLReferenceError, CoreMLReferenceRunner, UnsupportedOpError
+from export.runners import coreml_runtime_available
+from export.validate import drift
+from mobilevit import STRATEGIES
+from mobilevit.preprocess import sample_batch
+from mobilevit.synthetic import synthetic_model
+
+RNG = np.random.default_rng(0)
+FP16_BOUND = 2e-2  # max abs diff / max |logit| of an fp16 program vs PyTorch fp32 (measured ~3e-3)
+
+
+def _save_program(prog, path, precision=ct.precision.FLOAT32):
+    ml = ct.convert(prog, convert_to="mlprogram", compute_precision=precision, pass_pipeline=ct.PassPipeline.EMPTY,
+                    minimum_deployment_target=ct.target.iOS16, skip_model_load=True)
+    ml.save(str(path))
+    return CoreMLReference(path)
+
+
+def _run(prog, tmp_path, **inputs):
+    ref = _save_program(prog, tmp_path / "p.mlpackage")
+    out = ref.run(inputs)
+    return [out[k] for k in ref.block.outputs]
+
+
+# -------------------------------------------------------------------------------------- ops
+@pytest.mark.parametrize("pad_type,stride,groups,dil", [
+    ("same", 2, 1, 1), ("valid", 1, 1, 1), ("same", 1, 4, 1), ("same_lower", 2, 1, 1), ("custom", 2, 2, 2),
+    ("same", 2, 8, 1)])
+def test_conv_matches_torch(tmp_path, pad_type, stride, groups, dil):
+    x = RNG.standard_normal((1, 8, 7, 9)).astype(np.float32)
+    w = RNG.standard_normal((8, 8 // groups, 3, 3)).astype(np.float32)
+    b = RNG.standard_normal(8).astype(np.float32)
+    pad = [1, 2, 0, 1]
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=x.shape)], opset_version=ct.target.iOS16)
+    def prog(x):
+        kw = {"pad": pad} if pad_type == "custom" else {}
+        return mb.conv(x=x, weight=w, bias=b, strides=[stride, stride], pad_type=pad_type, groups=groups,
+                       dilations=[dil, dil], **kw)
+
+    (got,) = _run(prog, tmp_path, x=x)
+    xt = torch.from_numpy(x)
+    if pad_type == "custom":
+        xt = F.pad(xt, (pad[2], pad[3], pad[0], pad[1]))
+    elif pad_type in ("same", "same_lower"):
+        eff = 2 * dil + 1
+        pads = []
+        for size in (9, 7):  # W then H, as F.pad wants
+            total = max((-(-size // stride) - 1) * stride + eff - size, 0)
+            lo, hi = total // 2, total - total // 2
+            pads += [lo, hi] if pad_type == "same" else [hi, lo]
+        xt = F.pad(xt, pads)
+    want = F.conv2d(xt, torch.from_numpy(w), torch.from_numpy(b), stride=stride, groups=groups, dilation=dil)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tx,ty", [(False, False), (True, False), (False, True), (True, True)])
+def test_matmul_transpose_and_broadcast(tmp_path, tx, ty):
+    a = RNG.standard_normal((2, 3, 5, 4) if not tx else (2, 3, 4, 5)).astype(np.float32)
+    b = RNG.standard_normal((4, 6) if not ty else (6, 4)).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=a.shape)], opset_version=ct.target.iOS16)
+    def prog(x):
+        return mb.matmul(x=x, y=b, transpose_x=tx, transpose_y=ty)
+
+    (got,) = _run(prog, tmp_path, x=a)
+    want = np.matmul(np.swapaxes(a, -1, -2) if tx else a, b.T if ty else b)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_slice_concat_reshape_transpose(tmp_path):
+    x = RNG.standard_normal((2, 6, 5, 4)).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=x.shape)], opset_version=ct.target.iOS16)
+    def prog(x):
+        s = mb.slice_by_index(x=x, begin=[0, 1, 0, 3], end=[1, 6, 5, 0], stride=[1, 2, 2, 1],
+                              begin_mask=[False, False, True, False], end_mask=[False, False, True, True],
+                              squeeze_mask=[True, False, False, False])  # -> [3, 3, 1]
+        c = mb.concat(values=[x, mb.mul(x=x, y=2.0)], axis=1, interleave=True)  # -> [2, 12, 5, 4]
+        r = mb.reshape(x=c, shape=[0, 12, -1, 2])  # 0 keeps dim 0 -> [2, 12, 10, 2]
+        t = mb.transpose(x=r, perm=[3, 0, 2, 1])
+        return s, t
+
+    s, t = _run(prog, tmp_path, x=x)
+    np.testing.assert_array_equal(s, x[0, 1:6:2, ::2, 3:])
+    inter = np.stack([x, x * 2], axis=2).reshape(2, 12, 5, 4)
+    np.testing.assert_array_equal(t, inter.reshape(2, 12, 10, 2).transpose(3, 0, 2, 1))
+
+
+def test_norms_softmax_reduce(tmp_path):
+    x = RNG.standard_normal((2, 7, 16)).astype(np.float32) * 3
+    g, b = RNG.standard_normal(16).astype(np.float32), RNG.standard_normal(16).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=x.shape)], opset_version=ct.target.iOS16)
+    def prog(x):
+        return (mb.layer_norm(x=x, axes=[-1], gamma=g, beta=b, epsilon=1e-5), mb.softmax(x=x, axis=1),
+                mb.reduce_mean(x=x, axes=[1, 2], keep_dims=False), mb.silu(x=x))
+
+    ln, sm, rm, si = _run(prog, tmp_path, x=x)
+    xt = torch.from_numpy(x)
+    np.testing.assert_allclose(ln, F.layer_norm(xt, (16,), torch.from_numpy(g), torch.from_numpy(b)).numpy(),
+                               atol=1e-5)
+    np.testing.assert_allclose(sm, xt.softmax(1).numpy(), atol=1e-6)
+    np.testing.assert_allclose(rm, x.mean(axis=(1, 2)), atol=1e-6)
+    np.testing.assert_allclose(si, F.silu(xt).numpy(), atol=1e-6)
+
+
+# (6 -> 5 is left out on purpose: its fp32 scale 0.8333333 makes MIL infer floor(6 * s) = 4.)
+@pytest.mark.parametrize("src,dst", [((5, 5), (6, 6)), ((8, 6), (4, 3)), ((7, 3), (8, 4))])
+def test_upsample_bilinear_matches_torch_interpolate(tmp_path, src, dst):
+    x = RNG.standard_normal((1, 3, *src)).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=x.shape)], opset_version=ct.target.iOS16)
+    def prog(x):
+        return mb.upsample_bilinear(x=x, scale_factor_height=dst[0] / src[0], scale_factor_width=dst[1] / src[1],
+                                    align_corners=False)
+
+    ref = _save_program(prog, tmp_path / "u.mlpackage")
+    out = ref.run({"x": x})[ref.block.outputs[0]]
+    want = F.interpolate(torch.from_numpy(x), size=dst, mode="bilinear", align_corners=False).numpy()
+    assert out.shape == want.shape
+    np.testing.assert_allclose(out, want, atol=1e-5)
+
+
+def test_pixel_shuffle_pair_matches_torch(tmp_path):
+    x = RNG.standard_normal((1, 8, 4, 6)).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=x.shape)], opset_version=ct.target.iOS16)
+    def prog(x):
+        return mb.pixel_shuffle(x=x, upscale_factor=2), mb.pixel_unshuffle(x=x, downscale_factor=np.uint32(2))
+
+    up, down = _run(prog, tmp_path, x=x)
+    np.testing.assert_array_equal(up, F.pixel_shuffle(torch.from_numpy(x), 2).numpy())
+    np.testing.assert_array_equal(down, F.pixel_unshuffle(torch.from_numpy(x), 2).numpy())
+
+
+# ------------------------------------------------------------------------------- whole models
+@pytest.fixture(scope="module")
+def photos_xxs():
+    return sample_batch(synthetic_model("xx_small").cfg, 4, seed=3).numpy()
+
+
+def _export(tmp_path_factory, variant, strategy, precision, attention="split", output="logits"):
+    model = synthetic_model(variant, patches=strategy).set_attention(attention)
+    path = tmp_path_factory.mktemp("ml") / f"{variant}-{strategy}-{precision}.mlpackage"
+    opts = CoreMLOptions(precision=precision, input_kind="tensor", output_kind=output)
+    convert_coreml(model, opts).save(str(path))
+    return model, path
+
+
+@pytest.mark.parametrize("variant,strategy", [(v, s) for s in STRATEGIES for v in ["xx_small"]]
+                         + [("x_small", "pixel_shuffle"), ("small", "slice")])
+def test_fp32_program_equals_pytorch(tmp_path_factory, variant, strategy):
+    model, path = _export(tmp_path_factory, variant, strategy, "fp32",
+                          attention="batched" if strategy == "reference" else "split")
+    x = sample_batch(model.cfg, 3, seed=5).numpy()
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    got = CoreMLReferenceRunner(path)(x)
+    assert np.abs(got - want).max() / np.abs(want).max() < 1e-5
+
+
+@pytest.mark.parametrize("variant", ["xx_small", "small"])
+def test_fp16_program_within_bound_both_modes(tmp_path_factory, variant):
+    model, path = _export(tmp_path_factory, variant, "pixel_shuffle", "fp16")
+    x = sample_batch(model.cfg, 8, seed=6).numpy()
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    storage = drift(want, CoreMLReferenceRunner(path, accumulate="fp32")(x))
+    pessimistic = drift(want, CoreMLReferenceRunner(path, accumulate="fp16")(x))
+    for d in (storage, pessimistic):
+        assert 1e-5 < d.max_abs_rel < FP16_BOUND  # fp16 really is in play, and bounded
+        assert d.top1_agreement == 1.0
+    assert pessimistic.max_abs >= 0.5 * storage.max_abs
+
+
+# ------------------------------------------------------------------------------ planted faults
+@pytest.fixture(scope="module")
+def xxs_package(tmp_path_factory):
+    return _export(tmp_path_factory, "xx_small", "pixel_shuffle", "fp32")
+
+
+def _copy(path, tmp_path):
+    dst = tmp_path / path.name
+    shutil.copytree(path, dst)
+    return dst
+
+
+def _spec_file(pkg):
+    return pkg / "Data" / "com.apple.CoreML" / "model.mlmodel"
+
+
+def _edit_spec(pkg, fn):
+    spec = ct.proto.Model_pb2.Model()
+    spec.ParseFromString(_spec_file(pkg).read_bytes())
+    main = spec.mlProgram.functions["main"]
+    fn(main.block_specializations[main.opset])
+    _spec_file(pkg).write_bytes(spec.SerializeToString())
+
+
+def _outputs(pkg, x):
+    return CoreMLReferenceRunner(pkg)(x)
+
+
+def test_corrupted_weight_is_detected(xxs_package, tmp_path, photos_xxs):
+    model, path = xxs_package
+    pkg = _copy(path, tmp_path)
+    blob = pkg / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    data = bytearray(blob.read_bytes())
+    ref = CoreMLReference(path)
+    offsets = [op.attributes["val"].blobFileValue.offset for op in ref.block.operations
+               if op.type == "const" and op.attributes["val"].HasField("blobFileValue")]
+    start = offsets[len(offsets) // 2] + 64  # skip the blob header, land in the data
+    data[start:start + 64] = bytes(64 * [0x7F])
+    blob.write_bytes(bytes(data))
+    diff = np.abs(_outputs(pkg, photos_xxs[:1]) - _outputs(path, photos_xxs[:1]))
+    assert not np.isfinite(diff).all() or diff.max() > 1e-3
+
+
+def test_wrong_transpose_perm_is_detected(xxs_package, tmp_path, photos_xxs):
+    model, path = xxs_package
+    pkg = _copy(path, tmp_path)
+    consts = {op.outputs[0].name: op for op in CoreMLReference(path).block.operations if op.type == "const"}
+
+    def swap(block):
+        for op in block.operations:
+            if op.type == "transpose":
+                perm_name = op.inputs["perm"].arguments[0].name
+                target = next(o for o in block.operations if o.outputs and o.outputs[0].name == perm_name)
+                vals = target.attributes["val"].immediateValue.tensor.ints.values
+                if list(vals) == [0, 2, 1]:  # k -> k^T in split attention; swapping makes it a no-op
+                    vals[1], vals[2] = 2, 1
+                    return
+                if len(vals) == 4:
+                    vals[2], vals[3] = vals[3], vals[2]
+                    return
+        raise AssertionError("no transpose found")
+
+    assert consts  # the executor reads consts from the spec, so an edited spec must change the result
+    _edit_spec(pkg, swap)
+    try:
+        out = _outputs(pkg, photos_xxs[:1])
+    except CoreMLReferenceError:
+        return  # shape no longer fits: detected too
+    diff = np.abs(out - _outputs(path, photos_xxs[:1]))
+    assert not np.isfinite(diff).all() or diff.max() > 1e-3
+
+
+def test_unknown_op_names_the_op(xxs_package, tmp_path, photos_xxs):
+    pkg = _copy(xxs_package[1], tmp_path)
+
+    def rename(block):
+        next(op for op in block.operations if op.type == "silu").type = "swish_v2"
+
+    _edit_spec(pkg, rename)
+    with pytest.raises(UnsupportedOpError, match="'swish_v2' at op #"):
+        _outputs(pkg, photos_xxs[:1])
+
+
+def test_not_an_mlpackage(tmp_path):
+    (tmp_path / "fake.mlpackage").mkdir()
+    with pytest.raises(CoreMLReferenceError, match="not an .mlpackage"):
+        CoreMLReference(tmp_path / "fake.mlpackage")
+    with pytest.raises(ValueError, match="accumulate"):
+        CoreMLReference(tmp_path / "fake.mlpackage", accumulate="int8")
+
+
+def test_image_input_and_classifier_like_an_app(tmp_path_factory, photos_xxs):
+    """A PIL RGB image in, label + probabilities out, as MLModel.predict returns them."""
+    from PIL import Image
+
+    from mobilevit.labels import imagenet_labels
+
+    model = synthetic_model("xx_small", patches="pixel_shuffle")
+    path = tmp_path_factory.mktemp("img") / "m.mlpackage"
+    convert_coreml(model, CoreMLOptions(precision="fp32", labels=tuple(imagenet_labels()))).save(str(path))
+    bgr = photos_xxs[0]
+    rgb_u8 = np.round(bgr[::-1].transpose(1, 2, 0) * 255).astype(np.uint8)
+    out = CoreMLReference(path).predict({"image": Image.fromarray(rgb_u8)})
+    with torch.no_grad():
+        probs = model(torch.from_numpy(bgr[None])).softmax(-1).numpy()[0]
+    assert out["classLabel"] == imagenet_labels()[int(probs.argmax())]
+    got = np.array([out["classLabel_probs"][k] for k in imagenet_labels()])
+    np.testing.assert_allclose(got, probs, atol=1e-6)
+
+
+@pytest.mark.skipif(not coreml_runtime_available()[0], reason="Core ML runtime needs macOS")
+def test_matches_the_real_core_ml_runtime(xxs_package, photos_xxs):  # pragma: no cover - macOS only
+    from export.runners import CoreMLRuntimeRunner
+
+    _, path = xxs_package
+    real = CoreMLRuntimeRunner(path)(photos_xxs)
+    ours = CoreMLReferenceRunner(path)(photos_xxs)
+    assert drift(real, ours).cosine_min > 0.9999
