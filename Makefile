@@ -6,12 +6,12 @@ PYTHON := $(BIN)/python
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 
-VARIANT ?= small
+VARIANT ?=
 WEIGHTS ?=
 PRECISION ?=
 PATCHES ?=
 OUT ?= artifacts
-EXPORT_ARGS = --variant $(VARIANT) --out $(OUT) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
+EXPORT_ARGS = $(if $(VARIANT),--variant $(VARIANT)) --out $(OUT) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
 	$(if $(PRECISION),--precision $(PRECISION)) $(if $(PATCHES),--patches $(PATCHES)) $(if $(FORCE),--force)
 
 .PHONY: setup test lint export-coreml export-onnx export-tflite export-all bench bench-full \

@@ -28,7 +28,8 @@ def parser() -> argparse.ArgumentParser:
             f"  {s.name}: {s.doc}" for s in STRATEGIES.values())
         + "\n\nexit codes: 0 ok, 2 bad request, 3 validation failed, 4 conversion failed")
     p.add_argument("target", choices=[*TARGETS, "all"], help="what to export to")
-    p.add_argument("--variant", default="small", help=f"one of {', '.join(VARIANTS)} (default small)")
+    p.add_argument("--variant", default=None,
+                   help=f"one of {', '.join(VARIANTS)}; default: the checkpoint's variant, or small without --weights")
     p.add_argument("--weights", default=None,
                    help="checkpoint (mmpretrain .pth, ml-cvnets .pt, timm, Hugging Face .safetensors/.bin, "
                         "or ours); default: calibrated synthetic weights, clearly marked as such")

@@ -34,7 +34,7 @@ class ExportRequest:
     """Everything the CLI can ask for; ``None`` means the target's default."""
 
     target: str
-    variant: str = "small"
+    variant: str | None = "small"  # None: the checkpoint's own variant (or small without --weights)
     weights: str | None = None
     precisions: tuple[str, ...] = ()
     patches: str | None = None
@@ -62,7 +62,11 @@ def _say(msg: str) -> None:
 def resolve(req: ExportRequest) -> ExportRequest:
     """Fill target defaults and refuse anything the exporter cannot honour, before any work."""
     cfg = target_config(req.target)
-    get_config(req.variant)
+    if req.variant is None:
+        from mobilevit.checkpoints import load_checkpoint
+
+        req = replace(req, variant=load_checkpoint(req.weights).variant if req.weights else "small")
+    req = replace(req, variant=get_config(req.variant).name)
     precisions = req.precisions or (cfg.default_precision,)
     for p in precisions:
         check_precision(req.target, p)

@@ -2,6 +2,7 @@
 import os
 
 import pytest
+import torch
 
 from export.__main__ import EXIT_BAD_REQUEST, EXIT_CONVERSION, EXIT_VALIDATION, main
 
@@ -89,5 +90,40 @@ def test_help_explains_choices(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    for word in ("coreml", "onnx", "tflite", "pixel_shuffle", "palettize6", "int8_dynamic", "exit codes"):
+    for word in ("coreml", "onnx", "tflite", "pixel_shuffle", "palettize8", "int8_dynamic", "exit codes"):
         assert word in text
+
+
+def _hf_checkpoint(tmp_path, variant="xx_small"):
+    from tests.test_checkpoints import _their_state_dict
+
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(_their_state_dict("huggingface", variant), path)
+    return path
+
+
+def test_checkpoint_export_takes_its_variant_and_records_its_origin(tmp_path, capsys):
+    import json
+
+    ckpt = _hf_checkpoint(tmp_path)
+    out = tmp_path / "out"
+    assert main(["onnx", "--weights", str(ckpt), "--out", str(out)]) == 0
+    manifest = json.loads((out / "mobilevit_xx_small_onnx_fp32" / "manifest.json").read_text())
+    assert manifest["variant"] == "xx_small" and manifest["weights"]["synthetic"] is False
+    assert manifest["weights"]["format"] == "huggingface" and len(manifest["weights"]["sha256"]) == 64
+    assert "SYNTHETIC" not in capsys.readouterr().err
+
+
+def test_checkpoint_that_does_not_fit_the_variant(tmp_path, capsys):
+    ckpt = _hf_checkpoint(tmp_path)
+    out = tmp_path / "out"
+    code, err = _run(["onnx", "--variant", "small", "--weights", str(ckpt), "--out", str(out)], capsys)
+    assert code == EXIT_BAD_REQUEST and "holds MobileViT xx_small weights" in err and "--variant xx_small" in err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_bad_checkpoint_file(tmp_path, capsys):
+    bad = tmp_path / "notes.pth"
+    bad.write_text("not weights")
+    code, err = _run(["coreml", "--weights", str(bad), "--out", str(tmp_path / "out")], capsys)
+    assert code == EXIT_BAD_REQUEST and "is not a checkpoint" in err
