@@ -488,3 +488,15 @@ def save_checkpoint(model, path: str | Path, *, class_names: list[str] | None = 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def to_format(state_dict: dict[str, torch.Tensor], fmt_name: str, cfg: MobileViTConfig) -> dict[str, torch.Tensor]:
+    """Pure inverse of :func:`remap`: our state dict in a public format's naming (HF q/k/v split)."""
+    out = {}
+    for ours, theirs in key_map(FORMATS[fmt_name], cfg).items():
+        if isinstance(theirs, tuple):
+            for key, chunk in zip(theirs, state_dict[ours].chunk(len(theirs))):
+                out[key] = chunk.clone()
+        else:
+            out[theirs] = state_dict[ours].clone()
+    return out

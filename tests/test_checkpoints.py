@@ -35,6 +35,7 @@ from mobilevit.checkpoints import (
     load_checkpoint,
     load_model,
     save_checkpoint,
+    to_format,
 )
 from mobilevit.synthetic import synthetic_model
 
@@ -93,17 +94,12 @@ SPOT_CHECKS = {
 
 
 def _their_state_dict(fmt: str, variant: str, model=None) -> dict[str, torch.Tensor]:
-    """A state dict in ``fmt``'s naming holding ``model``'s tensors (HF q/k/v split back out)."""
+    """A state dict in ``fmt``'s naming holding ``model``'s tensors (HF q/k/v split back out).
+
+    The names come from the layout that ``test_key_layout_matches_the_public_source`` pins to the
+    public sources, and the HF layout is checked against transformers itself below."""
     model = model or synthetic_model(variant)
-    ours = model.state_dict()
-    out = {}
-    for our_key, their in key_map(FORMATS[fmt], model.cfg).items():
-        if isinstance(their, tuple):
-            for k, chunk in zip(their, ours[our_key].chunk(3)):
-                out[k] = chunk.clone()
-        else:
-            out[their] = ours[our_key].clone()
-    return out
+    return to_format(model.state_dict(), fmt, model.cfg)
 
 
 @pytest.mark.parametrize("fmt", list(SPOT_CHECKS))
