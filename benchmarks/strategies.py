@@ -1,0 +1,143 @@
+"""Measure every patch strategy through every converter: graph size, drift, latency.
+
+This is where the exporters' default strategies come from (``export.config.TARGETS``):
+``python -m benchmarks.strategies --variants xx_small,small`` writes
+``benchmarks/results/strategies.json`` and ``strategies.md`` (the README table).
+Runtimes are interleaved round-robin so machine load hits every strategy alike.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _convert(target: str, model, folder: Path, calib: np.ndarray) -> Path:
+    if target == "onnx":
+        from export.onnx import export_onnx
+
+        return export_onnx(model, folder / "m.onnx", dynamic_batch=True)
+    if target == "tflite":
+        from export.tflite import export_tflite
+
+        return export_tflite(model, folder, precisions=("fp32",), calibration=calib)["fp32"]
+    from export.coreml import CoreMLOptions, convert_coreml
+
+    path = folder / "m.mlpackage"
+    convert_coreml(model, CoreMLOptions(precision="fp32", input_kind="tensor", output_kind="logits")).save(str(path))
+    return path
+
+
+def measure(variants, targets, strategies, repeats: int, threads: int, out: Path) -> list[dict]:
+    from export.graph import inspect
+    from export.runners import RunnerUnavailable, make_runner
+    from export.validate import drift
+    from mobilevit.preprocess import sample_batch
+    from mobilevit.synthetic import synthetic_model
+
+    torch.set_num_threads(threads)
+    rows, runners = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in variants:
+            model = synthetic_model(variant)
+            x = sample_batch(model.cfg, 8, seed=1).numpy()
+            calib = sample_batch(model.cfg, 16, seed=7).numpy()
+            with torch.no_grad():
+                ref = model(torch.from_numpy(x)).numpy()
+            for target in targets:
+                for strategy in strategies:
+                    row = {"variant": variant, "target": target, "strategy": strategy}
+                    rows.append(row)
+                    folder = Path(tmp) / f"{variant}-{target}-{strategy}"
+                    folder.mkdir()
+                    print(f"[strategies] {variant} {target} {strategy} ...", file=sys.stderr, flush=True)
+                    start = time.time()
+                    try:
+                        path = _convert(target, model.set_patches(strategy), folder, calib)
+                    except Exception as e:
+                        row["error"] = f"conversion failed: {type(e).__name__}: {str(e).splitlines()[-1][:200]}"
+                        continue
+                    finally:
+                        model.set_patches("reference")
+                    row["convert_s"] = round(time.time() - start, 1)
+                    g = inspect(path)
+                    row.update(nodes=g.nodes, transposes=g.transposes, max_rank=g.max_rank,
+                               shape_ops=sum(g.shape_ops.values()))
+                    try:
+                        runner = make_runner(path, threads=threads)
+                        row["max_abs_diff"] = drift(ref, runner(x)).max_abs
+                        row["runtime"] = runner.runtime
+                        if runner.runtime in ("onnxruntime", "litert", "coreml"):
+                            runners[len(rows) - 1] = (runner, [])
+                    except RunnerUnavailable as e:
+                        row["max_abs_diff"] = None
+                        row["latency"] = f"skipped: {e}"
+        one = x[:1]
+        for idx, (runner, samples) in runners.items():
+            for _ in range(5):
+                runner(one)
+        for _ in range(repeats):  # round-robin: every runner sees the same machine load
+            for runner, samples in runners.values():
+                t = time.perf_counter()
+                runner(one)
+                samples.append((time.perf_counter() - t) * 1e3)
+        for idx, (runner, samples) in runners.items():
+            q1, med, q3 = np.percentile(samples, [25, 50, 75])
+            rows[idx].update(latency_ms_median=round(float(med), 3), latency_ms_iqr=round(float(q3 - q1), 3),
+                             runtime_version=runner.version)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"threads": threads, "repeats": repeats, "machine": platform.processor() or platform.machine(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "weights": "synthetic-calibrated"}
+    (out / "strategies.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    (out / "strategies.md").write_text(render(rows, meta))
+    return rows
+
+
+def render(rows: list[dict], meta: dict) -> str:
+    """Markdown: one table per target, variants and strategies as rows."""
+    lines = [f"Patch strategies, calibrated synthetic weights, batch 1, {meta['threads']} threads, "
+             f"median of {meta['repeats']} interleaved runs ({meta['created']}).", ""]
+    for target in dict.fromkeys(r["target"] for r in rows):
+        lines += [f"**{target}**", "", "| variant | strategy | nodes | transposes | max rank | "
+                  "max abs diff | latency ms (IQR) |", "|---|---|---|---|---|---|---|"]
+        for r in (r for r in rows if r["target"] == target):
+            if "error" in r:
+                lines.append(f"| {r['variant']} | {r['strategy']} | {r['error']} | | | | |")
+                continue
+            diff = "n/a" if r.get("max_abs_diff") is None else f"{r['max_abs_diff']:.2e}"
+            lat = (f"{r['latency_ms_median']:.2f} ({r['latency_ms_iqr']:.2f})" if "latency_ms_median" in r
+                   else r.get("latency", "n/a"))
+            lines.append(f"| {r['variant']} | {r['strategy']} | {r['nodes']} | {r['transposes']} | "
+                         f"{r['max_rank']} | {diff} | {lat} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from mobilevit import STRATEGIES
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.strategies", description=__doc__)
+    p.add_argument("--variants", default="xx_small,small")
+    p.add_argument("--targets", default="onnx,tflite,coreml")
+    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    a = p.parse_args(argv)
+    rows = measure(a.variants.split(","), a.targets.split(","), a.strategies.split(","), a.repeats, a.threads,
+                   a.out)
+    print(render(rows, json.loads((a.out / "strategies.json").read_text())["meta"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
