@@ -62,6 +62,16 @@ def build_model(cfg: TrainConfig, num_classes: int) -> MobileViT:
     return model
 
 
+def recalibrate(model: MobileViT, split: Split, size: int, limit: int = 1024) -> MobileViT:
+    """Precise BatchNorm statistics at the evaluation size (see ``recompute_batchnorm``)."""
+    from .synthetic import recompute_batchnorm
+
+    x = split.images[:limit]
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return recompute_batchnorm(model, x)
+
+
 @torch.no_grad()
 def evaluate(model: MobileViT, split: Split, size: int, batch: int = 128) -> tuple[float, torch.Tensor]:
     """Top-1 accuracy and predictions at ``size``."""
@@ -139,7 +149,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: LabelledData | None = No
             correct += (logits.argmax(1) == y).sum().item()
             loss_sum += loss.item() * len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.1%}", size=size)
-        val_acc, _ = evaluate(model, data.val, cfg.eval_size)
+        val_acc, _ = evaluate(recalibrate(model, train_split, cfg.eval_size), data.val, cfg.eval_size)
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                         "val_top1": val_acc, "seconds": round(time.time() - t0, 1)})
         if progress:
@@ -147,8 +157,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: LabelledData | None = No
                   f"val top-1 {val_acc:.1%} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "epoch": epoch + 1, "history": history, "config": asdict(cfg)}, state_path)
-    model.eval()
-    val_acc, _ = evaluate(model, data.val, cfg.eval_size)
+    val_acc, _ = evaluate(recalibrate(model, train_split, cfg.eval_size), data.val, cfg.eval_size)
     ckpt = save_checkpoint(model, out / "model.pt", class_names=data.class_names,
                            origin=f"fine-tuned on {data.name} ({cfg.variant}, {cfg.epochs} epochs)",
                            extra={"val_top1": val_acc, "eval_size": cfg.eval_size, "history": history,
