@@ -14,7 +14,7 @@ OUT ?= artifacts
 EXPORT_ARGS = $(if $(VARIANT),--variant $(VARIANT)) --out $(OUT) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
 	$(if $(PRECISION),--precision $(PRECISION)) $(if $(PATCHES),--patches $(PATCHES)) $(if $(FORCE),--force)
 
-.PHONY: setup test lint export-coreml export-onnx export-tflite export-all bench bench-full \
+.PHONY: setup test lint export-coreml export-onnx export-tflite export-all bench bench-full readme strategies \
 	finetune bench-accuracy clean
 
 setup: $(STAMP)
@@ -62,3 +62,9 @@ bench-accuracy: setup
 
 clean:
 	rm -rf artifacts .pytest_cache
+
+readme: setup
+	$(PYTHON) -m benchmarks.readme
+
+strategies: setup
+	$(PYTHON) -m benchmarks.strategies

@@ -122,3 +122,16 @@ def test_markdown_is_rendered_from_the_json(tiny_run):
     status = target_status(result["variants"][0], "2")
     assert status[0]["value"] is not None and status[0]["limit"] == 0.85
     assert len(flat_rows(result)) == 10
+
+
+def test_readme_blocks_are_filled_from_results(tmp_path):
+    from benchmarks.readme import update
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "bench.md").write_text("| a | b |\n|---|---|\n| 1 | 2 |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:bench -->\nold table\n<!-- /results:bench -->\n"
+                      "<!-- results:missing -->\nkept\n<!-- /results:missing -->\n")
+    assert update(readme, tmp_path / "results") == ["bench"]
+    text = readme.read_text()
+    assert "| 1 | 2 |" in text and "old table" not in text and "kept" in text
