@@ -224,9 +224,17 @@ def measure_drift(entries: list[Entry], model: MobileViT, images: np.ndarray) ->
             e.results["within_tolerance"] = not failures(d, tol, e.name)
 
 
+BLOCK = 5  # timed runs per row per round
+
+
 def measure_latency(entries: list[Entry], threads_list: list[int], repeats: int, warmup: int,
-                    x: np.ndarray) -> None:
-    """Interleaved: every repeat runs each row once, so load changes hit all rows alike."""
+                    x: np.ndarray, block: int = BLOCK) -> None:
+    """Interleaved in short blocks: each round runs every row ``block`` times after one untimed run.
+
+    Rounds spread machine-load changes over all rows alike; blocks (rather than single calls)
+    keep one runtime's spinning worker threads (onnxruntime, OpenMP) from stealing the cores of
+    the next runtime's measurement, which on 2 cores inflated 2-thread medians by up to 2x.
+    """
     for threads in threads_list:
         runners = {}
         for e in entries:
@@ -236,11 +244,13 @@ def measure_latency(entries: list[Entry], threads_list: list[int], repeats: int,
             for _ in range(warmup):
                 runners[e.name](x)
         samples = {name: [] for name in runners}
-        for _ in range(repeats):
+        for _ in range(-(-repeats // block)):
             for name, run in runners.items():
-                t = time.perf_counter()
-                run(x)
-                samples[name].append((time.perf_counter() - t) * 1e3)
+                run(x)  # untimed: let this runtime's threads take the cores back
+                for _ in range(block):
+                    t = time.perf_counter()
+                    run(x)
+                    samples[name].append((time.perf_counter() - t) * 1e3)
         for e in entries:
             if e.name in samples:
                 s = summarize(samples[e.name])

@@ -96,12 +96,13 @@ def render_markdown(result: dict) -> str:
                 + (f"{last['gflops']:.1f} | {last['fraction_of_peak']:.1%}" if last else "— | —") + " | "
                 + (f"{d['max_abs']:.2e} | {d['cosine_min']:.5f} | {d['top1_agreement']:.0%} | "
                    f"{d['top5_agreement']:.0%}" if d else "— | — | — | —") + " |")
-        lines += ["", f"Targets (from this run, {threads[-1]} threads):", ""]
-        for t in target_status(variant, threads[-1]):
-            state = "n/a" if t["met"] is None else ("met" if t["met"] else "NOT met")
-            value = "—" if t["value"] is None else f"{t['value']:.2f}"
-            lines.append(f"- {t['target']}: {value} (target {'<=' if 'speed-up' not in t['target'] else '>='} "
-                         f"{t['limit']}) — {state}; {t['note']}")
+        for th in threads:
+            lines += ["", f"Targets (from this run, {th} thread{'s' if th != '1' else ''}):", ""]
+            for t in target_status(variant, th):
+                state = "n/a" if t["met"] is None else ("met" if t["met"] else "NOT met")
+                value = "—" if t["value"] is None else f"{t['value']:.2f}"
+                lines.append(f"- {t['target']}: {value} (target {'<=' if 'speed-up' not in t['target'] else '>='} "
+                             f"{t['limit']}) — {state}; {t['note']}")
         for r in variant["rows"]:
             if r.get("localization"):
                 lines.append(f"- drift localisation, {r['name']}: {r['localization']['message']}")

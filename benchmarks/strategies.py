@@ -81,19 +81,16 @@ def measure(variants, targets, strategies, repeats: int, threads: int, out: Path
                     except RunnerUnavailable as e:
                         row["max_abs_diff"] = None
                         row["latency"] = f"skipped: {e}"
-        one = x[:1]
-        for idx, (runner, samples) in runners.items():
-            for _ in range(5):
-                runner(one)
-        for _ in range(repeats):  # round-robin: every runner sees the same machine load
-            for runner, samples in runners.values():
-                t = time.perf_counter()
-                runner(one)
-                samples.append((time.perf_counter() - t) * 1e3)
-        for idx, (runner, samples) in runners.items():
-            q1, med, q3 = np.percentile(samples, [25, 50, 75])
-            rows[idx].update(latency_ms_median=round(float(med), 3), latency_ms_iqr=round(float(q3 - q1), 3),
-                             runtime_version=runner.version)
+        from .harness import Entry, measure_latency
+
+        entries = [Entry(str(idx), runner.runtime, "fp32", "ours", rows[idx]["strategy"], "batched",
+                         lambda threads, runner=runner: runner, runner.version)
+                   for idx, (runner, _) in runners.items()]
+        measure_latency(entries, [threads], repeats, warmup=5, x=x[:1])  # interleaved blocks, same load
+        for e in entries:
+            lat = e.results["latency"][str(threads)]
+            rows[int(e.name)].update(latency_ms_median=round(lat["median_ms"], 3),
+                                     latency_ms_iqr=round(lat["iqr_ms"], 3), runtime_version=e.version)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"threads": threads, "repeats": repeats, "machine": platform.processor() or platform.machine(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "weights": "synthetic-calibrated"}

@@ -91,7 +91,7 @@ def test_json_schema_numbers_are_numbers(tiny_run):
         for key in ("variant", "name", "runtime", "version", "precision", "source", "patches", "attention"):
             assert isinstance(row[key], str)
         for threads, lat in row["latency"].items():
-            assert threads in ("1", "2") and len(lat["samples_ms"]) == 5
+            assert threads in ("1", "2") and len(lat["samples_ms"]) == 5  # one round of BLOCK = 5
             for key in ("median_ms", "iqr_ms", "p90_ms", "gflops", "fraction_of_peak"):
                 assert isinstance(lat[key], float) and lat[key] > 0
         for key in ("max_abs", "cosine_min", "top1_agreement", "top5_agreement"):
