@@ -135,3 +135,18 @@ def test_readme_blocks_are_filled_from_results(tmp_path):
     assert update(readme, tmp_path / "results") == ["bench"]
     text = readme.read_text()
     assert "| 1 | 2 |" in text and "old table" not in text and "kept" in text
+
+
+def test_drift_localisation_names_the_first_bad_stage():
+    """With a tolerance nothing can meet, the very first stage is blamed; with a loose one, none is."""
+    from benchmarks.localize import localize
+    from export.config import Tolerance
+    from mobilevit.preprocess import sample_batch
+    from mobilevit.synthetic import synthetic_model
+
+    model = synthetic_model("xx_small", patches="slice")
+    x = sample_batch(model.cfg, 2).numpy()
+    strict = localize(model, "onnx", "fp16", Tolerance(0.0, 1.1, 1.0), x, x)
+    assert strict["first_bad_stage"] == 0 and "stage 0" in strict["message"] and len(strict["stages"]) == 1
+    loose = localize(model, "onnx", "fp32", Tolerance(1e-3, 0.999, 0.0), x, x)
+    assert loose["first_bad_stage"] is None and len(loose["stages"]) == 5 and all(s["ok"] for s in loose["stages"])

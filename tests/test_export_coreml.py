@@ -75,8 +75,9 @@ def test_other_variants(root, variant):
     _validated(exported(root, "coreml", variant, ("fp16",))["fp16"])
 
 
-def test_small_fp32(root):
-    _validated(exported(root, "coreml", "small", ("fp32",), output_kind="logits")["fp32"])
+@pytest.mark.parametrize("variant", ["x_small", "small"])
+def test_other_variants_fp32(root, variant):
+    _validated(exported(root, "coreml", variant, ("fp32",), output_kind="logits")["fp32"])
 
 
 def test_static_graph_rank_and_shape_ops(root):

@@ -46,5 +46,6 @@ def test_small_fp32_fp16(root):
         assert res.manifest["validation"]["passed"]
 
 
-def test_x_small_fp32(root):
-    assert exported(root, "tflite", "x_small", ("fp32",))["fp32"].manifest["validation"]["passed"]
+def test_x_small_fp32_fp16(root):
+    for res in exported(root, "tflite", "x_small", ("fp32", "fp16")).values():
+        assert res.manifest["validation"]["passed"]
