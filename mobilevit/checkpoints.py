@@ -1,13 +1,36 @@
-"""Import the public MobileViT checkpoints (mmpretrain, Apple ml-cvnets, timm, Hugging Face) and ours.
+"""Import the public MobileViT v1 checkpoints (mmpretrain, Apple ml-cvnets, timm, Hugging Face) and ours.
 
-Each public format is described by a *layout*: a pure function from a config to the list of
-``(our module, their module, kind)`` triples. :func:`remap` turns that into a pure state-dict
--> state-dict function, returning early when the keys are already ours. Format and variant are
-detected from keys and shapes, never from file names.
+Every public format is a *layout*: a function from one of our modules (described by a role such as
+``("tf", stage, layer, "attn.qkv")``) to the name the format gives it. :func:`remap` turns a layout
+into a pure ``state_dict -> state_dict`` function; :func:`from_mmpretrain`, :func:`from_cvnets`,
+:func:`from_timm` and :func:`from_huggingface` are those functions with the variant detected from
+the tensor shapes, and they return the state dict unchanged when it already uses our names.
 
-Loading never unpickles arbitrary code: ``torch.load(..., weights_only=True)`` or safetensors.
-Every problem raises a :class:`CheckpointError` subclass whose message names the problem and
-the fix.
+Where the layouts come from (module attribute names and ``nn.Sequential`` indices):
+
+* mmpretrain: ``mmpretrain/models/backbones/mobilevit.py`` (stem, layers, local_rep, global_rep,
+  conv_proj, conv_fusion, conv_1x1_exp), ``mobilenet_v2.py`` (InvertedResidual.conv), and
+  ``vision_transformer.py`` (TransformerEncoderLayer: ln1, attn.qkv, attn.proj, ln2, ffn); mmcv's
+  ConvModule (conv, bn) and FFN (layers.0.0, layers.1); the head is ``LinearClsHead.fc``.
+* ml-cvnets: ``cvnets/models/classification/mobilevit.py`` (conv_1, layer_1..5, conv_1x1_exp,
+  classifier.fc), ``cvnets/modules/mobilenetv2.py`` (block.exp_1x1/conv_3x3/red_1x1),
+  ``cvnets/modules/mobilevit_block.py`` (local_rep.conv_3x3/conv_1x1, global_rep, conv_proj,
+  fusion), ``cvnets/modules/transformer.py`` (pre_norm_mha.0/1, pre_norm_ffn.0/1/4) and
+  ``cvnets/layers/conv_layer.py`` (block.conv, block.norm); transformers'
+  ``convert_mlcvnets_to_pytorch.py`` confirms the names in Apple's released ``.pt`` files.
+* timm: ``timm/models/mobilevit.py`` (MobileVitBlock: conv_kxk, conv_1x1, transformer, norm,
+  conv_proj, conv_fusion) and ``timm/models/byobnet.py`` (BottleneckBlock conv1_1x1/conv2_kxk/
+  conv3_1x1, stem, final_conv, ``ClassifierHead.fc``).
+* Hugging Face: ``transformers/models/mobilevit/modeling_mobilevit.py``; its attention has separate
+  query/key/value Linears, which are concatenated into our fused ``qkv`` (q rows first).
+
+None of the formats has attention masks or relative-position buffers; BatchNorm
+``num_batches_tracked`` is optional (stripped files get zeros) and the classifier lives at
+``head.fc`` (mmpretrain, timm), ``classifier.fc`` (ml-cvnets) or ``classifier`` (Hugging Face).
+
+Loading never unpickles arbitrary code: safetensors, or ``torch.load(..., weights_only=True)``
+(plus numpy arrays/scalars/dtypes, which some training tools leave in the metadata). Every problem
+raises a :class:`CheckpointError` subclass whose message names the problem and the fix.
 """
 from __future__ import annotations
 
@@ -16,63 +39,84 @@ import os
 import pickle
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
-from .config import VARIANTS, MobileViTConfig, StageKind, get_config
+from .config import VARIANTS, MobileViTConfig, StageKind, UnknownVariantError, get_config
 
 OUR_FORMAT = "mobilevit-export"
 OUR_FORMAT_VERSION = 1
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+MAX_LISTED = 8  # keys named in an error message before "... (+N more)"
 
 
 # ------------------------------------------------------------------------------------- errors
 class CheckpointError(ValueError):
-    """Base class: a checkpoint that cannot be imported."""
+    """Base class: a checkpoint that cannot be read, recognised or loaded (or saved)."""
 
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    pass
+    """The path does not exist."""
 
 
 class NotACheckpointError(CheckpointError):
-    pass
+    """The file is something else (an image, text, a pickle without tensors...)."""
 
 
 class TruncatedCheckpointError(CheckpointError):
-    pass
+    """The file starts like a checkpoint but cannot be read to the end."""
 
 
 class UnsafeCheckpointError(CheckpointError):
-    pass
+    """Reading the file would run code from its pickle (``weights_only`` refused it)."""
 
 
 class UnknownFormatError(CheckpointError):
-    pass
+    """Tensors whose names match none of the supported formats."""
 
 
 class KeyMismatchError(CheckpointError):
-    pass
+    """A recognised format with missing or unexpected keys."""
+
+    def __init__(self, message: str, missing: list[str] = (), unexpected: list[str] = ()):
+        super().__init__(message)
+        self.missing, self.unexpected = list(missing), list(unexpected)
 
 
 class ShapeMismatchError(CheckpointError):
-    pass
+    """All keys present, but some tensor shapes fit no variant."""
 
 
 class VariantMismatchError(CheckpointError):
-    pass
+    """The checkpoint holds another variant than the one asked for."""
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """Saving failed; nothing was left at the destination."""
+
+
+def _cap(keys: list[str]) -> str:
+    more = len(keys) - MAX_LISTED
+    return ", ".join(keys[:MAX_LISTED]) + (f" ... (+{more} more)" if more > 0 else "")
 
 
 # ------------------------------------------------------------------------------------ layouts
-# Kinds of unit: "convbn" (conv weight + BatchNorm), "conv" (weight only), "ln" / "linear" (weight +
-# bias); a ("qkv3", q, k, v) target fuses three Linears into our qkv.
+# Roles name our modules independently of our attribute names:
+#   ("stem",) / ("exp",) / ("head",)
+#   ("ir", stage, block, part, has_expand)      part: expand | dw | project
+#   ("vit", stage, part)                        part: conv_local | conv_in | norm | conv_proj | conv_fusion
+#   ("tf", stage, layer, part)                  part: norm1 | attn.qkv | attn.proj | norm2 | mlp.fc1 | mlp.fc2
+# A layout returns the format's module name for a role; ("final_ln", prefix) means "the LayerNorm
+# appended after the L transformer layers in a Sequential", i.e. f"{prefix}.{L}"; ("qkv3", q, k, v)
+# means three Linears to concatenate into our fused qkv.
 
 
 def _our_units(cfg: MobileViTConfig):
-    """Yield (our module, role) in a fixed order; roles let each format name its module."""
+    """Yield (our module, role) in our model's order."""
     yield "stem", ("stem",)
     for i, stage in enumerate(cfg.stages):
         irs = stage.num_blocks if stage.kind is StageKind.MV2 else 1
@@ -95,23 +139,20 @@ def _our_units(cfg: MobileViTConfig):
 
 
 def _kind(our: str) -> str:
+    """What parameters our module has: convbn, conv (weight only), or affine (weight + bias)."""
     last = our.rsplit(".", 1)[-1]
-    if last in ("norm1", "norm2", "norm"):
-        return "ln"
-    if last in ("qkv", "proj", "fc1", "fc2", "head") or our == "head":
-        return "linear"
     if last == "conv_in":
         return "conv"
+    if last in ("norm1", "norm2", "norm", "qkv", "proj", "fc1", "fc2", "head"):
+        return "affine"  # LayerNorm or Linear
     return "convbn"
 
 
 def _mmpretrain(role) -> str | tuple:
-    """open-mmlab/mmpretrain mobilevit.py: ConvModule(conv, bn), InvertedResidual.conv[k],
-    TransformerEncoderLayer(ln1, attn.qkv, attn.proj, ln2, ffn.layers.0.0, ffn.layers.1)."""
     match role:
         case ("stem",):
             return "backbone.stem"
-        case ("ir", i, j, part, expand):
+        case ("ir", i, j, part, expand):  # InvertedResidual.conv = Sequential([expand], dw, project)
             k = {"expand": 0, "dw": 1 if expand else 0, "project": 2 if expand else 1}[part]
             return f"backbone.layers.{i}.{j}.conv.{k}"
         case ("vit", i, name):
@@ -120,9 +161,9 @@ def _mmpretrain(role) -> str | tuple:
                     "norm": ("final_ln", f"{base}.global_rep"), "conv_proj": f"{base}.conv_proj",
                     "conv_fusion": f"{base}.conv_fusion"}[name]
         case ("tf", i, k, part):
-            base = f"backbone.layers.{i}.1.global_rep.{k}"
-            return f"{base}." + {"norm1": "ln1", "attn.qkv": "attn.qkv", "attn.proj": "attn.proj", "norm2": "ln2",
-                                 "mlp.fc1": "ffn.layers.0.0", "mlp.fc2": "ffn.layers.1"}[part]
+            return f"backbone.layers.{i}.1.global_rep.{k}." + {
+                "norm1": "ln1", "attn.qkv": "attn.qkv", "attn.proj": "attn.proj", "norm2": "ln2",
+                "mlp.fc1": "ffn.layers.0.0", "mlp.fc2": "ffn.layers.1"}[part]
         case ("exp",):
             return "backbone.conv_1x1_exp"
         case ("head",):
@@ -130,24 +171,23 @@ def _mmpretrain(role) -> str | tuple:
 
 
 def _cvnets(role) -> str | tuple:
-    """apple/ml-cvnets mobilevit.py: ConvLayer.block.(conv|norm), InvertedResidual.block.(exp_1x1|
-    conv_3x3|red_1x1), MobileViTBlock.(local_rep.conv_3x3|conv_1x1, global_rep.k.pre_norm_mha.(0|1.
-    qkv_proj|1.out_proj), pre_norm_ffn.(0|1|4), conv_proj, fusion), classifier.fc."""
     match role:
         case ("stem",):
             return "conv_1"
         case ("ir", i, j, part, _):
-            return f"layer_{i + 1}.{j}.block." + {"expand": "exp_1x1", "dw": "conv_3x3", "project": "red_1x1"}[part]
+            name = {"expand": "exp_1x1", "dw": "conv_3x3", "project": "red_1x1"}[part]
+            return f"layer_{i + 1}.{j}.block.{name}"
         case ("vit", i, name):
             base = f"layer_{i + 1}.1"
-            return {"conv_local": f"{base}.local_rep.conv_3x3", "conv_in": f"{base}.local_rep.conv_1x1.block.conv",
+            return {"conv_local": f"{base}.local_rep.conv_3x3",
+                    "conv_in": f"{base}.local_rep.conv_1x1.block.conv",
                     "norm": ("final_ln", f"{base}.global_rep"), "conv_proj": f"{base}.conv_proj",
                     "conv_fusion": f"{base}.fusion"}[name]
         case ("tf", i, k, part):
-            base = f"layer_{i + 1}.1.global_rep.{k}"
-            return f"{base}." + {"norm1": "pre_norm_mha.0", "attn.qkv": "pre_norm_mha.1.qkv_proj",
-                                 "attn.proj": "pre_norm_mha.1.out_proj", "norm2": "pre_norm_ffn.0",
-                                 "mlp.fc1": "pre_norm_ffn.1", "mlp.fc2": "pre_norm_ffn.4"}[part]
+            return f"layer_{i + 1}.1.global_rep.{k}." + {
+                "norm1": "pre_norm_mha.0", "attn.qkv": "pre_norm_mha.1.qkv_proj",
+                "attn.proj": "pre_norm_mha.1.out_proj", "norm2": "pre_norm_ffn.0",
+                "mlp.fc1": "pre_norm_ffn.1", "mlp.fc2": "pre_norm_ffn.4"}[part]
         case ("exp",):
             return "conv_1x1_exp"
         case ("head",):
@@ -155,18 +195,15 @@ def _cvnets(role) -> str | tuple:
 
 
 def _timm(role) -> str | tuple:
-    """huggingface/pytorch-image-models mobilevit.py + byobnet.py: ConvNormAct(conv, bn), BottleneckBlock
-    (conv1_1x1, conv2_kxk, conv3_1x1), MobileVitBlock(conv_kxk, conv_1x1, transformer.k.(norm1, attn.qkv,
-    attn.proj, norm2, mlp.fc1, mlp.fc2), norm, conv_proj, conv_fusion), final_conv, head.fc."""
     match role:
         case ("stem",):
             return "stem"
         case ("ir", i, j, part, _):
-            return f"stages.{i}.{j}." + {"expand": "conv1_1x1", "dw": "conv2_kxk", "project": "conv3_1x1"}[part]
+            name = {"expand": "conv1_1x1", "dw": "conv2_kxk", "project": "conv3_1x1"}[part]
+            return f"stages.{i}.{j}.{name}"
         case ("vit", i, name):
-            base = f"stages.{i}.1"
-            return f"{base}." + {"conv_local": "conv_kxk", "conv_in": "conv_1x1", "norm": "norm",
-                                 "conv_proj": "conv_proj", "conv_fusion": "conv_fusion"}[name]
+            return f"stages.{i}.1." + {"conv_local": "conv_kxk", "conv_in": "conv_1x1", "norm": "norm",
+                                       "conv_proj": "conv_proj", "conv_fusion": "conv_fusion"}[name]
         case ("tf", i, k, part):
             return f"stages.{i}.1.transformer.{k}.{part}"
         case ("exp",):
@@ -176,28 +213,22 @@ def _timm(role) -> str | tuple:
 
 
 def _huggingface(role) -> str | tuple:
-    """huggingface/transformers modeling_mobilevit.py: MobileViTConvLayer(convolution, normalization),
-    MobileViTInvertedResidual(expand_1x1, conv_3x3, reduce_1x1), MobileViTLayer(downsampling_layer,
-    conv_kxk, conv_1x1, transformer.layer.k.(layernorm_before, attention.attention.(query|key|value),
-    attention.output.dense, layernorm_after, intermediate.dense, output.dense), layernorm,
-    conv_projection, fusion), conv_1x1_exp, classifier."""
     match role:
         case ("stem",):
             return "mobilevit.conv_stem"
         case ("ir", i, j, part, _):
             name = {"expand": "expand_1x1", "dw": "conv_3x3", "project": "reduce_1x1"}[part]
-            if i >= 2:
+            if i >= 2:  # MobileViTLayer: the strided inverted residual is its downsampling_layer
                 return f"mobilevit.encoder.layer.{i}.downsampling_layer.{name}"
             return f"mobilevit.encoder.layer.{i}.layer.{j}.{name}"
         case ("vit", i, name):
-            base = f"mobilevit.encoder.layer.{i}"
-            return f"{base}." + {"conv_local": "conv_kxk", "conv_in": "conv_1x1.convolution", "norm": "layernorm",
-                                 "conv_proj": "conv_projection", "conv_fusion": "fusion"}[name]
+            return f"mobilevit.encoder.layer.{i}." + {
+                "conv_local": "conv_kxk", "conv_in": "conv_1x1.convolution", "norm": "layernorm",
+                "conv_proj": "conv_projection", "conv_fusion": "fusion"}[name]
         case ("tf", i, k, part):
             base = f"mobilevit.encoder.layer.{i}.transformer.layer.{k}"
             if part == "attn.qkv":
-                return ("qkv3", f"{base}.attention.attention.query", f"{base}.attention.attention.key",
-                        f"{base}.attention.attention.value")
+                return ("qkv3",) + tuple(f"{base}.attention.attention.{n}" for n in ("query", "key", "value"))
             return f"{base}." + {"norm1": "layernorm_before", "attn.proj": "attention.output.dense",
                                  "norm2": "layernorm_after", "mlp.fc1": "intermediate.dense",
                                  "mlp.fc2": "output.dense"}[part]
@@ -209,38 +240,39 @@ def _huggingface(role) -> str | tuple:
 
 @dataclass(frozen=True)
 class Format:
-    """A public checkpoint layout: module naming, conv/norm child names, and a marker key."""
+    """A public checkpoint layout."""
 
     name: str
-    module: Callable
+    module: Callable  # role -> module name (see the comment above _our_units)
     conv: str  # child holding the conv weight inside a conv+norm unit
     bn: str  # child holding the BatchNorm inside a conv+norm unit
-    marker: str  # a key only this format has
+    markers: tuple[str, ...]  # key prefixes/infixes that only this format uses
     source: str
 
 
 FORMATS: dict[str, Format] = {
-    "mmpretrain": Format("mmpretrain", _mmpretrain, "conv", "bn", "backbone.stem.conv.weight",
+    "mmpretrain": Format("mmpretrain", _mmpretrain, "conv", "bn", ("backbone.stem.conv.", "backbone.layers."),
                          "open-mmlab/mmpretrain mmpretrain/models/backbones/mobilevit.py"),
-    "cvnets": Format("cvnets", _cvnets, "block.conv", "block.norm", "conv_1.block.conv.weight",
+    "cvnets": Format("cvnets", _cvnets, "block.conv", "block.norm", ("conv_1.block.", "layer_1.0.block."),
                      "apple/ml-cvnets cvnets/models/classification/mobilevit.py"),
-    "timm": Format("timm", _timm, "conv", "bn", "final_conv.conv.weight",
+    "timm": Format("timm", _timm, "conv", "bn",
+                   ("final_conv.conv.", ".conv1_1x1.", ".conv2_kxk.", ".conv3_1x1."),
                    "huggingface/pytorch-image-models timm/models/mobilevit.py"),
     "huggingface": Format("huggingface", _huggingface, "convolution", "normalization",
-                          "mobilevit.conv_stem.convolution.weight",
-                          "huggingface/transformers models/mobilevit/modeling_mobilevit.py"),
+                          ("mobilevit.conv_stem.", "mobilevit.encoder."),
+                          "huggingface/transformers src/transformers/models/mobilevit/modeling_mobilevit.py"),
 }
+OUR_MARKERS = ("conv_exp.conv.", ".dw.conv.", ".conv_local.conv.")
 
 
-def key_map(fmt: Format, cfg: MobileViTConfig) -> dict[str, object]:
-    """Our parameter key -> their key (or a tuple of three keys to fuse for HF's q/k/v)."""
-    out: dict[str, object] = {}
-    n_layers = {i: s.num_layers for i, s in enumerate(cfg.stages)}
+def key_map(fmt: Format, cfg: MobileViTConfig) -> dict[str, str | tuple[str, ...]]:
+    """Our state-dict key -> the format's key (a tuple of three keys for HF's separate q/k/v)."""
+    out: dict[str, str | tuple[str, ...]] = {}
     for ours, role in _our_units(cfg):
         theirs = fmt.module(role)
         kind = _kind(ours)
-        if isinstance(theirs, tuple) and theirs[0] == "final_ln":  # the LN after the L transformer layers
-            theirs = f"{theirs[1]}.{n_layers[role[1]]}"
+        if isinstance(theirs, tuple) and theirs[0] == "final_ln":
+            theirs = f"{theirs[1]}.{cfg.stages[role[1]].num_layers}"
         if kind == "convbn":
             out[f"{ours}.conv.weight"] = f"{theirs}.{fmt.conv}.weight"
             for p in BN_PARAMS:
@@ -257,240 +289,162 @@ def key_map(fmt: Format, cfg: MobileViTConfig) -> dict[str, object]:
 
 
 # --------------------------------------------------------------------------------- remapping
-def _unwrap(obj) -> dict[str, torch.Tensor]:
-    """The tensor dict inside common wrappers (``state_dict``, ``model``, DDP ``module.`` prefix)."""
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise NotACheckpointError("the file holds no state dict (a mapping of parameter names to tensors)")
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
+class Remapped(NamedTuple):
+    state_dict: dict[str, torch.Tensor]  # our keys
+    missing: list[str]  # the format's keys that the checkpoint lacks
+    unexpected: list[str]  # checkpoint keys that nothing maps
+    sources: dict[str, str]  # our key -> the checkpoint key(s) it came from, for messages
 
 
 def detect_format(sd: dict[str, torch.Tensor]) -> str:
-    """``ours`` or one of :data:`FORMATS`, from marker keys."""
-    if "stem.conv.weight" in sd and "conv_exp.conv.weight" in sd or "stages.0.0.dw.conv.weight" in sd:
-        return "ours"
-    for name, fmt in FORMATS.items():
-        if fmt.marker in sd:
-            return name
-    sample = ", ".join(list(sd)[:5])
-    raise UnknownFormatError(
-        f"unknown checkpoint format (first keys: {sample}); expected MobileViT v1 weights from mmpretrain, "
-        "ml-cvnets, timm, Hugging Face, or this toolkit")
+    """``ours`` or a key of :data:`FORMATS`, from characteristic key names."""
+    def hits(markers):
+        return sum(any(m in k for m in markers) for k in sd)
+
+    scores = {"ours": hits(OUR_MARKERS)} | {name: hits(fmt.markers) for name, fmt in FORMATS.items()}
+    best = max(scores, key=scores.get)
+    if scores[best] == 0:
+        v2 = any("pre_norm_attn" in k or "mobilevitv2" in k for k in sd)
+        hint = " It looks like MobileViT v2, which this toolkit does not implement." if v2 else ""
+        raise UnknownFormatError(
+            f"unknown checkpoint format (first keys: {_cap(list(sd)[:5])}).{hint} Expected MobileViT v1 "
+            "classification weights from mmpretrain, ml-cvnets, timm, Hugging Face, or this toolkit")
+    return best
 
 
-def remap(sd: dict[str, torch.Tensor], fmt_name: str, cfg: MobileViTConfig) -> tuple[dict, list[str], list[str]]:
-    """Pure: their state dict -> ours, plus (missing their-keys, unexpected their-keys)."""
+def remap(sd: dict[str, torch.Tensor], fmt_name: str, cfg: MobileViTConfig) -> Remapped:
+    """Pure: a state dict in ``fmt_name``'s naming -> ours, with what was missing or left over."""
     if fmt_name == "ours":
-        return dict(sd), [], []
-    fmt = FORMATS[fmt_name]
-    out, used, missing = {}, set(), []
-    for ours, theirs in key_map(fmt, cfg).items():
+        want = _expected_shapes(cfg.name, cfg.num_classes)
+        out = {k: torch.tensor(0, dtype=torch.long) for k in want if k.endswith("num_batches_tracked")}
+        out.update(sd)  # zeros only where the file has no num_batches_tracked
+        missing = [k for k in want if k not in out]
+        return Remapped(out, missing, [k for k in sd if k not in want], {k: k for k in sd})
+    out, sources, used, missing = {}, {}, set(), []
+    for ours, theirs in key_map(FORMATS[fmt_name], cfg).items():
         keys = theirs if isinstance(theirs, tuple) else (theirs,)
         absent = [k for k in keys if k not in sd]
         if absent:
-            if ours.endswith("num_batches_tracked"):  # optional in many exports
+            if ours.endswith("num_batches_tracked"):  # often stripped from released files
                 out[ours] = torch.tensor(0, dtype=torch.long)
-                continue
-            missing += absent
+            else:
+                missing += absent
             continue
         used.update(keys)
         out[ours] = torch.cat([sd[k] for k in keys]) if len(keys) > 1 else sd[keys[0]]
-    ignorable = ("num_batches_tracked",)
-    unexpected = [k for k in sd if k not in used and not k.endswith(ignorable)]
-    return out, missing, unexpected
+        sources[ours] = " + ".join(keys)
+    unexpected = [k for k in sd if k not in used and not k.endswith("num_batches_tracked")]
+    return Remapped(out, missing, unexpected, sources)
 
 
-def _expected_shapes(cfg: MobileViTConfig) -> dict[str, torch.Size]:
+@lru_cache(maxsize=None)
+def _expected_shapes(variant: str, num_classes: int) -> dict[str, tuple[int, ...]]:
     from .model import MobileViT
 
     with torch.device("meta"):
-        model = MobileViT(cfg)
-    return {k: v.shape for k, v in model.state_dict().items()}
+        model = MobileViT(get_config(variant, num_classes=num_classes))
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _num_classes(sd: dict[str, torch.Tensor]) -> int | None:
+def _num_classes(sd: dict[str, torch.Tensor]) -> int:
     head = sd.get("head.weight")
-    return int(head.shape[0]) if head is not None else None
+    return int(head.shape[0]) if head is not None and head.dim() == 2 else 1000
 
 
-def _shape_problems(sd, cfg) -> list[str]:
-    want = _expected_shapes(cfg)
-    return [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(want[k])}"
-            for k, v in sd.items() if k in want and tuple(v.shape) != tuple(want[k])]
+def _shape_problems(r: Remapped, variant: str) -> list[str]:
+    want = _expected_shapes(variant, _num_classes(r.state_dict))
+    return [f"{k} (checkpoint key {r.sources.get(k, k)}): checkpoint {tuple(v.shape)} vs model {want[k]}"
+            for k, v in r.state_dict.items() if k in want and tuple(v.shape) != want[k]]
 
 
-def detect_variant(sd: dict[str, torch.Tensor], fmt_name: str) -> tuple[str, dict]:
-    """The variant whose shapes all match; raises :class:`ShapeMismatchError` naming the closest."""
-    scores = {}
-    for name, cfg in VARIANTS.items():
-        ours, _, _ = remap(sd, fmt_name, cfg)
-        n = _num_classes(ours) or cfg.num_classes
-        cfg = get_config(name, num_classes=n)
-        problems = _shape_problems(ours, cfg)
-        if not problems:
-            return name, ours
-        scores[name] = problems
-    best = min(scores, key=lambda k: len(scores[k]))
-    raise ShapeMismatchError(
-        f"the {fmt_name} checkpoint matches no MobileViT variant; it looks most like {best}, with "
-        f"{len(scores[best])} shape mismatches: " + "; ".join(scores[best][:5]))
-
-
-# ----------------------------------------------------------------------------------- loading
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def read_file(path: str | Path) -> object:
-    """Load tensors without running code: safetensors, or torch.load(weights_only=True)."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointNotFoundError(f"checkpoint {path} does not exist: check the path given to --weights")
-    if path.is_dir():
-        for name in ("model.safetensors", "pytorch_model.bin"):
-            if (path / name).exists():
-                return read_file(path / name)
-        raise NotACheckpointError(f"{path} is a folder without model.safetensors or pytorch_model.bin")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise TruncatedCheckpointError(
-                f"{path} is not a readable safetensors file ({e}); it may be truncated: download it again") from e
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if not (head.startswith(b"PK") or head.startswith(b"\x80")):  # zip (torch >= 1.6) or a pickle
-        raise NotACheckpointError(
-            f"{path} is not a checkpoint (neither a PyTorch file nor safetensors): pass a .pth/.pt/.bin or "
-            ".safetensors file")
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e):
-            raise UnsafeCheckpointError(
-                f"{path} needs arbitrary code to unpickle, which is refused for safety. Re-save just its "
-                "tensors (torch.save(model.state_dict(), ...)) or convert it to safetensors") from e
-        raise NotACheckpointError(f"{path} is not a PyTorch checkpoint ({e})") from e
-    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        if head.startswith(b"PK") or isinstance(e, EOFError):
-            raise TruncatedCheckpointError(
-                f"{path} looks like a PyTorch checkpoint but cannot be read ({str(e).splitlines()[0]}); it is "
-                "probably truncated or corrupt: download it again") from e
-        raise NotACheckpointError(
-            f"{path} is not a checkpoint (neither a PyTorch file nor safetensors): pass a .pth/.pt/.bin or "
-            ".safetensors file") from e
-
-
-@dataclass
-class LoadedCheckpoint:
+class Converted(NamedTuple):
     state_dict: dict[str, torch.Tensor]
     format: str
     variant: str
     num_classes: int
-    class_names: list[str] | None
-    origin: str
-    sha256: str
 
 
-def load_checkpoint(path: str | Path, variant: str | None = None) -> LoadedCheckpoint:
-    """Read, detect the format and variant, and remap to our keys (validated against the model)."""
-    path = Path(path)
-    raw = read_file(path)
-    meta = raw if isinstance(raw, dict) and raw.get("format") == OUR_FORMAT else {}
-    sd = _unwrap(raw)
-    fmt_name = detect_format(sd)
-    detected, ours = detect_variant_or_explain(sd, fmt_name)
-    if variant is not None and get_config(variant).name != detected:
-        raise VariantMismatchError(
-            f"{path.name} holds MobileViT {detected} weights ({fmt_name} format), not {variant}: "
-            f"pass --variant {detected}")
-    cfg = get_config(detected, num_classes=_num_classes(ours) or 1000)
-    _, missing, unexpected = remap(sd, fmt_name, cfg)
-    want = _expected_shapes(cfg)
-    missing_ours = sorted(set(want) - set(ours))
-    if missing or unexpected or missing_ours:
-        raise KeyMismatchError(_key_message(path, fmt_name, missing + missing_ours, unexpected))
-    return LoadedCheckpoint(ours, fmt_name, detected, cfg.num_classes, meta.get("class_names"),
-                            meta.get("origin") or f"{fmt_name}:{path.name}", sha256_file(path))
-
-
-def detect_variant_or_explain(sd, fmt_name):
-    """Like :func:`detect_variant`, but a key problem is reported as one (not as shapes)."""
-    for name, cfg in VARIANTS.items():
-        _, missing, unexpected = remap(sd, fmt_name, cfg)
-        if not missing and not unexpected:
-            return detect_variant(sd, fmt_name)
-    # keys do not fit any variant exactly: pick the variant with the fewest key problems
-    counts = {}
-    for name, cfg in VARIANTS.items():
-        _, missing, unexpected = remap(sd, fmt_name, cfg)
-        counts[name] = (missing, unexpected)
-    best = min(counts, key=lambda k: len(counts[k][0]) + len(counts[k][1]))
-    missing, unexpected = counts[best]
-    raise KeyMismatchError(_key_message(None, fmt_name, missing, unexpected, best))
-
-
-def _key_message(path, fmt_name, missing, unexpected, variant=None) -> str:
-    def cap(keys):
-        return ", ".join(keys[:8]) + (f" ... (+{len(keys) - 8} more)" if len(keys) > 8 else "")
-
-    where = f"{path.name}: " if path else ""
-    like = f" (closest variant: {variant})" if variant else ""
-    parts = [f"{where}the {fmt_name} checkpoint does not fit MobileViT v1{like}"]
-    if missing:
-        parts.append(f"missing keys: {cap(missing)}")
-    if unexpected:
-        parts.append(f"unexpected keys: {cap(unexpected)}")
-    parts.append("is it a complete MobileViT v1 classification checkpoint (not v2, not a detection model)?")
-    return "; ".join(parts)
-
-
-def load_model(path: str | Path, variant: str | None = None, patches: str = "reference"):
-    """A :class:`~mobilevit.model.MobileViT` with the checkpoint's weights, in eval mode."""
-    from .model import MobileViT
-
-    ckpt = load_checkpoint(path, variant)
-    model = MobileViT(get_config(ckpt.variant, num_classes=ckpt.num_classes), patches=patches)
-    model.load_state_dict(ckpt.state_dict, strict=True)
-    return model.eval()
-
-
-# ------------------------------------------------------------------------------- our format
-def save_checkpoint(model, path: str | Path, *, class_names: list[str] | None = None, origin: str = "",
-                    extra: dict | None = None) -> Path:
-    """Write our format atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if class_names is not None and len(class_names) != model.cfg.num_classes:
-        raise ValueError(f"{len(class_names)} class names for a {model.cfg.num_classes}-class head")
-    payload = {"format": OUR_FORMAT, "format_version": OUR_FORMAT_VERSION, "variant": model.cfg.name,
-               "num_classes": model.cfg.num_classes, "class_names": list(class_names) if class_names else None,
-               "origin": origin, "extra": dict(extra or {}), "state_dict": model.state_dict()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+def _resolve_variant(variant: str | None) -> str | None:
+    if variant is None:
+        return None
     try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        return get_config(variant).name
+    except UnknownVariantError as e:
+        raise VariantMismatchError(str(e)) from e
 
 
-def to_format(state_dict: dict[str, torch.Tensor], fmt_name: str, cfg: MobileViTConfig) -> dict[str, torch.Tensor]:
+def convert_state_dict(sd: dict[str, torch.Tensor], fmt_name: str | None = None,
+                       variant: str | None = None, where: str = "") -> Converted:
+    """Detect format (unless given) and variant (checked against ``variant`` if given); remap to ours.
+
+    Raises :class:`KeyMismatchError`, :class:`ShapeMismatchError` or :class:`VariantMismatchError`.
+    """
+    fmt_name = fmt_name or detect_format(sd)
+    asked = _resolve_variant(variant)
+    where = f"{where}: " if where else ""
+    # All variants share one key layout (2/4/3 transformer layers); shapes tell them apart.
+    results = {name: remap(sd, fmt_name, VARIANTS[name]) for name in VARIANTS}
+    first = results[asked or next(iter(VARIANTS))]
+    if first.missing or first.unexpected:
+        parts = [f"{where}the {fmt_name} checkpoint does not fit MobileViT v1"]
+        if first.missing:
+            parts.append(f"missing keys: {_cap(first.missing)}")
+        if first.unexpected:
+            parts.append(f"unexpected keys: {_cap(first.unexpected)}")
+        parts.append("pass a complete MobileViT v1 classification checkpoint (not v2, not a backbone-only or "
+                     "detection/segmentation model)")
+        raise KeyMismatchError("; ".join(parts), first.missing, first.unexpected)
+    problems = {name: _shape_problems(r, name) for name, r in results.items()}
+    fits = [name for name, p in problems.items() if not p]
+    if asked is not None and asked not in fits and fits:
+        raise VariantMismatchError(
+            f"{where}the checkpoint holds MobileViT {fits[0]} weights ({fmt_name} format), not {asked}: "
+            f"pass --variant {fits[0]} (or no variant, it is detected)")
+    if not fits:
+        name = asked or min(problems, key=lambda k: len(problems[k]))
+        closest = min(problems, key=lambda k: len(problems[k]))
+        raise ShapeMismatchError(
+            f"{where}the {fmt_name} checkpoint matches no MobileViT v1 variant; "
+            f"it looks most like {closest}. "
+            f"{len(problems[name])} shape mismatches against {name}: {_cap(problems[name])}. "
+            "Check that the file is an unmodified MobileViT v1 checkpoint")
+    name = asked or fits[0]
+    ours = results[name].state_dict
+    return Converted(ours, fmt_name, name, _num_classes(ours))
+
+
+def _from(fmt_name: str, sd: dict[str, torch.Tensor], variant: str | None) -> dict[str, torch.Tensor]:
+    found = detect_format(sd)
+    if found == "ours":  # nothing to remap
+        return sd
+    if found != fmt_name:
+        raise UnknownFormatError(f"this is a {found} state dict, not {fmt_name}: use from_{found}, or "
+                                 "convert_state_dict to detect the format")
+    return convert_state_dict(sd, fmt_name, variant).state_dict
+
+
+def from_mmpretrain(sd: dict[str, torch.Tensor], variant: str | None = None) -> dict[str, torch.Tensor]:
+    """mmpretrain ``state_dict`` (``backbone.*``, ``head.fc.*``) -> ours."""
+    return _from("mmpretrain", sd, variant)
+
+
+def from_cvnets(sd: dict[str, torch.Tensor], variant: str | None = None) -> dict[str, torch.Tensor]:
+    """Apple ml-cvnets state dict (``conv_1.block.*``, ``layer_1..5``, ``classifier.fc.*``) -> ours."""
+    return _from("cvnets", sd, variant)
+
+
+def from_timm(sd: dict[str, torch.Tensor], variant: str | None = None) -> dict[str, torch.Tensor]:
+    """timm ByobNet state dict (``stem``, ``stages``, ``final_conv``, ``head.fc``) -> ours."""
+    return _from("timm", sd, variant)
+
+
+def from_huggingface(sd: dict[str, torch.Tensor], variant: str | None = None) -> dict[str, torch.Tensor]:
+    """transformers ``MobileViTForImageClassification`` state dict -> ours (q/k/v fused into qkv)."""
+    return _from("huggingface", sd, variant)
+
+
+def to_format(state_dict: dict[str, torch.Tensor], fmt_name: str,
+              cfg: MobileViTConfig) -> dict[str, torch.Tensor]:
     """Pure inverse of :func:`remap`: our state dict in a public format's naming (HF q/k/v split)."""
     out = {}
     for ours, theirs in key_map(FORMATS[fmt_name], cfg).items():
@@ -500,3 +454,228 @@ def to_format(state_dict: dict[str, torch.Tensor], fmt_name: str, cfg: MobileViT
         else:
             out[theirs] = state_dict[ours].clone()
     return out
+
+
+# ----------------------------------------------------------------------------------- reading
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _numpy_globals() -> list:
+    """numpy arrays, scalars and dtypes: plain data some tools leave in checkpoint metadata."""
+    import numpy as np
+
+    if int(np.__version__.split(".")[0]) >= 2:
+        from numpy._core import multiarray
+    else:
+        from numpy.core import multiarray
+    dtype_classes = {type(np.dtype(code)) for code in np.typecodes["All"]}  # e.g. numpy.dtypes.Float32DType
+    return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *dtype_classes]
+
+
+def _unsafe_globals(path: Path) -> str:
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # not a torch.save zip (e.g. a raw pickle): no list to give
+        return ""
+    return f" (it references {_cap(sorted(names))})" if names else ""
+
+
+def _torch_load(path: Path) -> object:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK") or head.startswith(b"\x80")):  # zip (torch >= 1.6) or a legacy pickle
+        raise NotACheckpointError(
+            f"{path} is not a checkpoint (neither a PyTorch file nor safetensors): pass a .pth/.pt/.bin or "
+            ".safetensors file")
+    try:
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "Weights only load failed" not in str(e):
+                raise
+            with torch.serialization.safe_globals(_numpy_globals()):
+                return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise UnsafeCheckpointError(
+                f"{path} needs arbitrary code to unpickle{_unsafe_globals(path)}, "
+                "which is refused for safety. "
+                "If you trust its source, re-save just its tensors: torch.save(torch.load(path, "
+                "weights_only=False)['state_dict'] (or the model's .state_dict()), new_path), or convert it "
+                "to safetensors") from e
+        raise TruncatedCheckpointError(
+            f"{path} cannot be unpickled ({e}); it is probably truncated or corrupt: "
+            "download it again") from e
+    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise TruncatedCheckpointError(
+            f"{path} looks like a PyTorch checkpoint but cannot be read ({str(e).splitlines()[0]}); it is "
+            "probably truncated or corrupt: download it again") from e
+
+
+def _is_safetensors(path: Path) -> bool:
+    """safetensors starts with an 8-byte little-endian header length and a JSON header ``{``."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{":
+        return int.from_bytes(head[:8], "little") < path.stat().st_size
+    return path.suffix == ".safetensors"  # too short to tell: let safetensors name the problem
+
+
+def read_file(path: str | Path) -> object:
+    """Load tensors without running code: safetensors, or ``torch.load(weights_only=True)``.
+
+    A folder is read through its ``model.safetensors`` or ``pytorch_model.bin`` (Hugging Face layout).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointNotFoundError(f"checkpoint {path} does not exist: check the path given to --weights")
+    if path.is_dir():
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if (path / name).exists():
+                return read_file(path / name)
+        raise NotACheckpointError(f"{path} is a folder without model.safetensors or pytorch_model.bin: "
+                                  "pass the checkpoint file itself")
+    if _is_safetensors(path):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise TruncatedCheckpointError(
+                f"{path} is not a readable safetensors file ({e}); it is probably truncated or corrupt: "
+                "download it again") from e
+    return _torch_load(path)
+
+
+def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
+    """The tensor dict inside common wrappers (``state_dict``, ``model``, DDP ``module.`` prefix)."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise NotACheckpointError(
+            f"{path} holds no state dict (a mapping of parameter names to tensors) but a "
+            f"{type(obj).__name__}: save model.state_dict(), not the model or a list")
+    others = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if others:
+        raise NotACheckpointError(
+            f"{path} holds no state dict: besides tensors it has {_cap(others)}; expected a mapping of "
+            "parameter names to tensors, possibly under 'state_dict' or 'model'")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+# ----------------------------------------------------------------------------------- loading
+@dataclass
+class LoadedCheckpoint:
+    state_dict: dict[str, torch.Tensor]  # our keys, ready for MobileViT.load_state_dict(strict=True)
+    format: str  # "ours" or a key of FORMATS
+    variant: str
+    num_classes: int
+    class_names: list[str] | None
+    origin: str
+    sha256: str
+    extra: dict = field(default_factory=dict)  # our format's free-form metadata
+
+
+def load_checkpoint(path: str | Path, variant: str | None = None) -> LoadedCheckpoint:
+    """Read a checkpoint of any supported format, detect format and variant, remap to our keys."""
+    path = Path(path)
+    raw = read_file(path)
+    meta = raw if isinstance(raw, dict) and raw.get("format") == OUR_FORMAT else {}
+    if meta and meta.get("format_version", 0) > OUR_FORMAT_VERSION:
+        raise UnknownFormatError(
+            f"{path} is format version {meta['format_version']} of {OUR_FORMAT}; this toolkit reads up to "
+            f"{OUR_FORMAT_VERSION}: update the toolkit")
+    sd = _unwrap(raw, path)
+    conv = convert_state_dict(sd, variant=variant, where=path.name)
+    class_names = meta.get("class_names")
+    if meta and meta.get("variant") not in (None, conv.variant):
+        raise VariantMismatchError(
+            f"{path} says it holds {meta['variant']} but its tensors are {conv.variant}: "
+            "the file was edited; save it again with save_checkpoint")
+    if class_names is not None and len(class_names) != conv.num_classes:
+        raise CheckpointError(
+            f"{path} lists {len(class_names)} class names for a {conv.num_classes}-class head: "
+            "save it again with matching class_names")
+    return LoadedCheckpoint(conv.state_dict, conv.format, conv.variant, conv.num_classes,
+                            list(class_names) if class_names is not None else None,
+                            meta.get("origin") or f"{conv.format}:{path.name}", sha256_file(path),
+                            dict(meta.get("extra") or {}))
+
+
+def load_model(path: str | Path, variant: str | None = None, patches: str = "reference"):
+    """A :class:`~mobilevit.model.MobileViT` holding the checkpoint's weights (strict load), in eval mode."""
+    from .model import MobileViT
+
+    ckpt = load_checkpoint(path, variant)
+    model = MobileViT(get_config(ckpt.variant, num_classes=ckpt.num_classes), patches=patches)
+    model.load_state_dict(ckpt.state_dict, strict=True)
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------- our format
+_PLAIN = (type(None), bool, int, float, str, torch.Tensor)
+
+
+def _check_plain(value, where: str = "extra") -> None:
+    """Refuse metadata that ``weights_only`` loading could not read back (e.g. Path, numpy, objects)."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"{where} has a key of type {type(k).__name__}; use str keys")
+            _check_plain(v, f"{where}[{k!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{where}[{i}]")
+    elif not isinstance(value, _PLAIN):
+        raise TypeError(f"{where} is a {type(value).__name__}, which a safe (weights_only) load cannot read: "
+                        "store str/int/float/bool/None, lists, dicts or tensors")
+
+
+def save_checkpoint(model, path: str | Path, *, class_names: list[str] | None = None, origin: str = "",
+                    extra: dict | None = None) -> Path:
+    """Write our format atomically: a temporary file in the same folder, fsync, then ``os.replace``.
+
+    Either the complete new file is at ``path`` afterwards, or whatever was there before is untouched
+    and no temporary file remains (:class:`CheckpointWriteError`).
+    """
+    path = Path(path)
+    cfg = model.cfg
+    if getattr(model, "features_only", False):
+        raise ValueError("save_checkpoint needs a classifier; this model was built with features_only=True")
+    if class_names is not None and len(class_names) != cfg.num_classes:
+        raise ValueError(f"{len(class_names)} class names for a {cfg.num_classes}-class head")
+    _check_plain(extra or {})
+    names = [str(c) for c in class_names] if class_names is not None else None
+    payload = {"format": OUR_FORMAT, "format_version": OUR_FORMAT_VERSION, "variant": cfg.name,
+               "num_classes": cfg.num_classes, "class_names": names,
+               "origin": str(origin), "extra": dict(extra or {}),
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        raise CheckpointWriteError(
+            f"could not write {path} ({e}); nothing was written there: check that the folder is writable "
+            "and has free space") from e
+    finally:
+        if tmp is not None:  # failed after the temporary file was created
+            Path(tmp).unlink(missing_ok=True)
+    return path
