@@ -482,7 +482,8 @@ def _unsafe_globals(path: Path) -> str:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except Exception:  # not a torch.save zip (e.g. a raw pickle): no list to give
         return ""
-    return f" (it references {_cap(sorted(names))})" if names else ""
+    names = sorted(names, key=lambda n: (n.startswith("torch."), n))  # the file's own classes first
+    return f" (it references {_cap(names)})" if names else ""
 
 
 def _torch_load(path: Path) -> object:
@@ -526,20 +527,26 @@ def _is_safetensors(path: Path) -> bool:
     return path.suffix == ".safetensors"  # too short to tell: let safetensors name the problem
 
 
-def read_file(path: str | Path) -> object:
-    """Load tensors without running code: safetensors, or ``torch.load(weights_only=True)``.
-
-    A folder is read through its ``model.safetensors`` or ``pytorch_model.bin`` (Hugging Face layout).
-    """
+def resolve_path(path: str | Path) -> Path:
+    """The checkpoint file itself; a folder stands for its ``model.safetensors`` / ``pytorch_model.bin``."""
     path = Path(path)
     if not path.exists():
         raise CheckpointNotFoundError(f"checkpoint {path} does not exist: check the path given to --weights")
     if path.is_dir():
         for name in ("model.safetensors", "pytorch_model.bin"):
-            if (path / name).exists():
-                return read_file(path / name)
+            if (path / name).is_file():
+                return path / name
         raise NotACheckpointError(f"{path} is a folder without model.safetensors or pytorch_model.bin: "
                                   "pass the checkpoint file itself")
+    return path
+
+
+def read_file(path: str | Path) -> object:
+    """Load tensors without running code: safetensors, or ``torch.load(weights_only=True)``.
+
+    A folder is read through its ``model.safetensors`` or ``pytorch_model.bin`` (Hugging Face layout).
+    """
+    path = resolve_path(path)
     if _is_safetensors(path):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -589,7 +596,7 @@ class LoadedCheckpoint:
 
 def load_checkpoint(path: str | Path, variant: str | None = None) -> LoadedCheckpoint:
     """Read a checkpoint of any supported format, detect format and variant, remap to our keys."""
-    path = Path(path)
+    path = resolve_path(path)
     raw = read_file(path)
     meta = raw if isinstance(raw, dict) and raw.get("format") == OUR_FORMAT else {}
     if meta and meta.get("format_version", 0) > OUR_FORMAT_VERSION:
