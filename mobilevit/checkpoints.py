@@ -401,8 +401,8 @@ def convert_state_dict(sd: dict[str, torch.Tensor], fmt_name: str | None = None,
             f"{where}the checkpoint holds MobileViT {fits[0]} weights ({fmt_name} format), not {asked}: "
             f"pass --variant {fits[0]} (or no variant, it is detected)")
     if not fits:
-        name = asked or min(problems, key=lambda k: len(problems[k]))
         closest = min(problems, key=lambda k: len(problems[k]))
+        name = asked or closest
         raise ShapeMismatchError(
             f"{where}the {fmt_name} checkpoint matches no MobileViT v1 variant; "
             f"it looks most like {closest}. "

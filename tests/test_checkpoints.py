@@ -561,6 +561,7 @@ class _RunsCode:
         return (open, (self.marker, "w"))  # would create a file at load time
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note on the raw pickle
 def test_pickles_that_need_code_are_refused_without_running_it(tmp_path, tiny):
     marker = tmp_path / "payload_ran"
     torch.save({"state_dict": tiny.state_dict(), "hook": _RunsCode(marker)}, tmp_path / "evil.pth")
