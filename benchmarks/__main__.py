@@ -37,8 +37,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=16)
     p.add_argument("--weights", default=None, help="checkpoint; default calibrated synthetic weights")
     p.add_argument("--no-baseline", action="store_true", help="skip the Hugging Face as-is baseline")
-    p.add_argument("--localize-tflite", action="store_true",
-                   help="also localise TFLite drift (one onnx2tf conversion per stage, ~1 min each)")
+    p.add_argument("--no-localize", action="store_true",
+                   help="do not localise the drift of rows over their tolerance (first stage/block where it appears)")
+    p.add_argument("--android-binary", type=Path, default=None,
+                   help="TFLite benchmark_model binary for an attached Android device (adb): runs every .tflite row")
+    p.add_argument("--android-threads", type=int, default=4, help="threads for benchmark_model on the phone")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--stem", default="bench", help="output file name stem")
     return p
@@ -49,13 +52,12 @@ def main(argv=None) -> int:
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     import torch
 
-    from export.config import TOLERANCES
     from mobilevit.images import load_folder, photo_variants
     from mobilevit.preprocess import preprocess
     from mobilevit.synthetic import SYNTHETIC_ORIGIN, synthetic_model
 
-    from .harness import RUNTIME_TARGET, machine_info, run_matrix
-    from .localize import localize
+    from .device import android_status
+    from .harness import machine_info, run_matrix
     from .report import write_all
 
     variants = (args.variants or ("xx_small,x_small,small" if args.full else "xx_small")).split(",")
@@ -69,7 +71,8 @@ def main(argv=None) -> int:
     start = time.time()
     result = {"meta": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(),
                        "threads": threads, "repeats": repeats, "images": len(photos),
-                       "weights": args.weights or SYNTHETIC_ORIGIN, "torch": torch.__version__},
+                       "weights": args.weights or SYNTHETIC_ORIGIN, "torch": torch.__version__,
+                       "android": android_status(args.android_binary)},
               "variants": []}
     for variant in variants:
         if args.weights:
@@ -83,15 +86,10 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="bench-") as work:
             res = run_matrix(model, Path(work), runtimes=runtimes, precisions=precisions, threads=threads,
                              repeats=repeats, warmup=args.warmup, images=images, calibration=calib,
-                             baseline=not args.no_baseline, weights=result["meta"]["weights"])
-        for row in res["rows"]:
-            target = RUNTIME_TARGET.get(row["runtime"])
-            if row.get("within_tolerance") is False and row["source"] == "ours" and (
-                    target != "tflite" or args.localize_tflite):
-                print(f"[bench] {row['name']} exceeds its tolerance: localising ...", file=sys.stderr)
-                row["localization"] = localize(model, target, row["precision"], TOLERANCES[(target, row["precision"])],
-                                               images[:4], calib)
-                print(f"[bench] {row['name']}: {row['localization']['message']}", file=sys.stderr)
+                             baseline=not args.no_baseline, weights=result["meta"]["weights"],
+                             localize_images=0 if args.no_localize else 4,
+                             android=(args.android_binary, args.android_threads)
+                             if result["meta"]["android"]["available"] else None)
         result["variants"].append(res)
     result["meta"]["seconds"] = round(time.time() - start, 1)
     paths = write_all(result, args.out, args.stem)

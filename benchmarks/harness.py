@@ -260,21 +260,56 @@ def measure_latency(entries: list[Entry], threads_list: list[int], repeats: int,
                     _say(f"warning: {e.name} @ {threads} threads is noisy (IQR {s['spread']:.0%} of the median)")
 
 
+def localize_drift(entries: list[Entry], model: MobileViT, images: np.ndarray, calibration: np.ndarray) -> None:
+    """For each of our rows over its tolerance, find where the drift appears (see :mod:`.localize`)."""
+    from .localize import localize, localize_tflite
+
+    for e in entries:
+        target = RUNTIME_TARGET.get(e.runtime)
+        if e.source != "ours" or e.results.get("within_tolerance") is not False or target is None:
+            continue
+        _say(f"{e.name} exceeds its tolerance: localising ...")
+        m, tol = _with_target_defaults(model, target), TOLERANCES[(target, e.precision)]
+        try:
+            if target == "tflite":
+                e.results["localization"] = localize_tflite(m, e.artifact, tol, images)
+            else:
+                e.results["localization"] = localize(m, target, e.precision, tol, images, calibration)
+        except Exception as ex:  # reported in the table, the run goes on
+            e.results["localization"] = {"message": f"localisation failed: {type(ex).__name__}: {ex}"}
+        _say(f"{e.name}: {e.results['localization']['message']}")
+
+
 def run_matrix(model: MobileViT, work: Path, *, runtimes: set[str], precisions: dict[str, tuple[str, ...]],
                threads: list[int], repeats: int, warmup: int, images: np.ndarray, calibration: np.ndarray,
-               baseline: bool, weights: str) -> dict:
-    """Everything for one variant; returns the JSON-ready result."""
+               baseline: bool, weights: str, localize_images: int = 4,
+               android: tuple[Path, int] | None = None) -> dict:
+    """Everything for one variant; returns the JSON-ready result.
+
+    ``localize_images=0``: no drift localisation; ``android=(benchmark_model binary, threads)``:
+    also time every ``.tflite`` row on the attached Android device.
+    """
     start = time.time()
     entries = build_entries(model, work, runtimes, precisions, calibration, baseline)
     _say(f"drift on {len(images)} photos ...")
     measure_drift(entries, model, images)
+    if localize_images:
+        localize_drift(entries, model, images[:localize_images], calibration)
     _say(f"latency: threads {threads}, {repeats} interleaved repeats ...")
     measure_latency(entries, threads, repeats, warmup, images[:1])
+    if android is not None:
+        from .device import run_on_android
+
+        for e in entries:
+            if e.runtime == "litert" and e.artifact and not e.error:
+                _say(f"{e.name} on Android ...")
+                e.results["android"] = run_on_android(Path(e.artifact), *android)
     macs = count_macs(model, images.shape[-1])
     peaks = {str(t): gemm_peak_gflops(t) for t in threads}
     rows = []
     for e in entries:
-        row = {"variant": model.cfg.name, "name": e.name, "runtime": e.runtime, "version": e.version,
+        row = {"variant": model.cfg.name, "name": e.name, "runtime": e.runtime,
+               "target": RUNTIME_TARGET.get(e.runtime, "pytorch"), "version": e.version,
                "precision": e.precision, "source": e.source, "patches": e.patches, "attention": e.attention,
                "artifact": Path(e.artifact).name if e.artifact else "", "latency_skip": e.latency_skip,
                "error": e.error, **e.results}

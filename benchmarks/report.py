@@ -5,17 +5,21 @@ import csv
 import json
 from pathlib import Path
 
+from .stats import SPREAD_WARNING
+
 TARGETS = {"onnx_fp32_vs_baseline": 0.85, "tflite_fp32_vs_baseline": 0.7, "int8_speedup": 2.0,
            "int8_top1_agreement": 0.99}
 
 
 def flat_rows(result: dict) -> list[dict]:
-    """One CSV row per (row, threads) with plain numeric columns."""
+    """One CSV row per (row, threads) with plain numeric columns, tagged with the machine."""
     out = []
+    machine = result["meta"]["machine"]
     for variant in result["variants"]:
         for r in variant["rows"]:
             d = r.get("drift", {})
-            base = {"variant": r["variant"], "name": r["name"], "runtime": r["runtime"], "version": r["version"],
+            base = {"cpu": machine["cpu"], "logical_cores": machine["logical_cores"],
+                    "variant": r["variant"], "name": r["name"], "runtime": r["runtime"], "version": r["version"],
                     "precision": r["precision"], "source": r["source"], "patches": r["patches"],
                     "attention": r["attention"], "max_abs": d.get("max_abs"), "mean_abs": d.get("mean_abs"),
                     "cosine_min": d.get("cosine_min"), "top1_agreement": d.get("top1_agreement"),
@@ -25,7 +29,9 @@ def flat_rows(result: dict) -> list[dict]:
             for threads, lat in lats.items():
                 out.append({**base, "threads": int(threads) if threads else None,
                             "median_ms": lat.get("median_ms"), "iqr_ms": lat.get("iqr_ms"),
-                            "p90_ms": lat.get("p90_ms"), "gflops": lat.get("gflops"),
+                            "p25_ms": lat.get("p25_ms"), "p75_ms": lat.get("p75_ms"),
+                            "p90_ms": lat.get("p90_ms"), "spread_warning": lat.get("spread_warning"),
+                            "gflops": lat.get("gflops"),
                             "fraction_of_peak": lat.get("fraction_of_peak"), "n": lat.get("n")})
     return out
 
@@ -68,34 +74,107 @@ def target_status(variant: dict, threads: str) -> list[dict]:
     return out
 
 
+def _tol_cell(row: dict) -> str:
+    ok = row.get("within_tolerance")
+    return "—" if ok is None else ("ok" if ok else "**over**")
+
+
+def _variant_table(variant: dict, threads: list[str]) -> list[str]:
+    peak = ", ".join(f"{t} thr {variant['gemm_peak_gflops'][t]:.0f}" for t in threads)
+    lines = [f"### {variant['variant']} ({variant['macs'] / 1e9:.3f} GMACs; fp32 GEMM peak GFLOP/s: {peak})", "",
+             "| runtime | precision | source | patches / attention | "
+             + " | ".join(f"ms @{t} thr (IQR)" for t in threads)
+             + f" | GFLOP/s @{threads[-1]} | % peak | max abs | mean abs | cosine | top-1 | top-5 | tol |",
+             "|---" * (12 + len(threads)) + "|"]
+    for r in variant["rows"]:
+        d = r.get("drift", {})
+        cells = []
+        for t in threads:
+            lat = (r.get("latency") or {}).get(t)
+            if lat:
+                cells.append(f"{lat['median_ms']:.2f} ({lat['iqr_ms']:.2f})" + (" ⚠" if lat["spread_warning"] else ""))
+            else:
+                cells.append((r.get("latency_skip") or r.get("error") or "—")[:60])
+        last = (r.get("latency") or {}).get(threads[-1])
+        lines.append(
+            f"| {r['runtime']} {r['version']} | {r['precision']} | {r['source']} | {r['patches']} / "
+            f"{r['attention']} | " + " | ".join(cells) + " | "
+            + (f"{last['gflops']:.1f} | {last['fraction_of_peak']:.1%}" if last else "— | —") + " | "
+            + (f"{d['max_abs']:.2e} | {d['mean_abs']:.2e} | {d['cosine_min']:.5f} | {d['top1_agreement']:.0%} | "
+               f"{d['top5_agreement']:.0%}" if d else "— | — | — | — | —") + f" | {_tol_cell(r)} |")
+    return lines
+
+
+def torch_variants(variant: dict, threads: str) -> list[str]:
+    """Whether channels-last and bf16 autocast help PyTorch eager, as median ratios to plain fp32."""
+    rows = {r["precision"]: r for r in variant["rows"] if r["runtime"] == "torch"}
+    base = _lat(rows.get("fp32", {}), threads)
+    out = []
+    for precision, label in (("fp32-cl", "channels-last"), ("bf16", "bf16 autocast")):
+        ms = _lat(rows.get(precision, {}), threads)
+        if base is None or ms is None:
+            continue
+        ratio = ms / base
+        verdict = "helps" if ratio < 0.95 else ("hurts" if ratio > 1.05 else "no clear change")
+        out.append(f"{label} {ms:.2f} ms = {ratio:.2f}x plain fp32 ({verdict})")
+    return out
+
+
+def _localisation(row: dict) -> list[str]:
+    loc = row["localization"]
+    lines = [f"- **{row['name']}**: {loc['message']}" + (f" ({loc['method']})" if loc.get("method") else "")]
+    if loc.get("points"):
+        lines.append("  " + "; ".join(f"{p['point']}: cos {p['cosine_min']:.4f}, rel {p['max_abs_rel']:.2g}"
+                                      + ("" if p["ok"] else " ✗") for p in loc["points"]))
+    if loc.get("builtin_kernels_logits"):
+        b = loc["builtin_kernels_logits"]
+        lines.append(f"  logits with the built-in kernels (no XNNPACK): cos {b['cosine_min']:.4f}, "
+                     f"top-1 {b['top1_agreement']:.0%}")
+    return lines
+
+
+def _tolerance_table(result: dict) -> list[str]:
+    tols = {(r["target"], r["precision"]): r["tolerance"] for v in result["variants"] for r in v["rows"]
+            if r.get("tolerance")}
+    if not tols:
+        return []
+    lines = ["Tolerances (from `export.config.TOLERANCES`, the table every validation uses; per-stage "
+             "localisation applies the same limits without top-1):", "",
+             "| target | precision | max abs / max abs(logit) | cosine (worst photo) | top-1 agreement |",
+             "|---|---|---|---|---|"]
+    for key, t in sorted(tols.items()):
+        lines.append(f"| {key[0]} | {key[1]} | {t['max_abs_rel']:g} | {t['cosine_min']:g} | {t['top1_min']:.0%} |")
+    return lines + [""]
+
+
+PHONES = ("iPhone: Core ML latency needs Apple hardware. Open the `.mlpackage` in Xcode, select the "
+          "*Performance* tab, add a report for a connected device and compute units (All / CPU+NE / CPU); "
+          "it shows load, first and median prediction times and the compute unit of every op.")
+
+
+def _phones(result: dict) -> list[str]:
+    android = result["meta"].get("android") or {}
+    lines = ["Phones:", ""]
+    measured = [(v["variant"], r) for v in result["variants"] for r in v["rows"] if r.get("android")]
+    if measured:
+        lines += [f"- Android ({measured[0][1]['android']['device']}, TFLite `benchmark_model`, XNNPACK):"]
+        lines += [f"  - {variant} {r['name']}: {r['android'].get('inference_avg_us', float('nan')) / 1e3:.2f} ms avg"
+                  for variant, r in measured]
+    else:
+        lines.append(f"- Android (TFLite `benchmark_model` over adb): {android.get('reason') or 'not run'}")
+    return lines + [f"- {PHONES}", ""]
+
+
 def render_markdown(result: dict) -> str:
     meta = result["meta"]
+    threads = [str(t) for t in meta["threads"]]
     lines = [f"Benchmark: {meta['created']}, {meta['machine']['cpu']} ({meta['machine']['logical_cores']} cores), "
-             f"weights: {meta['weights']}, batch 1, {meta['repeats']} interleaved repeats, drift on "
-             f"{meta['images']} real photos.", ""]
+             f"weights: {meta['weights']}, batch 1, {meta['repeats']} interleaved repeats per thread count, "
+             f"drift vs PyTorch fp32 on {meta['images']} real photos; {meta.get('seconds', 0):.0f} s.", "",
+             f"Latency: median (IQR) in ms; ⚠ = IQR over {SPREAD_WARNING:.0%} of the median (noisy). "
+             "tol: drift within the row's tolerance (below).", ""]
     for variant in result["variants"]:
-        threads = [str(t) for t in meta["threads"]]
-        peak = ", ".join(f"{t} thr {variant['gemm_peak_gflops'][t]:.0f}" for t in threads)
-        header = ("| runtime | precision | source | patches / attention | "
-                  + " | ".join(f"ms @{t} thr (IQR)" for t in threads)
-                  + " | GFLOP/s | % peak | max abs | cosine | top-1 | top-5 |")
-        lines += [f"### {variant['variant']} ({variant['macs'] / 1e9:.3f} GMACs; fp32 GEMM peak GFLOP/s: {peak})", "",
-                  header, "|---" * (10 + len(threads)) + "|"]
-        for r in variant["rows"]:
-            d = r.get("drift", {})
-            lat_cells = []
-            for t in threads:
-                lat = (r.get("latency") or {}).get(t)
-                lat_cells.append(f"{lat['median_ms']:.2f} ({lat['iqr_ms']:.2f})" + (" ⚠" if lat["spread_warning"]
-                                                                                     else "") if lat else
-                                 (r.get("latency_skip") or r.get("error") or "—")[:60])
-            last = (r.get("latency") or {}).get(threads[-1])
-            lines.append(
-                f"| {r['runtime']} {r['version']} | {r['precision']} | {r['source']} | {r['patches']} / "
-                f"{r['attention']} | " + " | ".join(lat_cells) + " | "
-                + (f"{last['gflops']:.1f} | {last['fraction_of_peak']:.1%}" if last else "— | —") + " | "
-                + (f"{d['max_abs']:.2e} | {d['cosine_min']:.5f} | {d['top1_agreement']:.0%} | "
-                   f"{d['top5_agreement']:.0%}" if d else "— | — | — | —") + " |")
+        lines += _variant_table(variant, threads)
         for th in threads:
             lines += ["", f"Targets (from this run, {th} thread{'s' if th != '1' else ''}):", ""]
             for t in target_status(variant, th):
@@ -103,11 +182,16 @@ def render_markdown(result: dict) -> str:
                 value = "—" if t["value"] is None else f"{t['value']:.2f}"
                 lines.append(f"- {t['target']}: {value} (target {'<=' if 'speed-up' not in t['target'] else '>='} "
                              f"{t['limit']}) — {state}; {t['note']}")
-        for r in variant["rows"]:
-            if r.get("localization"):
-                lines.append(f"- drift localisation, {r['name']}: {r['localization']['message']}")
+            helps = torch_variants(variant, th)
+            if helps:
+                lines.append(f"- PyTorch eager: {'; '.join(helps)}")
+        located = [r for r in variant["rows"] if r.get("localization")]
+        if located:
+            lines += ["", "Drift localisation (rows over their tolerance):", ""]
+            for r in located:
+                lines += _localisation(r)
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + _tolerance_table(result) + _phones(result))
 
 
 def write_all(result: dict, out: Path, stem: str = "bench") -> dict[str, Path]:
