@@ -33,14 +33,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", default="1,2", help="comma list of thread counts (default 1,2)")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per row and thread count")
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--images", default=None, help="folder of your own photos for drift (default: bundled photos)")
+    p.add_argument("--images", default=None,
+                   help="folder of your own photos for drift (default: photos from installed packages)")
     p.add_argument("--num-images", type=int, default=16)
     p.add_argument("--weights", default=None, help="checkpoint; default calibrated synthetic weights")
     p.add_argument("--no-baseline", action="store_true", help="skip the Hugging Face as-is baseline")
     p.add_argument("--no-localize", action="store_true",
-                   help="do not localise the drift of rows over their tolerance (first stage/block where it appears)")
+                   help="do not localise drift over tolerance (the first stage/block where it appears)")
     p.add_argument("--android-binary", type=Path, default=None,
-                   help="TFLite benchmark_model binary for an attached Android device (adb): runs every .tflite row")
+                   help="TFLite benchmark_model binary for an attached Android device (adb): "
+                        "times every .tflite row on the phone")
     p.add_argument("--android-threads", type=int, default=4, help="threads for benchmark_model on the phone")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--stem", default="bench", help="output file name stem")
@@ -66,11 +68,15 @@ def main(argv=None) -> int:
     runtimes = set(args.runtimes.split(","))
     keep = set(args.precisions.split(",")) if args.precisions else None
     precisions = {k: tuple(p for p in v if keep is None or p in keep) for k, v in ALL_PRECISIONS.items()}
-    photos = load_folder(args.images, limit=args.num_images) if args.images else photo_variants(args.num_images, 11)
+    if args.images:
+        photos = load_folder(args.images, limit=args.num_images)
+    else:
+        photos = photo_variants(args.num_images, 11)
     calib_photos = photo_variants(32, seed=7)
     start = time.time()
-    result = {"meta": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(),
-                       "threads": threads, "repeats": repeats, "images": len(photos),
+    result = {"meta": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       "machine": machine_info(), "threads": threads, "repeats": repeats,
+                       "images": len(photos),
                        "weights": args.weights or SYNTHETIC_ORIGIN, "torch": torch.__version__,
                        "android": android_status(args.android_binary)},
               "variants": []}

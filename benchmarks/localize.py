@@ -38,7 +38,8 @@ def _feature_tolerance(tol: Tolerance) -> Tolerance:
     return Tolerance(tol.max_abs_rel, tol.cosine_min, 0.0)
 
 
-def _attention(model: MobileViT) -> str:
+def attention_layout(model: MobileViT) -> str:
+    """The attention layout ``model`` runs (``batched`` or ``split``)."""
     return next((m.layout for m in model.modules() if isinstance(m, Attention)), "batched")
 
 
@@ -72,8 +73,9 @@ class _Flat(torch.nn.Module):
     def __init__(self, model: MobileViT, k: int):
         super().__init__()
         self.body = MobileViT(model.cfg, patches=model.patches, features_only=True, out_indices=(k,)).eval()
-        self.body.load_state_dict({n: t for n, t in model.state_dict().items() if n.startswith(("stem", "stages"))})
-        self.body.set_attention(_attention(model))
+        self.body.load_state_dict({n: t for n, t in model.state_dict().items()
+                                   if n.startswith(("stem", "stages"))})
+        self.body.set_attention(attention_layout(model))
 
     def forward(self, x):
         return self.body(x)[0].flatten(1)
@@ -97,8 +99,8 @@ def _convert_and_run(target: str, precision: str, module: torch.nn.Module, x: np
         from export.coreml import CoreMLOptions, convert_coreml
 
         path = work / "stage.mlpackage"
-        convert_coreml(module, CoreMLOptions(precision=precision, input_kind="tensor", output_kind="logits")).save(
-            str(path))
+        opts = CoreMLOptions(precision=precision, input_kind="tensor", output_kind="logits")
+        convert_coreml(module, opts).save(str(path))
     return make_runner(path, threads=2)(x)
 
 
@@ -161,7 +163,8 @@ def _reference_points(model: MobileViT, x: np.ndarray) -> list[_Point]:
     return [p for p, _ in points]
 
 
-def match_points(points: list[_Point], ops: list[dict], shapes: dict[int, tuple[int, ...]]) -> list[int | None]:
+def match_points(points: list[_Point], ops: list[dict],
+                 shapes: dict[int, tuple[int, ...]]) -> list[int | None]:
     """For each checkpoint, its tensor among ``ops`` (LiteRT op details in execution order), or None.
 
     A stage's output is the last tensor of its shape in the whole graph (later stages are smaller,

@@ -154,7 +154,7 @@ def test_drift_localisation_names_the_first_bad_stage():
     x = sample_batch(model.cfg, 2).numpy()
     strict = localize(model, "onnx", "fp16", Tolerance(0.0, 1.1, 1.0), x, x)
     assert strict["first_bad_stage"] == 0 and "stage 0" in strict["message"] and len(strict["points"]) == 1
-    loose = localize(model, "onnx", "fp32", Tolerance(1e-3, 0.999, 1.0), x, x)  # top-1 is not applied to features
+    loose = localize(model, "onnx", "fp32", Tolerance(1e-3, 0.999, 1.0), x, x)  # no top-1 on features
     assert loose["first_bad_stage"] is None and len(loose["points"]) == 5
     assert all(p["ok"] for p in loose["points"]) and "head" in loose["message"]
 
@@ -164,7 +164,8 @@ def test_tflite_checkpoints_are_matched_by_structure_not_by_name():
     from benchmarks.localize import _Point, match_points
 
     s0, s2, cat, tok = (1, 64, 64, 24), (1, 32, 32, 48), (1, 32, 32, 96), (4, 256, 64)
-    shapes = {0: s0, 1: s0, 2: s2, 3: s2, 4: s2, 5: s2, 6: tok, 7: tok, 8: s2, 9: cat, 10: s2, 11: (1, 16, 16, 64)}
+    shapes = {0: s0, 1: s0, 2: s2, 3: s2, 4: s2, 5: s2, 6: tok, 7: tok, 8: s2, 9: cat, 10: s2,
+              11: (1, 16, 16, 64)}
     ops = [{"op_name": "ADD", "inputs": [0], "outputs": [1]},  # stage 1 output
            {"op_name": "DEPTHWISE_CONV_2D", "inputs": [1], "outputs": [2]},  # same shape as the residual
            {"op_name": "CONV_2D", "inputs": [2], "outputs": [3]},  # the residual (project conv)
@@ -176,8 +177,8 @@ def test_tflite_checkpoints_are_matched_by_structure_not_by_name():
            {"op_name": "CONCATENATION", "inputs": [3, 8], "outputs": [9]},
            {"op_name": "CONV_2D", "inputs": [9], "outputs": [10]},  # fusion: stage 2 output
            {"op_name": "CONV_2D", "inputs": [10], "outputs": [11]}]
-    points = [_Point("s1", 1, "output", s0), _Point("res", 2, "residual", s2), _Point("tok", 2, "tokens", tok),
-              _Point("s2", 2, "output", s2)]
+    points = [_Point("s1", 1, "output", s0), _Point("res", 2, "residual", s2),
+              _Point("tok", 2, "tokens", tok), _Point("s2", 2, "output", s2)]
     assert match_points(points, ops, shapes) == [1, 3, 7, 10]
     missing = [_Point("s3", 3, "output", (1, 8, 8, 80))]
     assert match_points(missing, ops, shapes) == [None]
@@ -189,19 +190,22 @@ def test_markdown_localisation_and_over_tolerance_rows():
     lat = {"median_ms": 5.0, "iqr_ms": 0.1, "p25_ms": 4.9, "p75_ms": 5.0, "spread_warning": False,
            "gflops": 100.0, "fraction_of_peak": 0.5}
     d = {"max_abs": 1.0, "mean_abs": 0.1, "cosine_min": 0.5, "top1_agreement": 0.25, "top5_agreement": 0.5}
-    loc = {"message": "drift appears at stage 2 inverted residual (stride 8)", "method": "intermediate tensors",
-           "points": [{"point": "stage 1 output", "stage": 1, "cosine_min": 0.93, "max_abs_rel": 0.16, "ok": True},
-                      {"point": "stage 2 inverted residual", "stage": 2, "cosine_min": 0.88, "max_abs_rel": 0.2,
-                       "ok": False}],
+    loc = {"message": "drift appears at stage 2 inverted residual (stride 8)",
+           "method": "intermediate tensors",
+           "points": [{"point": "stage 1 output", "stage": 1, "cosine_min": 0.93, "max_abs_rel": 0.16,
+                       "ok": True},
+                      {"point": "stage 2 inverted residual", "stage": 2, "cosine_min": 0.88,
+                       "max_abs_rel": 0.2, "ok": False}],
            "builtin_kernels_logits": {"cosine_min": 0.6, "max_abs_rel": 0.7, "top1_agreement": 0.25}}
-    row = {"variant": "xx_small", "name": "litert int8", "runtime": "litert", "target": "tflite", "version": "2.1.0",
-           "precision": "int8", "source": "ours", "patches": "slice", "attention": "split", "drift": d,
-           "latency": {"1": lat}, "within_tolerance": False, "localization": loc,
-           "tolerance": {"max_abs_rel": 0.6, "cosine_min": 0.9, "top1_min": 0.5}}
+    row = {"variant": "xx_small", "name": "litert int8", "runtime": "litert", "target": "tflite",
+           "version": "2.1.0", "precision": "int8", "source": "ours", "patches": "slice",
+           "attention": "split", "drift": d, "latency": {"1": lat}, "within_tolerance": False,
+           "localization": loc, "tolerance": {"max_abs_rel": 0.6, "cosine_min": 0.9, "top1_min": 0.5}}
     result = {"meta": {"created": "now", "machine": {"cpu": "cpu", "logical_cores": 2}, "weights": "w",
                        "repeats": 5, "images": 4, "threads": [1], "seconds": 1.0,
                        "android": {"available": False, "reason": "skipped: adb is not installed"}},
-              "variants": [{"variant": "xx_small", "macs": 10 ** 9, "gemm_peak_gflops": {"1": 200.0}, "rows": [row]}]}
+              "variants": [{"variant": "xx_small", "macs": 10 ** 9, "gemm_peak_gflops": {"1": 200.0},
+                            "rows": [row]}]}
     md = render_markdown(result)
     assert "| **over** |" in md and "1.00e+00 | 1.00e-01 | 0.50000 | 25% | 50% |" in md
     assert "- **litert int8**: drift appears at stage 2 inverted residual (stride 8)" in md
