@@ -211,3 +211,18 @@ def test_markdown_localisation_and_over_tolerance_rows():
     assert "- **litert int8**: drift appears at stage 2 inverted residual (stride 8)" in md
     assert "stage 2 inverted residual: cos 0.8800, rel 0.2 ✗" in md and "(no XNNPACK): cos 0.6000" in md
     assert "| tflite | int8 | 0.6 | 0.9 | 50% |" in md and "skipped: adb is not installed" in md
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--runtimes", "torch,tensorrt"], "--runtimes: unknown tensorrt; choose from torch, onnxruntime"),
+    (["--variants", "large"], "--variants: unknown large; choose from xx_small, x_small, small"),
+    (["--precisions", "int4"], "--precisions: unknown int4"),
+    (["--threads", "0"], "--threads: expected positive integers"),
+    (["--repeats", "0"], "--repeats must be at least 1"),
+])
+def test_bad_arguments_stop_with_the_valid_choices(argv, says, capsys):
+    from benchmarks.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and says in capsys.readouterr().err
