@@ -220,49 +220,63 @@ def write_all(result: dict, out: Path, stem: str = "bench") -> dict[str, Path]:
     return paths
 
 
+def _colour(row: dict) -> str:
+    return "#999999" if row["source"] == "hf-baseline" else "#1f77b4"
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot(result: dict, out: Path, stem: str) -> dict[str, Path]:
+    """Per variant: latency per row and thread count (median, IQR bars); drift vs latency (last count)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    threads = str(result["meta"]["threads"][-1])
+    all_threads = [str(t) for t in result["meta"]["threads"]]
+    last = all_threads[-1]
     paths = {}
     for variant in result["variants"]:
-        rows = [r for r in variant["rows"] if (r.get("latency") or {}).get(threads)]
+        rows = [r for r in variant["rows"] if r.get("latency")]
         if not rows:
             continue
-        names = [r["name"] for r in rows]
-        med = [r["latency"][threads]["median_ms"] for r in rows]
-        err = [[r["latency"][threads]["median_ms"] - r["latency"][threads]["p25_ms"] for r in rows],
-               [r["latency"][threads]["p75_ms"] - r["latency"][threads]["median_ms"] for r in rows]]
-        colors = ["#999999" if r["source"] == "hf-baseline" else "#1f77b4" for r in rows]
-        fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.5))
-        ax.barh(names, med, xerr=err, color=colors, capsize=3)
+        name = variant["variant"]
+        fig, ax = plt.subplots(figsize=(8.5, 0.3 * len(rows) * len(all_threads) + 1.6))
+        height = 0.8 / len(all_threads)
+        for i, t in enumerate(all_threads):
+            lats = [r["latency"].get(t) for r in rows]
+            y = np.arange(len(rows)) + (i - (len(all_threads) - 1) / 2) * height
+            med = [lat["median_ms"] if lat else 0.0 for lat in lats]
+            err = [[lat["median_ms"] - lat["p25_ms"] if lat else 0.0 for lat in lats],
+                   [lat["p75_ms"] - lat["median_ms"] if lat else 0.0 for lat in lats]]
+            ax.barh(y, med, height=height, xerr=err, capsize=2, color=[_colour(r) for r in rows],
+                    alpha=1.0 - 0.45 * i / max(1, len(all_threads) - 1),
+                    label=f"{t} thread{'s' * (t != '1')}")
+        ax.set_yticks(np.arange(len(rows)), [r["name"] for r in rows])
         ax.invert_yaxis()
-        ax.set_xlabel(f"latency, ms (median, IQR bars), batch 1, {threads} threads")
-        ax.set_title(f"MobileViT {variant['variant']}: latency per runtime and precision (grey: HF as-is)")
-        fig.tight_layout()
-        p = out / f"{stem}_{variant['variant']}_latency.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths[f"latency_{variant['variant']}"] = p
+        ax.legend(loc="lower right", fontsize=8)
+        ax.set_xlabel("latency, ms (median; bars: IQR), batch 1")
+        ax.set_title(f"MobileViT {name}: latency per runtime and precision (grey: HF as-is)")
+        paths[f"latency_{name}"] = _save(fig, out / f"{stem}_{name}_latency.png")
         fig, ax = plt.subplots(figsize=(7, 5))
         for r in rows:
-            d = r.get("drift")
-            if not d:
+            d, lat = r.get("drift"), r["latency"].get(last)
+            if not d or not lat:
                 continue
             y = max(1 - d["cosine_min"], 1e-9)
-            ax.scatter(r["latency"][threads]["median_ms"], y, color="#999999" if r["source"] == "hf-baseline"
-                       else "#1f77b4")
-            ax.annotate(r["name"], (r["latency"][threads]["median_ms"], y), fontsize=7)
+            ax.scatter(lat["median_ms"], y, color=_colour(r))
+            ax.annotate(r["name"], (lat["median_ms"], y), fontsize=7)
         ax.set_yscale("log")
-        ax.set_xlabel(f"latency, ms (median, {threads} threads)")
+        ax.set_xlabel(f"latency, ms (median, {last} threads)")
         ax.set_ylabel("1 - cosine similarity to PyTorch fp32 (worst photo)")
-        ax.set_title(f"MobileViT {variant['variant']}: drift vs latency")
-        fig.tight_layout()
-        p = out / f"{stem}_{variant['variant']}_drift_vs_latency.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths[f"drift_{variant['variant']}"] = p
+        ax.set_title(f"MobileViT {name}: drift vs latency")
+        paths[f"drift_{name}"] = _save(fig, out / f"{stem}_{name}_drift_vs_latency.png")
     return paths
