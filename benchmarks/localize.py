@@ -141,7 +141,7 @@ def _reference_points(model: MobileViT, x: np.ndarray) -> list[_Point]:
     for k, stage in enumerate(model.stages):
         vit = next((m for m in stage if isinstance(m, MobileViTBlock)), None)
         if vit is not None:
-            points.append((_Point(f"stage {k} inverted residual (stride 2)", k, "residual"), stage[0]))
+            points.append((_Point(f"stage {k} inverted residual", k, "residual"), stage[0]))
             points.append((_Point(f"stage {k} transformer (tokens after LayerNorm)", k, "tokens"), vit.norm))
         points.append((_Point(f"stage {k} output", k, "output"), stage))
     for p, module in points:
