@@ -17,8 +17,7 @@ from mobilevit import MobileViT
 from mobilevit.checkpoints import to_format
 
 HF_ARCH = {
-    "xx_small": dict(hidden_sizes=[64, 80, 96], neck_hidden_sizes=[16, 16, 24, 48, 64, 80, 320],
-                     expand_ratio=2.0),
+    "xx_small": dict(hidden_sizes=[64, 80, 96], neck_hidden_sizes=[16, 16, 24, 48, 64, 80, 320], expand_ratio=2.0),
     "x_small": dict(hidden_sizes=[96, 120, 144], neck_hidden_sizes=[16, 32, 48, 64, 80, 96, 384]),
     "small": dict(hidden_sizes=[144, 192, 240], neck_hidden_sizes=[16, 32, 64, 96, 128, 160, 640]),
 }
@@ -48,6 +47,6 @@ def export_hf_onnx(model: MobileViT, path: Path, size: int = 256) -> Path:
     wrapped = hf_model(model)
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(wrapped, (torch.zeros(1, 3, size, size),), str(path), dynamo=False,
-                          opset_version=17, input_names=["input"], output_names=["logits"])
+        torch.onnx.export(wrapped, (torch.zeros(1, 3, size, size),), str(path), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits"])
     return path

@@ -19,7 +19,6 @@ from export.config import TOLERANCES, target_config
 from export.validate import drift, failures
 from mobilevit import MobileViT, count_macs
 
-from .localize import attention_layout
 from .peak import gemm_peak_gflops
 from .stats import gflops, summarize
 
@@ -94,10 +93,16 @@ def torch_entries(model: MobileViT) -> list[Entry]:
                 return model(torch.from_numpy(x)).float().numpy()
         return run
 
-    v, p, a = torch.__version__, model.patches.name, attention_layout(model)
+    v, p, a = torch.__version__, model.patches.name, _attention(model)
     return [Entry("pytorch fp32", "torch", "fp32", "ours", p, a, plain, v),
             Entry("pytorch fp32 channels-last", "torch", "fp32-cl", "ours", p, a, channels_last, v),
             Entry("pytorch bf16 autocast", "torch", "bf16", "ours", p, a, bf16, v)]
+
+
+def _attention(model: MobileViT) -> str:
+    from mobilevit.model import Attention
+
+    return next((m.layout for m in model.modules() if isinstance(m, Attention)), "batched")
 
 
 def _artifact_entry(name, runtime, precision, source, labels: tuple[str, str], path: Path) -> Entry:
@@ -116,7 +121,7 @@ def _artifact_entry(name, runtime, precision, source, labels: tuple[str, str], p
 
 
 def _labels(model: MobileViT) -> tuple[str, str]:
-    return model.patches.name, attention_layout(model)
+    return model.patches.name, _attention(model)
 
 
 HF_LABELS = ("hf-as-is", "batched")
@@ -133,39 +138,37 @@ def build_entries(model: MobileViT, work: Path, runtimes: set[str], precisions: 
     if "onnxruntime" in runtimes:
         from export.onnx import convert_onnx_precision, export_onnx
 
-        m = with_target_defaults(model, "onnx")
+        m = _with_target_defaults(model, "onnx")
         _say("exporting ONNX ...")
         fp32 = export_onnx(m, work / "ours_fp32.onnx")
         for precision in precisions["onnx"]:
             path = fp32 if precision == "fp32" else convert_onnx_precision(
                 fp32, work / f"ours_{precision}.onnx", precision, calibration)
-            entries.append(_artifact_entry(f"onnxruntime {precision}", "onnxruntime", precision, "ours",
-                                           _labels(m), path))
+            entries.append(_artifact_entry(f"onnxruntime {precision}", "onnxruntime", precision, "ours", _labels(m),
+                                           path))
     if "litert" in runtimes:
         from export.tflite import export_tflite
 
-        m = with_target_defaults(model, "tflite")
+        m = _with_target_defaults(model, "tflite")
         _say("exporting TFLite through onnx2tf (about a minute) ...")
         try:
             made = export_tflite(m, work / "tflite", precisions=precisions["tflite"], calibration=calibration)
             for precision, path in made.items():
-                entries.append(_artifact_entry(f"litert {precision}", "litert", precision, "ours", _labels(m),
-                                               path))
+                entries.append(_artifact_entry(f"litert {precision}", "litert", precision, "ours", _labels(m), path))
         except Exception as e:
-            entries.append(Entry("litert", "litert", "?", "ours", *_labels(m), None,
-                                 error=f"conversion failed: {e}"))
+            entries.append(Entry("litert", "litert", "?", "ours", *_labels(m), None, error=f"conversion failed: {e}"))
     if "coreml" in runtimes:
         from export.coreml import CoreMLOptions, convert_coreml
 
-        m = with_target_defaults(model, "coreml")
+        m = _with_target_defaults(model, "coreml")
         on_mac, _ = coreml_runtime_available()
         for precision in precisions["coreml"]:
             _say(f"exporting Core ML {precision} ...")
             path = work / f"ours_{precision}.mlpackage"
-            opts = CoreMLOptions(precision=precision, input_kind="tensor", output_kind="logits")
-            convert_coreml(m, opts).save(str(path))
-            runtime = "coreml" if on_mac else "coreml-reference"
-            entry = _artifact_entry(f"coreml {precision}", runtime, precision, "ours", _labels(m), path)
+            convert_coreml(m, CoreMLOptions(precision=precision, input_kind="tensor", output_kind="logits")).save(
+                str(path))
+            entry = _artifact_entry(f"coreml {precision}", "coreml" if on_mac else "coreml-reference", precision,
+                                    "ours", _labels(m), path)
             if not on_mac:
                 entry.latency_skip = "skipped: needs macOS"  # drift comes from the reference executor
             entries.append(entry)
@@ -175,24 +178,23 @@ def build_entries(model: MobileViT, work: Path, runtimes: set[str], precisions: 
         _say("exporting the Hugging Face baseline (as-is) ...")
         hf_onnx = export_hf_onnx(model, work / "hf_fp32.onnx")
         if "onnxruntime" in runtimes:
-            entries.append(_artifact_entry("baseline HF onnxruntime fp32", "onnxruntime", "fp32",
-                                           "hf-baseline", HF_LABELS, hf_onnx))
+            entries.append(_artifact_entry("baseline HF onnxruntime fp32", "onnxruntime", "fp32", "hf-baseline",
+                                           HF_LABELS, hf_onnx))
         if "litert" in runtimes:
             from export.tflite import onnx_to_tflite
 
             try:
-                path = onnx_to_tflite(hf_onnx, work / "hf_tflite", precisions=("fp32",),
-                                      calibration=calibration)
+                path = onnx_to_tflite(hf_onnx, work / "hf_tflite", precisions=("fp32",), calibration=calibration)
                 entries.append(_artifact_entry("baseline HF litert fp32", "litert", "fp32", "hf-baseline",
                                                HF_LABELS, path["fp32"]))
             except Exception as e:
-                entries.append(Entry("baseline HF litert fp32", "litert", "fp32", "hf-baseline", *HF_LABELS,
-                                     None, error=f"conversion failed: {e}"))
+                entries.append(Entry("baseline HF litert fp32", "litert", "fp32", "hf-baseline", *HF_LABELS, None,
+                                     error=f"conversion failed: {e}"))
     _say(f"{len(entries)} rows for {cfg_name}")
     return entries
 
 
-def with_target_defaults(model: MobileViT, target: str) -> MobileViT:
+def _with_target_defaults(model: MobileViT, target: str) -> MobileViT:
     """A copy of ``model`` with the target's default patch strategy and attention layout."""
     cfg = target_config(target)
     m = MobileViT(model.cfg, patches=cfg.default_patches).eval()
@@ -255,61 +257,24 @@ def measure_latency(entries: list[Entry], threads_list: list[int], repeats: int,
                 s["samples_ms"] = [round(v, 4) for v in samples[e.name]]
                 e.results.setdefault("latency", {})[str(threads)] = s
                 if s["spread_warning"]:
-                    _say(f"warning: {e.name} @ {threads} threads is noisy "
-                         f"(IQR {s['spread']:.0%} of the median)")
-
-
-def localize_drift(entries: list[Entry], model: MobileViT, images: np.ndarray,
-                   calibration: np.ndarray) -> None:
-    """For each of our rows over its tolerance, find where the drift appears (see :mod:`.localize`)."""
-    from .localize import localize, localize_tflite
-
-    for e in entries:
-        target = RUNTIME_TARGET.get(e.runtime)
-        if e.source != "ours" or e.results.get("within_tolerance") is not False or target is None:
-            continue
-        _say(f"{e.name} exceeds its tolerance: localising ...")
-        m, tol = with_target_defaults(model, target), TOLERANCES[(target, e.precision)]
-        try:
-            if target == "tflite":
-                e.results["localization"] = localize_tflite(m, e.artifact, tol, images)
-            else:
-                e.results["localization"] = localize(m, target, e.precision, tol, images, calibration)
-        except Exception as ex:  # reported in the table, the run goes on
-            e.results["localization"] = {"message": f"localisation failed: {type(ex).__name__}: {ex}"}
-        _say(f"{e.name}: {e.results['localization']['message']}")
+                    _say(f"warning: {e.name} @ {threads} threads is noisy (IQR {s['spread']:.0%} of the median)")
 
 
 def run_matrix(model: MobileViT, work: Path, *, runtimes: set[str], precisions: dict[str, tuple[str, ...]],
                threads: list[int], repeats: int, warmup: int, images: np.ndarray, calibration: np.ndarray,
-               baseline: bool, weights: str, localize_images: int = 4,
-               android: tuple[Path, int] | None = None) -> dict:
-    """Everything for one variant; returns the JSON-ready result.
-
-    ``localize_images=0``: no drift localisation; ``android=(benchmark_model binary, threads)``:
-    also time every ``.tflite`` row on the attached Android device.
-    """
+               baseline: bool, weights: str) -> dict:
+    """Everything for one variant; returns the JSON-ready result."""
     start = time.time()
     entries = build_entries(model, work, runtimes, precisions, calibration, baseline)
     _say(f"drift on {len(images)} photos ...")
     measure_drift(entries, model, images)
-    if localize_images:
-        localize_drift(entries, model, images[:localize_images], calibration)
     _say(f"latency: threads {threads}, {repeats} interleaved repeats ...")
     measure_latency(entries, threads, repeats, warmup, images[:1])
-    if android is not None:
-        from .device import run_on_android
-
-        for e in entries:
-            if e.runtime == "litert" and e.artifact and not e.error:
-                _say(f"{e.name} on Android ...")
-                e.results["android"] = run_on_android(Path(e.artifact), *android)
     macs = count_macs(model, images.shape[-1])
     peaks = {str(t): gemm_peak_gflops(t) for t in threads}
     rows = []
     for e in entries:
-        row = {"variant": model.cfg.name, "name": e.name, "runtime": e.runtime,
-               "target": RUNTIME_TARGET.get(e.runtime, "pytorch"), "version": e.version,
+        row = {"variant": model.cfg.name, "name": e.name, "runtime": e.runtime, "version": e.version,
                "precision": e.precision, "source": e.source, "patches": e.patches, "attention": e.attention,
                "artifact": Path(e.artifact).name if e.artifact else "", "latency_skip": e.latency_skip,
                "error": e.error, **e.results}

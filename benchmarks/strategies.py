@@ -33,8 +33,7 @@ def _convert(target: str, model, folder: Path, calib: np.ndarray) -> Path:
     from export.coreml import CoreMLOptions, convert_coreml
 
     path = folder / "m.mlpackage"
-    opts = CoreMLOptions(precision="fp32", input_kind="tensor", output_kind="logits")
-    convert_coreml(model, opts).save(str(path))
+    convert_coreml(model, CoreMLOptions(precision="fp32", input_kind="tensor", output_kind="logits")).save(str(path))
     return path
 
 
@@ -65,8 +64,7 @@ def measure(variants, targets, strategies, repeats: int, threads: int, out: Path
                     try:
                         path = _convert(target, model.set_patches(strategy), folder, calib)
                     except Exception as e:
-                        last = str(e).splitlines()[-1][:200]
-                        row["error"] = f"conversion failed: {type(e).__name__}: {last}"
+                        row["error"] = f"conversion failed: {type(e).__name__}: {str(e).splitlines()[-1][:200]}"
                         continue
                     finally:
                         model.set_patches("reference")

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.device import adb_devices, android_status, parse_benchmark_model, run_on_android
+from benchmarks.device import adb_devices, parse_benchmark_model, run_on_android
 from benchmarks.report import flat_rows, render_markdown, target_status
 from benchmarks.stats import gflops, summarize
 from export.validate import drift
@@ -46,7 +46,7 @@ def test_benchmark_model_parser_on_real_output():
     assert desktop["timings_us"]["Init"] == 17187
     assert desktop["timings_us"]["First inference"] == 3512391
     assert desktop["timings_us"]["Inference (avg)"] == pytest.approx(2.95034e6)
-    assert len(desktop["runs"]) == 1 and desktop["runs"][0]["count"] == 50  # not the profiler's summary
+    assert len(desktop["runs"]) == 1 and desktop["runs"][0]["count"] == 50  # the profiler summary is not a run
     assert desktop["inference_avg_us"] == pytest.approx(2.95034e6)
     assert desktop["memory_mb"] == {"init": 4.21094, "overall": 46.0859}
     phone = parse_benchmark_model((DATA / "benchmark_model_android_yolov5.txt").read_text())
@@ -60,8 +60,6 @@ def test_no_device_is_said_and_skipped(tmp_path, capsys):
         pytest.skip("an Android device is attached")
     assert run_on_android(tmp_path / "m.tflite", tmp_path / "benchmark_model") is None
     assert "no Android device attached" in capsys.readouterr().out
-    status = android_status(tmp_path / "benchmark_model")
-    assert status["available"] is False and status["reason"].startswith("skipped: ")
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +68,8 @@ def tiny_run(tmp_path_factory):
     from benchmarks.__main__ import main
 
     out = tmp_path_factory.mktemp("bench")
-    assert main(["--runtimes", "torch,onnxruntime", "--precisions", "fp32", "--threads", "1,2",
-                 "--repeats", "5", "--num-images", "4", "--out", str(out)]) == 0
+    assert main(["--runtimes", "torch,onnxruntime", "--precisions", "fp32", "--threads", "1,2", "--repeats", "5",
+                 "--num-images", "4", "--out", str(out)]) == 0
     return out
 
 
@@ -108,12 +106,11 @@ def test_csv_has_one_header_and_numeric_columns(tiny_run):
     import csv
 
     lines = (tiny_run / "bench.csv").read_text().splitlines()
-    assert sum(line.startswith("cpu,logical_cores,variant,") for line in lines) == 1
+    assert sum(line.startswith("variant,") for line in lines) == 1
     rows = list(csv.DictReader(lines))
     assert len(rows) == 5 * 2  # (3 torch rows, ours, baseline) x two thread counts
-    for key in ("median_ms", "p25_ms", "p75_ms", "cosine_min", "max_abs", "logical_cores"):
-        float(rows[0][key])
-    assert rows[0]["cpu"] and rows[0]["threads"] == "1"
+    float(rows[0]["median_ms"])
+    float(rows[0]["cosine_min"])
 
 
 def test_markdown_is_rendered_from_the_json(tiny_run):
@@ -122,9 +119,6 @@ def test_markdown_is_rendered_from_the_json(tiny_run):
     assert md == (tiny_run / "bench.md").read_text()
     assert "| onnxruntime 1.32.0 | fp32 | ours | slice / split |" in md
     assert "onnxruntime fp32 / HF baseline" in md
-    assert "| onnx | fp32 | 0.0001 | 0.99999 | 100% |" in md  # the tolerance table of the rows measured
-    assert "channels-last" in md and "bf16 autocast" in md  # does either help PyTorch eager?
-    assert "Android (TFLite `benchmark_model` over adb): skipped" in md and "Performance" in md
     status = target_status(result["variants"][0], "2")
     assert status[0]["value"] is not None and status[0]["limit"] == 0.85
     assert len(flat_rows(result)) == 10
@@ -153,76 +147,6 @@ def test_drift_localisation_names_the_first_bad_stage():
     model = synthetic_model("xx_small", patches="slice")
     x = sample_batch(model.cfg, 2).numpy()
     strict = localize(model, "onnx", "fp16", Tolerance(0.0, 1.1, 1.0), x, x)
-    assert strict["first_bad_stage"] == 0 and "stage 0" in strict["message"] and len(strict["points"]) == 1
-    loose = localize(model, "onnx", "fp32", Tolerance(1e-3, 0.999, 1.0), x, x)  # no top-1 on features
-    assert loose["first_bad_stage"] is None and len(loose["points"]) == 5
-    assert all(p["ok"] for p in loose["points"]) and "head" in loose["message"]
-
-
-def test_tflite_checkpoints_are_matched_by_structure_not_by_name():
-    """A stage whose strided inverted residual shares its shape with five other tensors (as in xx_small)."""
-    from benchmarks.localize import _Point, match_points
-
-    s0, s2, cat, tok = (1, 64, 64, 24), (1, 32, 32, 48), (1, 32, 32, 96), (4, 256, 64)
-    shapes = {0: s0, 1: s0, 2: s2, 3: s2, 4: s2, 5: s2, 6: tok, 7: tok, 8: s2, 9: cat, 10: s2,
-              11: (1, 16, 16, 64)}
-    ops = [{"op_name": "ADD", "inputs": [0], "outputs": [1]},  # stage 1 output
-           {"op_name": "DEPTHWISE_CONV_2D", "inputs": [1], "outputs": [2]},  # same shape as the residual
-           {"op_name": "CONV_2D", "inputs": [2], "outputs": [3]},  # the residual (project conv)
-           {"op_name": "CONV_2D", "inputs": [3], "outputs": [4]},  # conv_local
-           {"op_name": "RESHAPE", "inputs": [4], "outputs": [6]},
-           {"op_name": "ADD", "inputs": [6], "outputs": [7]},  # tokens after LayerNorm
-           {"op_name": "RESHAPE", "inputs": [7], "outputs": [5]},
-           {"op_name": "CONV_2D", "inputs": [5], "outputs": [8]},  # conv_proj
-           {"op_name": "CONCATENATION", "inputs": [3, 8], "outputs": [9]},
-           {"op_name": "CONV_2D", "inputs": [9], "outputs": [10]},  # fusion: stage 2 output
-           {"op_name": "CONV_2D", "inputs": [10], "outputs": [11]}]
-    points = [_Point("s1", 1, "output", s0), _Point("res", 2, "residual", s2),
-              _Point("tok", 2, "tokens", tok), _Point("s2", 2, "output", s2)]
-    assert match_points(points, ops, shapes) == [1, 3, 7, 10]
-    missing = [_Point("s3", 3, "output", (1, 8, 8, 80))]
-    assert match_points(missing, ops, shapes) == [None]
-
-
-def test_markdown_localisation_and_over_tolerance_rows():
-    from benchmarks.report import render_markdown
-
-    lat = {"median_ms": 5.0, "iqr_ms": 0.1, "p25_ms": 4.9, "p75_ms": 5.0, "spread_warning": False,
-           "gflops": 100.0, "fraction_of_peak": 0.5}
-    d = {"max_abs": 1.0, "mean_abs": 0.1, "cosine_min": 0.5, "top1_agreement": 0.25, "top5_agreement": 0.5}
-    loc = {"message": "drift appears at stage 2 inverted residual (stride 8)",
-           "method": "intermediate tensors",
-           "points": [{"point": "stage 1 output", "stage": 1, "cosine_min": 0.93, "max_abs_rel": 0.16,
-                       "ok": True},
-                      {"point": "stage 2 inverted residual", "stage": 2, "cosine_min": 0.88,
-                       "max_abs_rel": 0.2, "ok": False}],
-           "builtin_kernels_logits": {"cosine_min": 0.6, "max_abs_rel": 0.7, "top1_agreement": 0.25}}
-    row = {"variant": "xx_small", "name": "litert int8", "runtime": "litert", "target": "tflite",
-           "version": "2.1.0", "precision": "int8", "source": "ours", "patches": "slice",
-           "attention": "split", "drift": d, "latency": {"1": lat}, "within_tolerance": False,
-           "localization": loc, "tolerance": {"max_abs_rel": 0.6, "cosine_min": 0.9, "top1_min": 0.5}}
-    result = {"meta": {"created": "now", "machine": {"cpu": "cpu", "logical_cores": 2}, "weights": "w",
-                       "repeats": 5, "images": 4, "threads": [1], "seconds": 1.0,
-                       "android": {"available": False, "reason": "skipped: adb is not installed"}},
-              "variants": [{"variant": "xx_small", "macs": 10 ** 9, "gemm_peak_gflops": {"1": 200.0},
-                            "rows": [row]}]}
-    md = render_markdown(result)
-    assert "| **over** |" in md and "1.00e+00 | 1.00e-01 | 0.50000 | 25% | 50% |" in md
-    assert "- **litert int8**: drift appears at stage 2 inverted residual (stride 8)" in md
-    assert "stage 2 inverted residual: cos 0.8800, rel 0.2 ✗" in md and "(no XNNPACK): cos 0.6000" in md
-    assert "| tflite | int8 | 0.6 | 0.9 | 50% |" in md and "skipped: adb is not installed" in md
-
-
-@pytest.mark.parametrize("argv, says", [
-    (["--runtimes", "torch,tensorrt"], "--runtimes: unknown tensorrt; choose from torch, onnxruntime"),
-    (["--variants", "large"], "--variants: unknown large; choose from xx_small, x_small, small"),
-    (["--precisions", "int4"], "--precisions: unknown int4"),
-    (["--threads", "0"], "--threads: expected positive integers"),
-    (["--repeats", "0"], "--repeats must be at least 1"),
-])
-def test_bad_arguments_stop_with_the_valid_choices(argv, says, capsys):
-    from benchmarks.__main__ import main
-
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2 and says in capsys.readouterr().err
+    assert strict["first_bad_stage"] == 0 and "stage 0" in strict["message"] and len(strict["stages"]) == 1
+    loose = localize(model, "onnx", "fp32", Tolerance(1e-3, 0.999, 0.0), x, x)
+    assert loose["first_bad_stage"] is None and len(loose["stages"]) == 5 and all(s["ok"] for s in loose["stages"])
