@@ -1,6 +1,7 @@
 """``python -m benchmarks``: latency and drift of every runtime on the same inputs.
 
-``--quick`` (``make bench``): xx_small, threads 1 and 2, every runtime and precision, HF baseline.
+``--quick`` (``make bench``): xx_small, threads 1 (the headline) and 2, every target and precision of
+the registry (``export.config.TARGETS``), PyTorch eager, and the Hugging Face baselines.
 ``--full`` (``make bench-full``): all three variants, more repeats.
 Writes ``benchmarks/results/bench.{json,csv,md}`` and PNG plots.
 """
@@ -14,9 +15,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-ALL_PRECISIONS = {"onnx": ("fp32", "fp16", "int8", "int8_dynamic"),
-                  "tflite": ("fp32", "fp16", "int8_dynamic", "int8"),
-                  "coreml": ("fp32", "fp16")}
+QUICK_REPEATS, FULL_REPEATS = 30, 100
 
 
 def parser() -> argparse.ArgumentParser:
@@ -25,51 +24,100 @@ def parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="xx_small, 30 repeats (default)")
     mode.add_argument("--full", action="store_true", help="all variants, 100 repeats")
-    p.add_argument("--variants", help="comma list (xx_small,x_small,small)")
-    p.add_argument("--runtimes", default="torch,onnxruntime,litert,coreml",
-                   help="comma list of torch, onnxruntime, litert, coreml")
+    p.add_argument("--variants", help="comma list of xx_small, x_small, small (default: --quick/--full; "
+                   "with --weights, the checkpoint's variant)")
+    p.add_argument("--targets", default=None,
+                   help="comma list of pytorch and export targets (default: pytorch and every registered target)")
     p.add_argument("--precisions", default=None,
                    help="restrict precisions, e.g. fp32,fp16 (default: every precision of each target)")
-    p.add_argument("--threads", default="1,2", help="comma list of thread counts (default 1,2)")
-    p.add_argument("--repeats", type=int, default=None, help="timed runs per row and thread count")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--images", default=None, help="folder of your own photos for drift (default: bundled photos)")
-    p.add_argument("--num-images", type=int, default=16)
+    p.add_argument("--threads", default="1,2",
+                   help="comma list of thread counts (default 1,2; the first is the headline)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help=f"timed runs per row and thread count (default {QUICK_REPEATS}, --full {FULL_REPEATS})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffled run order (recorded)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs per row before timing")
+    p.add_argument("--images", default=None,
+                   help="folder of your own photos for drift (default: photos from installed packages)")
+    p.add_argument("--num-images", type=int, default=16, help="photos for drift (default 16)")
     p.add_argument("--weights", default=None, help="checkpoint; default calibrated synthetic weights")
     p.add_argument("--no-baseline", action="store_true", help="skip the Hugging Face as-is baseline")
-    p.add_argument("--localize-tflite", action="store_true",
-                   help="also localise TFLite drift (one onnx2tf conversion per stage, ~1 min each)")
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--no-localize", action="store_true",
+                   help="do not localise drift over tolerance (the first stage/block where it appears)")
+    p.add_argument("--android-binary", type=Path, default=None,
+                   help="TFLite benchmark_model binary for an attached Android device (adb): "
+                        "times every .tflite row on the phone")
+    p.add_argument("--android-threads", type=int, default=4, help="threads for benchmark_model on the phone")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     p.add_argument("--stem", default="bench", help="output file name stem")
     return p
 
 
+def _choices(p: argparse.ArgumentParser, flag: str, text: str, valid) -> list[str]:
+    """A comma list checked against ``valid``; a bad name stops with the valid choices."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in valid]
+    if bad or not items:
+        p.error(f"{flag}: unknown {', '.join(bad) or '(empty)'}; choose from {', '.join(valid)}")
+    return items
+
+
+def _threads(p: argparse.ArgumentParser, text: str) -> list[int]:
+    try:
+        threads = [int(t) for t in text.split(",")]
+    except ValueError:
+        threads = []
+    if not threads or min(threads) < 1:
+        p.error(f"--threads: expected positive integers separated by commas, got {text!r}")
+    return threads
+
+
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    from export import TARGETS
+    from mobilevit.config import VARIANTS
+
+    all_precisions = sorted({x for t in TARGETS.values() for x in t.precisions})
+    if args.variants:
+        variants = _choices(p, "--variants", args.variants, list(VARIANTS))
+    elif args.full:
+        variants = list(VARIANTS)
+    else:  # --quick: xx_small, or the checkpoint's own variant (None)
+        variants = [None] if args.weights else ["xx_small"]
+    targets = _choices(p, "--targets", args.targets or ",".join(["pytorch", *TARGETS]), ["pytorch", *TARGETS])
+    keep = set(_choices(p, "--precisions", args.precisions, all_precisions)) if args.precisions else None
+    threads = _threads(p, args.threads)
+    if args.repeats is not None and args.repeats < 1:
+        p.error("--repeats must be at least 1")
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     import torch
 
-    from export.config import TOLERANCES
+    from export.convert import CALIBRATION_IMAGES, CALIBRATION_SEED
     from mobilevit.images import load_folder, photo_variants
     from mobilevit.preprocess import preprocess
     from mobilevit.synthetic import SYNTHETIC_ORIGIN, synthetic_model
 
-    from .harness import RUNTIME_TARGET, machine_info, run_matrix
-    from .localize import localize
+    from .device import android_status
+    from .harness import machine_info, noisy_threads, run_matrix
     from .report import write_all
 
-    variants = (args.variants or ("xx_small,x_small,small" if args.full else "xx_small")).split(",")
-    repeats = args.repeats or (100 if args.full else 30)
-    threads = [int(t) for t in args.threads.split(",")]
-    runtimes = set(args.runtimes.split(","))
-    keep = set(args.precisions.split(",")) if args.precisions else None
-    precisions = {k: tuple(p for p in v if keep is None or p in keep) for k, v in ALL_PRECISIONS.items()}
-    photos = load_folder(args.images, limit=args.num_images) if args.images else photo_variants(args.num_images, 11)
-    calib_photos = photo_variants(32, seed=7)
+    repeats = args.repeats or (FULL_REPEATS if args.full else QUICK_REPEATS)
+    precisions = {k: tuple(p for p in t.precisions if keep is None or p in keep) for k, t in TARGETS.items()}
+    if args.images:
+        photos = load_folder(args.images, limit=args.num_images)
+    else:
+        photos = photo_variants(args.num_images, 11)
+    calib_photos = photo_variants(CALIBRATION_IMAGES, seed=CALIBRATION_SEED)
     start = time.time()
-    result = {"meta": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_info(),
-                       "threads": threads, "repeats": repeats, "images": len(photos),
-                       "weights": args.weights or SYNTHETIC_ORIGIN, "torch": torch.__version__},
+    machine = machine_info()
+    result = {"meta": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       "command": "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv),
+                       "machine": machine, "threads": threads, "headline_threads": threads[0],
+                       "noisy_threads": {str(t): noisy_threads(t, machine["logical_cores"]) for t in threads},
+                       "seed": args.seed, "repeats": repeats,
+                       "images": len(photos),
+                       "weights": args.weights or SYNTHETIC_ORIGIN, "torch": torch.__version__,
+                       "android": android_status(args.android_binary)},
               "variants": []}
     for variant in variants:
         if args.weights:
@@ -81,17 +129,12 @@ def main(argv=None) -> int:
         images = preprocess(photos, model.cfg).numpy()
         calib = preprocess(calib_photos, model.cfg).numpy()
         with tempfile.TemporaryDirectory(prefix="bench-") as work:
-            res = run_matrix(model, Path(work), runtimes=runtimes, precisions=precisions, threads=threads,
-                             repeats=repeats, warmup=args.warmup, images=images, calibration=calib,
-                             baseline=not args.no_baseline, weights=result["meta"]["weights"])
-        for row in res["rows"]:
-            target = RUNTIME_TARGET.get(row["runtime"])
-            if row.get("within_tolerance") is False and row["source"] == "ours" and (
-                    target != "tflite" or args.localize_tflite):
-                print(f"[bench] {row['name']} exceeds its tolerance: localising ...", file=sys.stderr)
-                row["localization"] = localize(model, target, row["precision"], TOLERANCES[(target, row["precision"])],
-                                               images[:4], calib)
-                print(f"[bench] {row['name']}: {row['localization']['message']}", file=sys.stderr)
+            res = run_matrix(model, Path(work), targets=targets, precisions=precisions, threads=threads,
+                             repeats=repeats, warmup=args.warmup, images=images, calibration=calib, seed=args.seed,
+                             baseline=not args.no_baseline, weights=result["meta"]["weights"],
+                             localize_images=0 if args.no_localize else 4,
+                             android=(args.android_binary, args.android_threads)
+                             if result["meta"]["android"]["available"] else None)
         result["variants"].append(res)
     result["meta"]["seconds"] = round(time.time() - start, 1)
     paths = write_all(result, args.out, args.stem)

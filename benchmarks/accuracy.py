@@ -2,8 +2,8 @@
 
 Pretrained ImageNet weights cannot be downloaded here, so accuracy on synthetic weights would mean
 nothing. Instead: fine-tune MobileViT on a real labelled dataset (``mobilevit.train``; reused if
-``artifacts/finetune/model.pt`` exists), export it to every target x precision with the same
-converters the CLI uses, and report validation top-1 of PyTorch and of each artifact, the
+``artifacts/finetune/model.pt`` exists), export it to every target x precision through the one
+conversion path the CLI uses (``export.convert_all``), and report validation top-1 of PyTorch and of each artifact, the
 difference, and how many images changed their prediction. Artifacts that fail export validation
 are still measured here (an int8 model's accuracy is reported even when it drops).
 """
@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 RESULTS = Path(__file__).parent / "results"
-MATRIX = {"onnx": ("fp32", "fp16", "int8", "int8_dynamic"),
-          "tflite": ("fp32", "fp16", "int8_dynamic", "int8"),
-          "coreml": ("fp32", "fp16", "int8", "palettize8")}
+
+from export import TARGETS  # noqa: E402
+
+MATRIX = {name: t.precisions for name, t in TARGETS.items()}  # every precision of every registered target
 
 
 def _say(msg):
@@ -31,36 +32,17 @@ def _say(msg):
 
 def export_all(model, size: int, calib: np.ndarray, work: Path) -> list[tuple[str, str, Path | str]]:
     """(target, precision, artifact path or 'error: ...') for the whole matrix."""
-    from export.config import target_config
-    from export.coreml import CoreMLOptions, convert_coreml
-    from export.onnx import convert_onnx_precision, export_onnx
-    from export.tflite import export_tflite
-    from mobilevit import MobileViT
-
-    def variant_for(target):
-        cfg = target_config(target)
-        m = MobileViT(model.cfg, patches=cfg.default_patches).eval()
-        m.load_state_dict(model.state_dict())
-        return m.set_attention(cfg.default_attention)
+    from export import convert_all, target_config, with_target_defaults
 
     out = []
-    _say("ONNX ...")
-    fp32 = export_onnx(variant_for("onnx"), work / "m_fp32.onnx", size=size)
-    for p in MATRIX["onnx"]:
-        out.append(("onnx", p, fp32 if p == "fp32" else convert_onnx_precision(fp32, work / f"m_{p}.onnx", p, calib)))
-    _say("TFLite (onnx2tf) ...")
-    try:
-        for p, path in export_tflite(variant_for("tflite"), work / "tfl", size=size, precisions=MATRIX["tflite"],
-                                     calibration=calib).items():
-            out.append(("tflite", p, path))
-    except Exception as e:
-        out += [("tflite", p, f"error: {e}") for p in MATRIX["tflite"]]
-    _say("Core ML ...")
-    for p in MATRIX["coreml"]:
-        path = work / f"m_{p}.mlpackage"
-        convert_coreml(variant_for("coreml"), CoreMLOptions(precision=p, input_kind="tensor", output_kind="logits",
-                                                            sizes=(size,))).save(str(path))
-        out.append(("coreml", p, path))
+    for target, precisions in MATRIX.items():
+        _say(f"{target} {', '.join(precisions)} ...")
+        try:
+            made = convert_all(with_target_defaults(model, target), target, precisions, work / target, size=size,
+                               calibration=calib, **target_config(target).logits_options)
+            out += [(target, p, path) for p, path in made.items()]
+        except Exception as e:
+            out += [(target, p, f"error: {e}") for p in precisions]
     return out
 
 
@@ -90,8 +72,8 @@ def run(checkpoint: Path, out: Path, train_if_missing: bool = True, limit: int |
         torch_pred = np.concatenate([model(torch.from_numpy(x[i:i + 128])).argmax(1).numpy()
                                      for i in range(0, len(x), 128)])
     torch_top1 = float((torch_pred == y).mean())
-    rows = [{"target": "pytorch", "precision": "fp32", "runtime": f"torch {torch.__version__}", "top1": torch_top1,
-             "delta": 0.0, "changed": 0, "error": ""}]
+    rows = [{"target": "pytorch", "precision": "fp32", "runtime": f"torch {torch.__version__}",
+             "top1": torch_top1, "delta": 0.0, "changed": 0, "error": ""}]
     with tempfile.TemporaryDirectory(prefix="acc-") as tmp:
         for target, precision, path in export_all(model, size, calib, Path(tmp)):
             row = {"target": target, "precision": precision, "runtime": "", "top1": None, "delta": None,
@@ -109,9 +91,10 @@ def run(checkpoint: Path, out: Path, train_if_missing: bool = True, limit: int |
                     row["error"] = f"{type(e).__name__}: {e}"
             _say(f"{target} {precision}: top-1 {row['top1']} ({row['error'] or 'ok'})")
             rows.append(row)
-    result = {"meta": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "checkpoint": str(checkpoint),
-                       "checkpoint_sha256": ckpt.sha256, "origin": ckpt.origin, "variant": ckpt.variant,
-                       "dataset": data.name, "val_images": int(len(y)), "size": size},
+    result = {"meta": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       "checkpoint": str(checkpoint), "checkpoint_sha256": ckpt.sha256, "origin": ckpt.origin,
+                       "variant": ckpt.variant, "dataset": data.name, "val_images": int(len(y)),
+                       "size": size},
               "rows": rows}
     write(result, out)
     return result
@@ -119,9 +102,10 @@ def run(checkpoint: Path, out: Path, train_if_missing: bool = True, limit: int |
 
 def render(result: dict) -> str:
     m = result["meta"]
-    lines = [f"Accuracy drift: MobileViT {m['variant']} {m['origin']}, {m['val_images']} validation images at "
-             f"{m['size']}x{m['size']} ({m['created']}).", "",
-             "| target | precision | runtime | top-1 | vs PyTorch | predictions changed |", "|---|---|---|---|---|---|"]
+    lines = [f"Accuracy drift: MobileViT {m['variant']} {m['origin']}, {m['val_images']} validation images "
+             f"at {m['size']}x{m['size']} ({m['created']}).", "",
+             "| target | precision | runtime | top-1 | vs PyTorch | predictions changed |",
+             "|---|---|---|---|---|---|"]
     for r in result["rows"]:
         if r["top1"] is None:
             lines.append(f"| {r['target']} | {r['precision']} | {r['runtime']} | — | — | {r['error'][:80]} |")
@@ -148,13 +132,14 @@ def write(result: dict, out: Path, stem: str = "accuracy") -> None:
     (out / f"{stem}.md").write_text(render(result))
     rows = [r for r in result["rows"] if r["top1"] is not None]
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.5))
-    ax.barh([f"{r['target']} {r['precision']}" for r in rows], [100 * r["top1"] for r in rows], color="#1f77b4")
+    ax.barh([f"{r['target']} {r['precision']}" for r in rows], [100 * r["top1"] for r in rows],
+            color="#1f77b4")
     ax.invert_yaxis()
     lo = min(100 * r["top1"] for r in rows)
     ax.set_xlim(max(0, lo - 5), 100)
     ax.set_xlabel("validation top-1, %")
-    ax.set_title(f"MobileViT {result['meta']['variant']} fine-tuned on {result['meta']['dataset']}: accuracy per "
-                 "artifact")
+    ax.set_title(f"MobileViT {result['meta']['variant']} fine-tuned on {result['meta']['dataset']}: "
+                 "accuracy per artifact")
     fig.tight_layout()
     fig.savefig(out / f"{stem}.png", dpi=110)
     plt.close(fig)

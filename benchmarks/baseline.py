@@ -1,15 +1,11 @@
-"""The baseline row: Hugging Face transformers' MobileViT exported as-is, with our weights.
+"""The baseline model: Hugging Face transformers' MobileViT holding our weights.
 
-No rewrites: the TorchScript exporter at opset 17 (how most users export it today), then onnx2tf
-for TFLite. It carries the very same calibrated synthetic weights as our model (remapped with
-``mobilevit.checkpoints.to_format``), so drift and latency compare like with like.
+It carries the very same weights as our model (remapped with ``mobilevit.checkpoints.to_format``),
+so drift and latency compare like with like. It is converted by ``export.convert`` like every
+other row: as-is (``exporter="as-is"``: the TorchScript exporter at opset 17, as most users export
+it today, then onnx2tf for TFLite), and through our exporter's settings with none of our rewrites.
 """
 from __future__ import annotations
-
-import contextlib
-import io
-import warnings
-from pathlib import Path
 
 import torch
 
@@ -17,7 +13,8 @@ from mobilevit import MobileViT
 from mobilevit.checkpoints import to_format
 
 HF_ARCH = {
-    "xx_small": dict(hidden_sizes=[64, 80, 96], neck_hidden_sizes=[16, 16, 24, 48, 64, 80, 320], expand_ratio=2.0),
+    "xx_small": dict(hidden_sizes=[64, 80, 96], neck_hidden_sizes=[16, 16, 24, 48, 64, 80, 320],
+                     expand_ratio=2.0),
     "x_small": dict(hidden_sizes=[96, 120, 144], neck_hidden_sizes=[16, 32, 48, 64, 80, 96, 384]),
     "small": dict(hidden_sizes=[144, 192, 240], neck_hidden_sizes=[16, 32, 64, 96, 128, 160, 640]),
 }
@@ -40,13 +37,3 @@ def hf_model(model: MobileViT) -> torch.nn.Module:
     hf = MobileViTForImageClassification(cfg).eval()
     hf.load_state_dict(to_format(model.state_dict(), "huggingface", model.cfg), strict=True)
     return _Logits(hf).eval()
-
-
-def export_hf_onnx(model: MobileViT, path: Path, size: int = 256) -> Path:
-    """HF MobileViT through ``torch.onnx.export(dynamo=False, opset_version=17)``, as-is."""
-    wrapped = hf_model(model)
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(wrapped, (torch.zeros(1, 3, size, size),), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"])
-    return path

@@ -1,10 +1,20 @@
 """Build every artifact of the matrix, then measure drift and interleaved latency on the same inputs.
 
-Artifacts come from ``export`` (the same converters the CLI uses) and run through
-``export.runners``; nothing here re-implements how to convert or run a model.
+Artifacts come from ``export.convert_all`` (the one conversion path the CLI uses, with each
+target's default rewrites from ``export.with_target_defaults``) and run through
+``export.make_runner``; nothing here converts or runs an artifact its own way.
+
+Timing method (numbers are kept raw in the JSON):
+* each thread count is timed on its own; within it, every round runs the rows in a fresh
+  shuffled order (seeded; the orders are recorded), each row one untimed call then ``BLOCK``
+  timed calls, so load changes and one runtime's leftover threads hit every row alike;
+* the input is converted (dtype, NHWC) before the timer: only the runtime's call is timed;
+* onnxruntime runs with spinning off (recorded per row in ``settings``);
+* the GEMM peaks (fp32 and int8) are measured at the start and at the end of the run.
 """
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import time
@@ -15,30 +25,37 @@ from typing import Callable
 import numpy as np
 import torch
 
-from export.config import TOLERANCES, target_config
+from export import TARGETS, convert, convert_all, make_runner, target_config, with_target_defaults
+from export.config import TOLERANCES
 from export.validate import drift, failures
 from mobilevit import MobileViT, count_macs
 
-from .peak import gemm_peak_gflops
+from .peak import measure_peaks
 from .stats import gflops, summarize
 
-RUNTIME_TARGET = {"onnxruntime": "onnx", "litert": "tflite", "coreml": "coreml", "coreml-reference": "coreml"}
+BLOCK = 5  # timed calls per row per round
+FEW_CORES = 4  # on a machine with this many logical cores or fewer, multi-thread figures are noisy
+SOURCES = {"ours": "our exporter, our rewrites (the target's defaults)",
+           "hf-as-is": "Hugging Face MobileViT, TorchScript exporter opset 17, no rewrites",
+           "hf-our-exporter": "Hugging Face MobileViT through our exporter settings, no rewrites"}
 
 
 @dataclass
 class Entry:
-    """One row of the matrix: a runtime x precision x source, and how to run it."""
+    """One row of the matrix: an artifact (or PyTorch itself), and how to run it."""
 
     name: str
     runtime: str
+    target: str  # a registry target, or "pytorch"
     precision: str
-    source: str  # ours | hf-baseline
+    source: str  # a key of SOURCES
     patches: str
     attention: str
-    make_runner: Callable[[int], Callable[[np.ndarray], np.ndarray]] | None  # threads -> runner
+    make_runner: Callable[[int], object] | None  # threads -> runner (prepare/run/__call__)
     version: str = ""
     artifact: str = ""
-    latency_skip: str = ""  # why latency is not measured (e.g. Core ML off macOS)
+    settings: dict = field(default_factory=dict)
+    latency_skip: str = ""  # why latency is not measured (e.g. a reference executor)
     error: str = ""
     results: dict = field(default_factory=dict)
 
@@ -56,150 +73,121 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    import os
-
     return {"cpu": cpu, "logical_cores": os.cpu_count(), "system": platform.system(),
             "python": platform.python_version()}
 
 
+def noisy_threads(threads: int, cores: int | None) -> bool:
+    """Multi-thread timings on a machine with few cores compete with everything else running on it."""
+    return threads > 1 and (cores or 1) <= FEW_CORES
+
+
 # ---------------------------------------------------------------------------------- torch rows
+class TorchRunner:
+    """PyTorch eager as a runner: ``prepare`` makes the tensor (and its memory format) outside the timer."""
+
+    runtime = "torch"
+    timeable = True
+
+    def __init__(self, model: torch.nn.Module, threads: int, channels_last: bool = False, bf16: bool = False):
+        self.model, self.threads, self.channels_last, self.bf16 = model, threads, channels_last, bf16
+        self.version = torch.__version__
+        self.settings = {"threads": threads, "channels_last": channels_last, "bf16_autocast": bf16}
+
+    def prepare(self, x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        return t.to(memory_format=torch.channels_last) if self.channels_last else t
+
+    def run(self, feed: torch.Tensor) -> np.ndarray:
+        torch.set_num_threads(self.threads)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            return self.model(feed).float().numpy()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.run(self.prepare(x))
+
+
 def torch_entries(model: MobileViT) -> list[Entry]:
-    def plain(threads):
-        def run(x):
-            torch.set_num_threads(threads)
-            with torch.no_grad():
-                return model(torch.from_numpy(x)).numpy()
-        return run
-
-    cl_model = None
-
-    def channels_last(threads):
-        nonlocal cl_model
-        if cl_model is None:
-            cl_model = MobileViT(model.cfg, patches=model.patches).eval()
-            cl_model.load_state_dict(model.state_dict())
-            cl_model = cl_model.to(memory_format=torch.channels_last)
-
-        def run(x):
-            torch.set_num_threads(threads)
-            with torch.no_grad():
-                return cl_model(torch.from_numpy(x).to(memory_format=torch.channels_last)).numpy()
-        return run
-
-    def bf16(threads):
-        def run(x):
-            torch.set_num_threads(threads)
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-                return model(torch.from_numpy(x)).float().numpy()
-        return run
-
-    v, p, a = torch.__version__, model.patches.name, _attention(model)
-    return [Entry("pytorch fp32", "torch", "fp32", "ours", p, a, plain, v),
-            Entry("pytorch fp32 channels-last", "torch", "fp32-cl", "ours", p, a, channels_last, v),
-            Entry("pytorch bf16 autocast", "torch", "bf16", "ours", p, a, bf16, v)]
+    cl_model = MobileViT(model.cfg, patches=model.patches).eval()
+    cl_model.load_state_dict(model.state_dict())
+    cl_model = cl_model.set_attention(model.attention_layout).to(memory_format=torch.channels_last)
+    p, a, v = model.patches.name, model.attention_layout, torch.__version__
+    return [Entry("pytorch fp32", "torch", "pytorch", "fp32", "ours", p, a, lambda t: TorchRunner(model, t), v),
+            Entry("pytorch fp32 channels-last", "torch", "pytorch", "fp32-cl", "ours", p, a,
+                  lambda t: TorchRunner(cl_model, t, channels_last=True), v),
+            Entry("pytorch bf16 autocast", "torch", "pytorch", "bf16", "ours", p, a,
+                  lambda t: TorchRunner(model, t, bf16=True), v)]
 
 
-def _attention(model: MobileViT) -> str:
-    from mobilevit.model import Attention
-
-    return next((m.layout for m in model.modules() if isinstance(m, Attention)), "batched")
-
-
-def _artifact_entry(name, runtime, precision, source, labels: tuple[str, str], path: Path) -> Entry:
+# ------------------------------------------------------------------------------ artifact rows
+def artifact_entry(target: str, precision: str, source: str, labels: tuple[str, str], path: Path,
+                   prefix: str = "") -> Entry:
     """A row for an exported file; ``labels`` = (patch strategy, attention layout)."""
-    from export.runners import make_runner
-
     def factory(threads, path=path):
         return make_runner(path, threads=threads)
 
     try:
-        version = make_runner(path, threads=1).version
+        runner = make_runner(path, threads=1)
     except Exception as e:  # reported in the table
-        return Entry(name, runtime, precision, source, *labels, None, artifact=str(path),
-                     error=f"{type(e).__name__}: {e}")
-    return Entry(name, runtime, precision, source, *labels, factory, version, artifact=str(path))
+        return Entry(f"{prefix}{target} {precision}", target, target, precision, source, *labels, None,
+                     artifact=str(path), error=f"{type(e).__name__}: {e}")
+    entry = Entry(f"{prefix}{runner.runtime} {precision}", runner.runtime, target, precision, source, *labels,
+                  factory, runner.version, str(path), dict(runner.settings))
+    if not runner.timeable:
+        entry.latency_skip = f"skipped: {runner.runtime} is a reference executor (Core ML timing needs macOS)"
+    return entry
 
 
-def _labels(model: MobileViT) -> tuple[str, str]:
-    return model.patches.name, _attention(model)
+def _failed(target: str, precisions, source: str, labels, error: Exception, prefix: str = "") -> list[Entry]:
+    return [Entry(f"{prefix}{target} {p}", target, target, p, source, *labels, None,
+                  error=f"conversion failed: {error}") for p in precisions]
 
 
-HF_LABELS = ("hf-as-is", "batched")
-
-
-# ------------------------------------------------------------------------------ artifact rows
-def build_entries(model: MobileViT, work: Path, runtimes: set[str], precisions: dict[str, tuple[str, ...]],
+def build_entries(model: MobileViT, work: Path, targets: list[str], precisions: dict[str, tuple[str, ...]],
                   calibration: np.ndarray, baseline: bool) -> list[Entry]:
-    """Export everything the matrix asks for into ``work`` and return the rows."""
-    from export.runners import coreml_runtime_available
-
-    entries: list[Entry] = torch_entries(model) if "torch" in runtimes else []
-    cfg_name = model.cfg.name
-    if "onnxruntime" in runtimes:
-        from export.onnx import convert_onnx_precision, export_onnx
-
-        m = _with_target_defaults(model, "onnx")
-        _say("exporting ONNX ...")
-        fp32 = export_onnx(m, work / "ours_fp32.onnx")
-        for precision in precisions["onnx"]:
-            path = fp32 if precision == "fp32" else convert_onnx_precision(
-                fp32, work / f"ours_{precision}.onnx", precision, calibration)
-            entries.append(_artifact_entry(f"onnxruntime {precision}", "onnxruntime", precision, "ours", _labels(m),
-                                           path))
-    if "litert" in runtimes:
-        from export.tflite import export_tflite
-
-        m = _with_target_defaults(model, "tflite")
-        _say("exporting TFLite through onnx2tf (about a minute) ...")
+    """Export everything the matrix asks for into ``work`` through ``export.convert_all``; return the rows."""
+    entries: list[Entry] = torch_entries(model) if "pytorch" in targets else []
+    for target in (t for t in targets if t in TARGETS and precisions.get(t)):
+        m = with_target_defaults(model, target)
+        labels = (m.patches.name, m.attention_layout)
+        _say(f"exporting {target} {', '.join(precisions[target])} ...")
         try:
-            made = export_tflite(m, work / "tflite", precisions=precisions["tflite"], calibration=calibration)
-            for precision, path in made.items():
-                entries.append(_artifact_entry(f"litert {precision}", "litert", precision, "ours", _labels(m), path))
+            made = convert_all(m, target, precisions[target], work / target, calibration=calibration,
+                               **target_config(target).logits_options)
         except Exception as e:
-            entries.append(Entry("litert", "litert", "?", "ours", *_labels(m), None, error=f"conversion failed: {e}"))
-    if "coreml" in runtimes:
-        from export.coreml import CoreMLOptions, convert_coreml
-
-        m = _with_target_defaults(model, "coreml")
-        on_mac, _ = coreml_runtime_available()
-        for precision in precisions["coreml"]:
-            _say(f"exporting Core ML {precision} ...")
-            path = work / f"ours_{precision}.mlpackage"
-            convert_coreml(m, CoreMLOptions(precision=precision, input_kind="tensor", output_kind="logits")).save(
-                str(path))
-            entry = _artifact_entry(f"coreml {precision}", "coreml" if on_mac else "coreml-reference", precision,
-                                    "ours", _labels(m), path)
-            if not on_mac:
-                entry.latency_skip = "skipped: needs macOS"  # drift comes from the reference executor
-            entries.append(entry)
+            entries += _failed(target, precisions[target], "ours", labels, e)
+            continue
+        entries += [artifact_entry(target, p, "ours", labels, path) for p, path in made.items()]
     if baseline:
-        from .baseline import export_hf_onnx
-
-        _say("exporting the Hugging Face baseline (as-is) ...")
-        hf_onnx = export_hf_onnx(model, work / "hf_fp32.onnx")
-        if "onnxruntime" in runtimes:
-            entries.append(_artifact_entry("baseline HF onnxruntime fp32", "onnxruntime", "fp32", "hf-baseline",
-                                           HF_LABELS, hf_onnx))
-        if "litert" in runtimes:
-            from export.tflite import onnx_to_tflite
-
-            try:
-                path = onnx_to_tflite(hf_onnx, work / "hf_tflite", precisions=("fp32",), calibration=calibration)
-                entries.append(_artifact_entry("baseline HF litert fp32", "litert", "fp32", "hf-baseline",
-                                               HF_LABELS, path["fp32"]))
-            except Exception as e:
-                entries.append(Entry("baseline HF litert fp32", "litert", "fp32", "hf-baseline", *HF_LABELS, None,
-                                     error=f"conversion failed: {e}"))
-    _say(f"{len(entries)} rows for {cfg_name}")
+        entries += baseline_entries(model, work, targets, calibration)
+    _say(f"{len(entries)} rows for {model.cfg.name}")
     return entries
 
 
-def _with_target_defaults(model: MobileViT, target: str) -> MobileViT:
-    """A copy of ``model`` with the target's default patch strategy and attention layout."""
-    cfg = target_config(target)
-    m = MobileViT(model.cfg, patches=cfg.default_patches).eval()
-    m.load_state_dict(model.state_dict())
-    return m.set_attention(cfg.default_attention)
+# The baseline rows: (source, target, convert options). The HF model through our exporter (no
+# rewrites) separates the effect of our rewrites from the exporter's settings (opset 18, onnxsim).
+BASELINES = (("hf-as-is", "onnx", {"exporter": "as-is"}), ("hf-as-is", "tflite", {"exporter": "as-is"}),
+             ("hf-our-exporter", "onnx", {}))
+
+
+def baseline_entries(model: MobileViT, work: Path, targets: list[str], calibration: np.ndarray) -> list[Entry]:
+    from .baseline import hf_model
+
+    hf = hf_model(model)
+    labels = ("hf-as-is", "batched")
+    out = []
+    for source, target, options in BASELINES:
+        if target not in targets:
+            continue
+        prefix = f"baseline {source} "
+        _say(f"exporting the Hugging Face baseline ({source}) to {target} ...")
+        try:
+            path = convert(hf, target, "fp32", work / f"{source}-{target}", calibration=calibration, **options)
+        except Exception as e:
+            out += _failed(target, ("fp32",), source, labels, e, prefix)
+            continue
+        out.append(artifact_entry(target, "fp32", source, labels, path, prefix))
+    return out
 
 
 # ---------------------------------------------------------------------------------- measuring
@@ -216,71 +204,129 @@ def measure_drift(entries: list[Entry], model: MobileViT, images: np.ndarray) ->
             continue
         d = drift(reference, out)
         e.results["drift"] = d.to_dict()
-        target = RUNTIME_TARGET.get(e.runtime)
-        tol = TOLERANCES.get((target, e.precision)) if target else None
+        tol = TOLERANCES.get((e.target, e.precision))
         if tol is not None:
             e.results["tolerance"] = {"max_abs_rel": tol.max_abs_rel, "cosine_min": tol.cosine_min,
                                       "top1_min": tol.top1_min}
             e.results["within_tolerance"] = not failures(d, tol, e.name)
 
 
-BLOCK = 5  # timed runs per row per round
-
-
 def measure_latency(entries: list[Entry], threads_list: list[int], repeats: int, warmup: int,
-                    x: np.ndarray, block: int = BLOCK) -> None:
-    """Interleaved in short blocks: each round runs every row ``block`` times after one untimed run.
-
-    Rounds spread machine-load changes over all rows alike; blocks (rather than single calls)
-    keep one runtime's spinning worker threads (onnxruntime, OpenMP) from stealing the cores of
-    the next runtime's measurement, which on 2 cores inflated 2-thread medians by up to 2x.
-    """
+                    x: np.ndarray, block: int = BLOCK, seed: int = 0) -> dict:
+    """Shuffled rounds of blocks per thread count; fills ``results["latency"]``; returns the orders used."""
+    rng = np.random.default_rng(seed)
+    orders = {}
     for threads in threads_list:
-        runners = {}
+        runners, feeds = {}, {}
         for e in entries:
             if e.make_runner is None or e.latency_skip or e.error:
                 continue
             runners[e.name] = e.make_runner(threads)
+            feeds[e.name] = runners[e.name].prepare(x)  # input conversion stays outside the timer
             for _ in range(warmup):
-                runners[e.name](x)
-        samples = {name: [] for name in runners}
+                runners[e.name].run(feeds[e.name])
+        names = list(runners)
+        samples: dict[str, list[float]] = {name: [] for name in names}
+        orders[str(threads)] = []
         for _ in range(-(-repeats // block)):
-            for name, run in runners.items():
-                run(x)  # untimed: let this runtime's threads take the cores back
+            order = [names[i] for i in rng.permutation(len(names))]
+            orders[str(threads)].append(order)
+            for name in order:
+                run, feed = runners[name].run, feeds[name]
+                run(feed)  # untimed: let this runtime's threads take the cores back
                 for _ in range(block):
                     t = time.perf_counter()
-                    run(x)
+                    run(feed)
                     samples[name].append((time.perf_counter() - t) * 1e3)
         for e in entries:
             if e.name in samples:
                 s = summarize(samples[e.name])
                 s["samples_ms"] = [round(v, 4) for v in samples[e.name]]
+                s["settings"] = dict(getattr(runners[e.name], "settings", {}))  # threads, spinning, ...
                 e.results.setdefault("latency", {})[str(threads)] = s
                 if s["spread_warning"]:
                     _say(f"warning: {e.name} @ {threads} threads is noisy (IQR {s['spread']:.0%} of the median)")
+    return orders
 
 
-def run_matrix(model: MobileViT, work: Path, *, runtimes: set[str], precisions: dict[str, tuple[str, ...]],
+def localize_drift(entries: list[Entry], model: MobileViT, images: np.ndarray, calibration: np.ndarray) -> None:
+    """For each of our rows over its tolerance, find where the drift appears (see :mod:`.localize`)."""
+    from .localize import localize, localize_tflite
+
+    for e in entries:
+        if e.source != "ours" or e.results.get("within_tolerance") is not False or e.target not in TARGETS:
+            continue
+        _say(f"{e.name} exceeds its tolerance: localising ...")
+        m, tol = with_target_defaults(model, e.target), TOLERANCES[(e.target, e.precision)]
+        try:
+            if e.target == "tflite":
+                e.results["localization"] = localize_tflite(m, e.artifact, tol, images)
+            else:
+                e.results["localization"] = localize(m, e.target, e.precision, tol, images, calibration)
+        except Exception as ex:  # reported in the table, the run goes on
+            e.results["localization"] = {"message": f"localisation failed: {type(ex).__name__}: {ex}"}
+        _say(f"{e.name}: {e.results['localization']['message']}")
+
+
+def _roofline(lat: dict, precision: str, macs: int, peaks: dict, threads: str) -> None:
+    """GFLOP/s (GOP/s for int8) and the fraction of the matching measured peak; fp32 and int8 rows only."""
+    lat["gflops"] = gflops(macs, lat["median_ms"])
+    if precision in ("fp32", "fp32-cl"):
+        lat["peak_kind"], peak = "fp32", peaks["fp32_gflops"][threads]
+    elif "int8" in precision:
+        lat["peak_kind"], peak = "int8", peaks["int8_gops"][threads]
+    else:
+        lat["peak_kind"], peak = None, None
+    lat["fraction_of_peak"] = lat["gflops"] / peak if peak else None
+    lat["over_peak"] = bool(peak and lat["gflops"] > peak)
+
+
+def run_matrix(model: MobileViT, work: Path, *, targets: list[str], precisions: dict[str, tuple[str, ...]],
                threads: list[int], repeats: int, warmup: int, images: np.ndarray, calibration: np.ndarray,
-               baseline: bool, weights: str) -> dict:
-    """Everything for one variant; returns the JSON-ready result."""
+               baseline: bool, weights: str, localize_images: int = 4, seed: int = 0,
+               android: tuple[Path, int] | None = None) -> dict:
+    """Everything for one variant; returns the JSON-ready result.
+
+    ``localize_images=0``: no drift localisation; ``android=(benchmark_model binary, threads)``:
+    also time every ``.tflite`` row on the attached Android device.
+    """
+    from .report import target_status
+
     start = time.time()
-    entries = build_entries(model, work, runtimes, precisions, calibration, baseline)
+    entries = build_entries(model, work, targets, precisions, calibration, baseline)
     _say(f"drift on {len(images)} photos ...")
     measure_drift(entries, model, images)
-    _say(f"latency: threads {threads}, {repeats} interleaved repeats ...")
-    measure_latency(entries, threads, repeats, warmup, images[:1])
+    if localize_images:
+        localize_drift(entries, model, images[:localize_images], calibration)
+    _say(f"GEMM peaks at threads {threads} ...")
+    peaks_start = measure_peaks(threads)
+    _say(f"latency: threads {threads}, {repeats} runs per row in shuffled rounds of {BLOCK} ...")
+    orders = measure_latency(entries, threads, repeats, warmup, images[:1], seed=seed)
+    peaks_end = measure_peaks(threads)
+    peaks = {kind: {t: max(peaks_start[kind][t], peaks_end[kind][t]) for t in peaks_start[kind]}
+             for kind in ("fp32_gflops", "int8_gops")}
+    if android is not None:
+        from .device import run_on_android
+
+        for e in entries:
+            if e.target == "tflite" and e.artifact and not e.error:
+                _say(f"{e.name} on Android ...")
+                e.results["android"] = run_on_android(Path(e.artifact), *android)
     macs = count_macs(model, images.shape[-1])
-    peaks = {str(t): gemm_peak_gflops(t) for t in threads}
     rows = []
     for e in entries:
-        row = {"variant": model.cfg.name, "name": e.name, "runtime": e.runtime, "version": e.version,
-               "precision": e.precision, "source": e.source, "patches": e.patches, "attention": e.attention,
-               "artifact": Path(e.artifact).name if e.artifact else "", "latency_skip": e.latency_skip,
-               "error": e.error, **e.results}
+        row = {"variant": model.cfg.name, "name": e.name, "runtime": e.runtime, "target": e.target,
+               "version": e.version, "precision": e.precision, "source": e.source, "patches": e.patches,
+               "attention": e.attention, "artifact": Path(e.artifact).name if e.artifact else "",
+               "settings": e.settings, "latency_skip": e.latency_skip, "error": e.error, **e.results}
         for t, lat in row.get("latency", {}).items():
-            lat["gflops"] = gflops(macs, lat["median_ms"])
-            lat["fraction_of_peak"] = lat["gflops"] / peaks[t]
+            _roofline(lat, e.precision, macs, peaks, t)
         rows.append(row)
-    return {"variant": model.cfg.name, "macs": macs, "gemm_peak_gflops": peaks, "weights": weights,
-            "seconds": round(time.time() - start, 1), "rows": rows}
+    result = {"variant": model.cfg.name, "macs": macs, "weights": weights,
+              "peaks": {"start": peaks_start, "end": peaks_end, "used": peaks,
+                        "method": "fp32: the better of best-of-5 2048^3 torch matmul and onnxruntime MatMul; int8: "
+                                  "best-of-5 1024^3 onnxruntime MatMulInteger (spinning off); the larger of start "
+                                  "and end is used"},
+              "round_orders": orders, "seconds": round(time.time() - start, 1), "rows": rows}
+    result["targets"] = {str(t): target_status(result, str(t)) for t in threads}
+    return result

@@ -3,7 +3,8 @@
 This is where the exporters' default strategies come from (``export.config.TARGETS``):
 ``python -m benchmarks.strategies --variants xx_small,small`` writes
 ``benchmarks/results/strategies.json`` and ``strategies.md`` (the README table).
-Runtimes are interleaved round-robin so machine load hits every strategy alike.
+Runtimes run in shuffled, interleaved rounds (``harness.measure_latency``) so machine load hits
+every strategy alike; each median carries its bootstrap 95% interval.
 """
 from __future__ import annotations
 
@@ -22,19 +23,9 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def _convert(target: str, model, folder: Path, calib: np.ndarray) -> Path:
-    if target == "onnx":
-        from export.onnx import export_onnx
+    from export import convert, target_config
 
-        return export_onnx(model, folder / "m.onnx", dynamic_batch=True)
-    if target == "tflite":
-        from export.tflite import export_tflite
-
-        return export_tflite(model, folder, precisions=("fp32",), calibration=calib)["fp32"]
-    from export.coreml import CoreMLOptions, convert_coreml
-
-    path = folder / "m.mlpackage"
-    convert_coreml(model, CoreMLOptions(precision="fp32", input_kind="tensor", output_kind="logits")).save(str(path))
-    return path
+    return convert(model, target, "fp32", folder, calibration=calib, **target_config(target).logits_options)
 
 
 def measure(variants, targets, strategies, repeats: int, threads: int, out: Path) -> list[dict]:
@@ -64,7 +55,8 @@ def measure(variants, targets, strategies, repeats: int, threads: int, out: Path
                     try:
                         path = _convert(target, model.set_patches(strategy), folder, calib)
                     except Exception as e:
-                        row["error"] = f"conversion failed: {type(e).__name__}: {str(e).splitlines()[-1][:200]}"
+                        last = str(e).splitlines()[-1][:200]
+                        row["error"] = f"conversion failed: {type(e).__name__}: {last}"
                         continue
                     finally:
                         model.set_patches("reference")
@@ -76,23 +68,26 @@ def measure(variants, targets, strategies, repeats: int, threads: int, out: Path
                         runner = make_runner(path, threads=threads)
                         row["max_abs_diff"] = drift(ref, runner(x)).max_abs
                         row["runtime"] = runner.runtime
-                        if runner.runtime in ("onnxruntime", "litert", "coreml"):
+                        if runner.timeable:
                             runners[len(rows) - 1] = (runner, [])
                     except RunnerUnavailable as e:
                         row["max_abs_diff"] = None
                         row["latency"] = f"skipped: {e}"
         from .harness import Entry, measure_latency
 
-        entries = [Entry(str(idx), runner.runtime, "fp32", "ours", rows[idx]["strategy"], "batched",
-                         lambda threads, runner=runner: runner, runner.version)
+        entries = [Entry(str(idx), runner.runtime, rows[idx]["target"], "fp32", "ours", rows[idx]["strategy"],
+                         "batched", lambda threads, runner=runner: runner, runner.version)
                    for idx, (runner, _) in runners.items()]
         measure_latency(entries, [threads], repeats, warmup=5, x=x[:1])  # interleaved blocks, same load
         for e in entries:
             lat = e.results["latency"][str(threads)]
             rows[int(e.name)].update(latency_ms_median=round(lat["median_ms"], 3),
-                                     latency_ms_iqr=round(lat["iqr_ms"], 3), runtime_version=e.version)
+                                     latency_ms_iqr=round(lat["iqr_ms"], 3),
+                                     latency_ms_ci95=[round(lat["ci95_low_ms"], 3), round(lat["ci95_high_ms"], 3)],
+                                     runtime_version=e.version)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"threads": threads, "repeats": repeats, "machine": platform.processor() or platform.machine(),
+    meta = {"command": "python -m benchmarks.strategies " + " ".join(sys.argv[1:]), "threads": threads,
+            "repeats": repeats, "machine": platform.processor() or platform.machine(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "weights": "synthetic-calibrated"}
     (out / "strategies.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     (out / "strategies.md").write_text(render(rows, meta))
@@ -102,10 +97,11 @@ def measure(variants, targets, strategies, repeats: int, threads: int, out: Path
 def render(rows: list[dict], meta: dict) -> str:
     """Markdown: one table per target, variants and strategies as rows."""
     lines = [f"Patch strategies, calibrated synthetic weights, batch 1, {meta['threads']} threads, "
-             f"median of {meta['repeats']} interleaved runs ({meta['created']}).", ""]
+             f"median [bootstrap 95% CI] of {meta['repeats']} runs in shuffled interleaved rounds "
+             f"({meta['created']}; `{meta.get('command', 'python -m benchmarks.strategies')}`).", ""]
     for target in dict.fromkeys(r["target"] for r in rows):
         lines += [f"**{target}**", "", "| variant | strategy | nodes | transposes | max rank | "
-                  "max abs diff | latency ms (IQR) |", "|---|---|---|---|---|---|---|"]
+                  "max abs diff | latency ms [95% CI] |", "|---|---|---|---|---|---|---|"]
         for r in (r for r in rows if r["target"] == target):
             if "error" in r:
                 lines.append(f"| {r['variant']} | {r['strategy']} | {r['error']} | | | | |")
@@ -113,7 +109,8 @@ def render(rows: list[dict], meta: dict) -> str:
             diff = "n/a" if r.get("max_abs_diff") is None else f"{r['max_abs_diff']:.2e}"
             if r.get("runtime") == "coreml-reference":
                 r = {**r, "latency": "skipped: needs macOS (diff from the Core ML reference executor)"}
-            lat = (f"{r['latency_ms_median']:.2f} ({r['latency_ms_iqr']:.2f})" if "latency_ms_median" in r
+            lat = (f"{r['latency_ms_median']:.2f} [{r['latency_ms_ci95'][0]:.2f}, {r['latency_ms_ci95'][1]:.2f}]"
+                   if "latency_ms_median" in r
                    else r.get("latency", "n/a"))
             lines.append(f"| {r['variant']} | {r['strategy']} | {r['nodes']} | {r['transposes']} | "
                          f"{r['max_rank']} | {diff} | {lat} |")

@@ -1,7 +1,9 @@
 """``python -m export {coreml,onnx,tflite,all}``: export MobileViT, validate it, publish it atomically.
 
 Exit codes: 0 exported and validated; 2 bad request (unknown name, bad size, bad checkpoint,
-unwritable or existing output); 3 validation failed (nothing written); 4 conversion failed.
+unwritable or existing output; nothing written); 3 validation failed; 4 conversion failed. After
+a 3 or a 4, the last lines say exactly which artifacts were published (those that passed) and
+which were not.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ EXIT_OK, EXIT_BAD_REQUEST, EXIT_VALIDATION, EXIT_CONVERSION = 0, 2, 3, 4
 
 
 def parser() -> argparse.ArgumentParser:
-    from mobilevit import STRATEGIES, VARIANTS
+    from mobilevit import DEFAULT_SIZE, STRATEGIES, VARIANTS
 
     from .config import TARGETS
 
@@ -40,7 +42,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", default=None, choices=["batched", "split"],
                    help="attention layout: batched (public code, 4 transposes per layer) or split "
                         "(heads as channel slices, 1 transpose per layer); default: the target's best")
-    p.add_argument("--size", default="256",
+    p.add_argument("--size", default=str(DEFAULT_SIZE),
                    help="input size, or a comma list for a multi-size Core ML model (e.g. 192,256,320)")
     p.add_argument("--out", default="artifacts", help="output folder (default artifacts/)")
     p.add_argument("--force", action="store_true", help="replace an existing export")
@@ -54,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _sizes(text: str) -> tuple[int, ...]:
-    from .config import ExportConfigError
+    from .errors import ExportConfigError
 
     try:
         return tuple(int(s) for s in text.split(",") if s.strip())
@@ -65,48 +67,61 @@ def _sizes(text: str) -> tuple[int, ...]:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     from mobilevit import InputSizeError
+    from mobilevit.checkpoints import CheckpointError
     from mobilevit.config import UnknownVariantError
     from mobilevit.patches import UnknownPatchStrategyError
 
-    from .config import TARGETS, ExportConfigError
-    from .pipeline import ExportRequest, run_export
-    from .publish import OutputError
-    from .validate import ValidationError
+    from .config import TARGETS
+    from .errors import ConversionError, ExportConfigError, OutputError, ValidationError
+    from .pipeline import ExportRequest, resolve, run_export
+    from .request import destination
 
-    bad_request: tuple[type[BaseException], ...] = (
-        ExportConfigError, OutputError, InputSizeError, UnknownVariantError, UnknownPatchStrategyError,
-        FileNotFoundError)
-    try:
-        from mobilevit.checkpoints import CheckpointError
-
-        bad_request += (CheckpointError,)
-    except ImportError:
-        pass
+    bad_request = (ExportConfigError, OutputError, InputSizeError, UnknownVariantError, UnknownPatchStrategyError,
+                   CheckpointError, FileNotFoundError)
     targets = list(TARGETS) if args.target == "all" else [args.target]
-    try:
+    try:  # every request is resolved before any work, so a bad one writes nothing
         precisions = tuple(p.strip() for p in args.precision.split(",")) if args.precision else ()
         sizes = _sizes(args.size)
-        written = []
-        for target in targets:
-            req = ExportRequest(target=target, variant=args.variant, weights=args.weights,
-                                precisions=precisions if args.target != "all" else (),
-                                patches=args.patches, attention=args.attention, sizes=sizes,
-                                out=Path(args.out), force=args.force,
-                                input_kind=args.input_kind, output_kind=args.output_kind,
-                                dynamic_hw=args.dynamic_hw, images=args.images)
-            written += run_export(req)
+        requests = [resolve(ExportRequest(
+            target=target, variant=args.variant, weights=args.weights,
+            precisions=precisions if args.target != "all" else (), patches=args.patches,
+            attention=args.attention, sizes=sizes, out=Path(args.out), force=args.force,
+            input_kind=args.input_kind if target == "coreml" else "image",
+            output_kind=args.output_kind if target == "coreml" else "classifier",
+            dynamic_hw=args.dynamic_hw, images=args.images)) for target in targets]
     except bad_request as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_REQUEST
-    except ValidationError as e:
-        print(f"error: {e}\nNothing was written.", file=sys.stderr)
-        return EXIT_VALIDATION
-    except Exception as e:  # conversion failures from coremltools / torch.onnx / onnx2tf
-        print(f"error: conversion failed: {type(e).__name__}: {e}\nNothing was written.", file=sys.stderr)
-        return EXIT_CONVERSION
-    for r in written:
-        print(r.artifact)
-    return EXIT_OK
+    written: list[str] = []
+    missing: list[str] = []
+    errors: list[tuple[int, str]] = []
+    for req in requests:
+        done: list[str] = []
+        try:
+            done = [str(r.artifact) for r in run_export(req)]
+        except bad_request as e:
+            errors.append((EXIT_BAD_REQUEST, f"{req.target}: {e}"))
+        except ValidationError as e:
+            done = list(e.published)
+            errors.append((EXIT_VALIDATION, str(e)))
+        except ConversionError as e:
+            errors.append((EXIT_CONVERSION, f"conversion failed: {e}"))
+        except Exception as e:  # an unexpected failure inside a converter or runtime
+            errors.append((EXIT_CONVERSION, f"conversion failed: {type(e).__name__}: {e}"))
+        written += done
+        folders = {str(Path(p).parent) for p in done}
+        missing += [f"{req.target} {p}" for p in req.precisions if str(destination(req, p)) not in folders]
+    for _, message in errors:
+        print(f"error: {message}", file=sys.stderr)
+    if errors:
+        if written:
+            print("Published (passed validation): " + ", ".join(written), file=sys.stderr)
+            print("Not published: " + ", ".join(missing), file=sys.stderr)
+        else:
+            print("Nothing was written.", file=sys.stderr)
+    for path in written:
+        print(path)
+    return max(code for code, _ in errors) if errors else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -1,4 +1,10 @@
-"""One small config per export target, and the tolerance table every validation uses.
+"""The target registry (one small config per export target) and the tolerance table.
+
+Adding a target means one new module (its converter, options, runner and graph inspector) and one
+``register(TargetConfig(...))`` call below; ``export.convert``, the CLI, validation, publishing and
+every benchmark find it here. Entries name their parts as ``"module:attribute"`` strings, imported
+only when used, so this module imports nothing heavy and no module of the package imports another
+in a cycle.
 
 Default patch strategies and attention layouts were chosen by measurement (README, "Patch
 strategies"): each target gets the rewrite that converted cleanly, validated, and ran fastest.
@@ -8,14 +14,11 @@ ml-ane-transformers' principle of splitting heads into separate ops.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
-from enum import Enum
+from pathlib import Path
 
-
-class Target(str, Enum):
-    COREML = "coreml"
-    ONNX = "onnx"
-    TFLITE = "tflite"
+from .errors import ExportConfigError
 
 
 @dataclass(frozen=True)
@@ -50,46 +53,81 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
 
 @dataclass(frozen=True)
 class TargetConfig:
-    """What a target accepts and what it does by default."""
+    """What a target accepts, what it does by default, and where its parts live."""
 
-    target: Target
-    precisions: tuple[str, ...]
+    name: str
+    precisions: tuple[str, ...]  # the one list of this target's precisions
     default_precision: str
-    default_patches: str
-    default_attention: str
-    suffix: str
+    default_patches: str  # patch strategy (``mobilevit.patches``) measured best for this converter
+    default_attention: str  # batched | split
+    suffix: str  # artifact file suffix; also how ``make_runner``/``inspect`` recognise an artifact
+    converter: str  # convert(model, precisions, workdir, *, sizes, calibration, options) -> {precision: Path}
+    options: str  # the target's options dataclass (its extra keyword arguments to ``export.convert``)
+    runner: str  # runner(path, threads) -> export.runners.Runner
+    inspector: str  # inspect(path) -> export.graph.GraphReport
+    calibrated: tuple[str, ...] = ()  # precisions whose conversion needs calibration photos
+    multi_size: bool = False  # one artifact can take several input sizes
+    # options that make the artifact take a float [B, 3, H, W] tensor and return logits, as PyTorch does
+    # (what benchmarks and drift localisation compare); empty where that is already the default
+    logits_options: dict = field(default_factory=dict)
     notes: str = ""
-    extra: dict = field(default_factory=dict)
 
 
-TARGETS: dict[str, TargetConfig] = {
-    "coreml": TargetConfig(
-        Target.COREML, ("fp16", "fp32", "int8", "palettize8"), "fp16", "pixel_shuffle", "split", ".mlpackage",
-        "ML program; image input (BGR, scale 1/255) and classifier output by default; "
-        "int8 = 8-bit linear weight quantization, palettize8 = 8-bit k-means palettization "
-        "(both on fp16 compute)."),
-    "onnx": TargetConfig(
-        Target.ONNX, ("fp32", "fp16", "int8", "int8_dynamic"), "fp32", "slice", "split", ".onnx",
-        "opset 18, single file, dynamic batch; int8 = static QDQ calibrated on real photos, "
-        "int8_dynamic = dynamic quantization of MatMul/Gemm weights."),
-    "tflite": TargetConfig(
-        Target.TFLITE, ("fp32", "fp16", "int8_dynamic", "int8"), "fp32", "slice", "split", ".tflite",
-        "via onnx2tf; NHWC input; int8_dynamic = dynamic-range weights, "
-        "int8 = full integer with a representative dataset of real photos (float I/O)."),
-}
+TARGETS: dict[str, TargetConfig] = {}
+
+
+def register(cfg: TargetConfig) -> TargetConfig:
+    """Add a target; refuses a duplicate name or suffix and a default that is not offered."""
+    if cfg.name in TARGETS:
+        raise ValueError(f"target {cfg.name!r} is already registered")
+    clash = [t.name for t in TARGETS.values() if t.suffix == cfg.suffix]
+    if clash:
+        raise ValueError(f"suffix {cfg.suffix!r} of {cfg.name!r} is already used by {clash[0]!r}")
+    if cfg.default_precision not in cfg.precisions:
+        raise ValueError(f"{cfg.name}: default precision {cfg.default_precision!r} is not in {cfg.precisions}")
+    missing = [p for p in cfg.precisions if (cfg.name, p) not in TOLERANCES]
+    if missing:
+        raise ValueError(f"{cfg.name}: no tolerance for {missing}: add them to TOLERANCES")
+    TARGETS[cfg.name] = cfg
+    return cfg
+
+
+register(TargetConfig(
+    "coreml", ("fp16", "fp32", "int8", "palettize8"), "fp16", "pixel_shuffle", "split", ".mlpackage",
+    converter="export.coreml:convert", options="export.coreml:CoreMLOptions",
+    runner="export.runners:coreml_runner", inspector="export.graph:inspect_coreml", multi_size=True,
+    logits_options={"input_kind": "tensor", "output_kind": "logits"},
+    notes="ML program; image input (the checkpoint's channel order and scale) and classifier output by "
+          "default; int8 = 8-bit linear weight quantization, palettize8 = 8-bit k-means palettization "
+          "(both on fp16 compute)."))
+register(TargetConfig(
+    "onnx", ("fp32", "fp16", "int8", "int8_dynamic"), "fp32", "slice", "split", ".onnx",
+    converter="export.onnx:convert", options="export.onnx:OnnxOptions",
+    runner="export.runners:OnnxRuntimeRunner", inspector="export.graph:inspect_onnx", calibrated=("int8",),
+    notes="opset 18, single file (batch 1 with slice patches); int8 = static QDQ calibrated on real photos, "
+          "int8_dynamic = dynamic quantization of MatMul/Gemm weights."))
+register(TargetConfig(
+    "tflite", ("fp32", "fp16", "int8_dynamic", "int8"), "fp32", "slice", "split", ".tflite",
+    converter="export.tflite:convert", options="export.tflite:TFLiteOptions",
+    runner="export.runners:LiteRTRunner", inspector="export.graph:inspect_tflite",
+    calibrated=("fp32", "fp16", "int8_dynamic", "int8"),
+    notes="via onnx2tf; NHWC input; int8_dynamic = dynamic-range weights, "
+          "int8 = full integer with a representative dataset of real photos (float I/O)."))
 
 # Sizes a multi-scale Core ML model accepts by default (the paper's 160..320 range).
 DEFAULT_ENUMERATED_SIZES = (160, 192, 224, 256, 288, 320)
-
-
-class ExportConfigError(ValueError):
-    """A request the exporter cannot honour (unknown target/precision/strategy, bad size)."""
+MIN_SIZE, MAX_SIZE = 64, 1024
 
 
 def target_config(name: str) -> TargetConfig:
     if name not in TARGETS:
         raise ExportConfigError(f"unknown target {name!r}; choose one of: {', '.join(TARGETS)}")
     return TARGETS[name]
+
+
+def precisions(target: str) -> tuple[str, ...]:
+    """Every precision ``target`` offers (the CLI, the benchmarks and the accuracy matrix all use this)."""
+    return target_config(target).precisions
 
 
 def check_precision(target: str, precision: str) -> str:
@@ -101,5 +139,46 @@ def check_precision(target: str, precision: str) -> str:
     return precision
 
 
+def check_sizes(target: str, sizes: tuple[int, ...]) -> tuple[int, ...]:
+    """Refuse sizes MobileViT or ``target`` cannot take, naming the ones it can."""
+    if not sizes:
+        raise ExportConfigError("no input size given")
+    for s in sizes:
+        if not isinstance(s, int) or s % 32 or s < MIN_SIZE or s > MAX_SIZE:
+            raise ExportConfigError(
+                f"size {s} is not accepted: MobileViT takes multiples of 32 between {MIN_SIZE} and {MAX_SIZE} "
+                "(e.g. 160, 192, 224, 256, 288, 320)")
+    if len(sizes) > 1:
+        if not target_config(target).multi_size:
+            multi = [t.name for t in TARGETS.values() if t.multi_size]
+            raise ExportConfigError(
+                f"{target} exports one size (got {sizes}); several sizes in one model: {', '.join(multi)}; "
+                "use --dynamic-hw for ONNX, or export each size separately")
+        odd = [s for s in sizes if s % 64]
+        if odd:
+            raise ExportConfigError(
+                f"sizes {odd} give an odd patch grid at stride 32, which needs a resize that one "
+                "multi-size model cannot switch on and off; use multiples of 64 "
+                f"(e.g. {', '.join(str(s) for s in DEFAULT_ENUMERATED_SIZES if s % 64 == 0)}) or export "
+                "those sizes as separate models")
+    return tuple(sizes)
+
+
 def tolerance(target: str, precision: str) -> Tolerance:
     return TOLERANCES[(target, precision)]
+
+
+def target_for_path(path: str | Path) -> TargetConfig:
+    """The target whose artifacts end like ``path``."""
+    suffix = Path(path).suffix
+    for cfg in TARGETS.values():
+        if cfg.suffix == suffix:
+            return cfg
+    raise ExportConfigError(f"{path} is not an artifact this toolkit knows: unknown suffix {suffix!r} "
+                            f"(known: {', '.join(t.suffix for t in TARGETS.values())})")
+
+
+def load(ref: str):
+    """Import ``"module:attribute"`` (a registry entry's part)."""
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)

@@ -524,6 +524,7 @@ class CoreMLReferenceRunner:
     """
 
     runtime = "coreml-reference"
+    timeable = False  # numpy re-implementing Core ML: its speed says nothing about a device
 
     def __init__(self, path, threads: int = 2, accumulate: str = "fp32"):
         self.path = Path(path)
@@ -537,11 +538,16 @@ class CoreMLReferenceRunner:
     def version(self) -> str:
         return f"numpy {np.__version__} ({self.model.accumulate} accumulate)"
 
+    @property
+    def settings(self) -> dict:
+        return {"threads": "numpy's", "accumulate": self.model.accumulate}
+
+    def prepare(self, x: np.ndarray):
+        x = x.astype(np.float32)
+        return {self.input_name: np.round(x * 255.0) if self.is_image else x}
+
+    def run(self, feed) -> np.ndarray:
+        return self.model.scores(feed)
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        outs = []
-        for k in range(x.shape[0]):
-            xi = x[k:k + 1].astype(np.float32)
-            if self.is_image:
-                xi = np.round(xi * 255.0)
-            outs.append(self.model.scores({self.input_name: xi}))
-        return np.concatenate(outs)
+        return np.concatenate([self.run(self.prepare(x[k:k + 1])) for k in range(x.shape[0])])

@@ -1,4 +1,4 @@
-"""Inspect exported graphs: op counts, the largest tensor rank, shape-computing ops.
+"""Inspect exported graphs: inputs and outputs, op counts, the largest tensor rank, shape-computing ops.
 
 Converters handle MobileViT best when no tensor exceeds rank 4 (Core ML refuses rank > 5) and a
 static-shape graph computes no shapes at run time. Tests assert both on every artifact.
@@ -6,7 +6,7 @@ static-shape graph computes no shapes at run time. Tests assert both on every ar
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 # Ops whose only job is computing shapes at run time, per format.
@@ -27,15 +27,29 @@ class GraphReport:
     max_rank: int
     shape_ops: dict[str, int]
     ops: dict[str, int]
+    # [{"name", "shape" (ints, or names for symbolic dims), "dtype", "layout"}], as the artifact declares them
+    inputs: list[dict] = field(default_factory=list)
+    outputs: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _report(fmt: str, ops: Counter, max_rank: int, transpose_name: str) -> GraphReport:
+def _layout(shape: list) -> str:
+    """NCHW or NHWC for a rank-4 image tensor (3 colour channels), else ``-``."""
+    if len(shape) != 4:
+        return "-"
+    return "NHWC" if shape[-1] == 3 and shape[1] != 3 else "NCHW" if shape[1] == 3 else "-"
+
+
+def _io(name: str, shape: list, dtype: str, layout: str | None = None) -> dict:
+    return {"name": name, "shape": shape, "dtype": dtype, "layout": layout or _layout(shape)}
+
+
+def _report(fmt: str, ops: Counter, max_rank: int, transpose_name: str, inputs=(), outputs=()) -> GraphReport:
     shape_ops = {k: v for k, v in ops.items() if k in SHAPE_OPS[fmt]}
     return GraphReport(fmt, sum(ops.values()), ops.get(transpose_name, 0), max_rank, shape_ops,
-                       dict(ops.most_common()))
+                       dict(ops.most_common()), list(inputs), list(outputs))
 
 
 def inspect_onnx(path: str | Path) -> GraphReport:
@@ -46,7 +60,13 @@ def inspect_onnx(path: str | Path) -> GraphReport:
     values = list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
     ranks = [len(v.type.tensor_type.shape.dim) for v in values if v.type.HasField("tensor_type")]
     ranks += [len(t.dims) for t in model.graph.initializer]
-    return _report("onnx", ops, max(ranks, default=0), "Transpose")
+
+    def io(v):
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in v.type.tensor_type.shape.dim]
+        return _io(v.name, dims, onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name)
+
+    return _report("onnx", ops, max(ranks, default=0), "Transpose", map(io, model.graph.input),
+                   map(io, model.graph.output))
 
 
 def inspect_tflite(path: str | Path) -> GraphReport:
@@ -55,7 +75,12 @@ def inspect_tflite(path: str | Path) -> GraphReport:
     interp = Interpreter(model_path=str(path))
     ops = Counter(d["op_name"] for d in interp._get_ops_details())
     ranks = [len(t["shape"]) for t in interp.get_tensor_details()]
-    return _report("tflite", ops, max(ranks, default=0), "TRANSPOSE")
+
+    def io(d):
+        return _io(d["name"], [int(v) for v in d["shape_signature"]], d["dtype"].__name__)
+
+    return _report("tflite", ops, max(ranks, default=0), "TRANSPOSE", map(io, interp.get_input_details()),
+                   map(io, interp.get_output_details()))
 
 
 def _mil_ops(block):
@@ -77,16 +102,22 @@ def inspect_coreml(path: str | Path) -> GraphReport:
         for out in op.outputs:
             if out.type.HasField("tensorType"):
                 ranks.append(out.type.tensorType.rank)
-    return _report("coreml", ops, max(ranks, default=0), "transpose")
+
+    def io(f):
+        t = f.type
+        if t.HasField("imageType"):
+            colour = ct.proto.FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(t.imageType.colorSpace)
+            return _io(f.name, [t.imageType.height, t.imageType.width], f"image {colour}", "image")
+        if t.HasField("multiArrayType"):
+            return _io(f.name, list(t.multiArrayType.shape), "multiarray")
+        return _io(f.name, [], t.WhichOneof("Type"))
+
+    return _report("coreml", ops, max(ranks, default=0), "transpose", map(io, spec.description.input),
+                   map(io, spec.description.output))
 
 
 def inspect(path: str | Path) -> GraphReport:
-    """Dispatch on the suffix: ``.onnx``, ``.tflite`` or ``.mlpackage``."""
-    suffix = Path(path).suffix
-    if suffix == ".onnx":
-        return inspect_onnx(path)
-    if suffix == ".tflite":
-        return inspect_tflite(path)
-    if suffix in (".mlpackage", ".mlmodel"):
-        return inspect_coreml(path)
-    raise ValueError(f"cannot inspect {path}: unknown artifact type {suffix!r}")
+    """The inspector of the target whose artifacts end like ``path`` (``export.config.TARGETS``)."""
+    from .config import load, target_for_path
+
+    return load(target_for_path(path).inspector)(path)

@@ -1,18 +1,72 @@
-"""ONNX export: opset 18 through torch.export, single file, simplified; fp16 and int8 variants."""
+"""ONNX export: opset 18 through torch.export, single file, simplified; fp16 and int8 variants.
+
+``convert`` is this target's entry in the registry (``export.config``); call it through
+``export.convert``. ``exporter="as-is"`` is the way most users export a model today (the
+TorchScript exporter at opset 17, no simplification): the benchmarks' baseline rows use it.
+"""
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
+import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mobilevit import DEFAULT_SIZE
+
 OPSET = 18
+AS_IS_OPSET = 17
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+EXPORTERS = ("ours", "as-is")
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    """ONNX-only choices (keyword arguments of ``export.convert(model, "onnx", ...)``)."""
+
+    dynamic_batch: bool = True
+    dynamic_hw: bool = False  # symbolic height/width, multiples of 64
+    exporter: str = "ours"  # ours: torch.export, opset 18, onnxsim | as-is: TorchScript exporter, opset 17
+
+    def __post_init__(self):
+        check_exporter(self.exporter)
+        if self.dynamic_hw and self.exporter != "ours":
+            from .errors import ExportConfigError
+
+            raise ExportConfigError("dynamic height/width needs exporter='ours'")
+
+
+def check_exporter(exporter: str) -> str:
+    if exporter not in EXPORTERS:
+        from .errors import ExportConfigError
+
+        raise ExportConfigError(f"unknown ONNX exporter {exporter!r}; choose one of: {', '.join(EXPORTERS)}")
+    return exporter
+
+
+def export_fp32(model: torch.nn.Module, path: Path, *, size: int, exporter: str = "ours", dynamic_batch: bool = True,
+                dynamic_hw: bool = False) -> Path:
+    """The fp32 ONNX file every other precision (and onnx2tf) starts from, by ``exporter``."""
+    if exporter == "as-is":
+        return export_onnx_as_is(model, path, size=size)
+    return export_onnx(model, path, size=size, dynamic_batch=dynamic_batch, dynamic_hw=dynamic_hw)
+
+
+def convert(model: torch.nn.Module, precisions: tuple[str, ...], workdir: Path, *, sizes: tuple[int, ...],
+            calibration: np.ndarray | None, options: OnnxOptions) -> dict[str, Path]:
+    """One fp32 export, then every requested precision derived from it: ``{precision: .onnx}``."""
+    workdir = Path(workdir)
+    with tempfile.TemporaryDirectory(prefix="onnx-fp32-", dir=workdir) as scratch:
+        fp32 = export_fp32(model, Path(scratch) / "fp32.onnx", size=sizes[0], exporter=options.exporter,
+                           dynamic_batch=options.dynamic_batch, dynamic_hw=options.dynamic_hw)
+        return {p: convert_onnx_precision(fp32, workdir / f"model_{p}.onnx", p, calibration=calibration)
+                for p in precisions}
 
 
 @contextlib.contextmanager
@@ -24,7 +78,7 @@ def _quiet():
         yield
 
 
-def export_onnx(model: torch.nn.Module, path: str | Path, *, size: int = 256, dynamic_batch: bool = True,
+def export_onnx(model: torch.nn.Module, path: str | Path, *, size: int = DEFAULT_SIZE, dynamic_batch: bool = True,
                 dynamic_hw: bool = False, simplify: bool = True) -> Path:
     """Write ``model`` ([B, 3, H, W] -> logits) as one fp32 ONNX file at ``path``.
 
@@ -51,6 +105,14 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, size: int = 256, dy
     if simplify:
         simplify_onnx(path)
     return path
+
+
+def export_onnx_as_is(model: torch.nn.Module, path: str | Path, *, size: int = DEFAULT_SIZE) -> Path:
+    """``torch.onnx.export(dynamo=False, opset_version=17)`` with no simplification: a model as most export it."""
+    with _quiet(), torch.no_grad():
+        torch.onnx.export(model.eval(), (torch.zeros(1, 3, size, size),), str(path), dynamo=False,
+                          opset_version=AS_IS_OPSET, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+    return Path(path)
 
 
 def simplify_onnx(path: str | Path) -> Path:

@@ -1,7 +1,9 @@
-"""Atomic publishing: build in a hidden temporary folder beside the destination, validate, rename.
+"""Publishing: the manifest, and an atomic move of a validated artifact into its folder.
 
-An interrupted or failed export leaves nothing at the destination (the temporary folder is
-removed; a crash leaves only a ``.partial-*`` folder that a later run cleans up).
+The artifact, its labels and its manifest are assembled in a hidden temporary folder beside the
+destination, which then becomes the destination in one rename. An interrupted or failed export
+leaves nothing at the destination (the temporary folder is removed; a crash leaves only a
+``.partial-*`` folder that a later run cleans up).
 """
 from __future__ import annotations
 
@@ -9,13 +11,16 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
+from .errors import OutputError
 
-class OutputError(RuntimeError):
-    """The destination cannot be written (exists, unwritable, not a folder)."""
+__all__ = ["OutputError", "check_destination", "staging", "sha256_path", "tool_versions", "write_json",
+           "manifest", "publish"]
 
 
 def check_destination(dest: Path, force: bool) -> None:
@@ -84,3 +89,38 @@ def tool_versions() -> dict[str, str]:
 
 def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def manifest(artifact: Path, *, target: str, precision: str, model, weights: dict, options: dict,
+             preprocessing: dict, sizes: tuple[int, ...], graph: dict, validation: dict, seconds: float) -> dict:
+    """Everything a user (or a later audit) needs to know about one published artifact."""
+    return {
+        "artifact": artifact.name,
+        "artifact_sha256": sha256_path(artifact),
+        "target": target,
+        "precision": precision,
+        "variant": model.cfg.name,
+        "num_classes": model.cfg.num_classes,
+        "weights": weights,
+        "patch_strategy": model.patches.name,
+        "attention_layout": model.attention_layout,
+        "options": options,
+        "input": {**graph["inputs"][0], "sizes": list(sizes), **preprocessing},
+        "output": graph["outputs"],
+        "graph": graph,
+        "validation": validation,
+        "tool_versions": tool_versions(),
+        "machine": {"system": platform.system(), "machine": platform.machine(),
+                    "python": platform.python_version()},
+        "export_seconds": round(seconds, 2),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def publish(artifact: Path, dest: Path, manifest: dict, labels: list[str], force: bool = False) -> Path:
+    """Move ``artifact`` with ``labels.txt`` and ``manifest.json`` into ``dest`` atomically; the final path."""
+    with staging(dest, force) as tmp:
+        shutil.move(str(artifact), tmp / artifact.name)
+        (tmp / "labels.txt").write_text("\n".join(labels) + "\n")
+        write_json(tmp / "manifest.json", manifest)
+    return dest / artifact.name

@@ -5,6 +5,10 @@ model's channel order and scale (see :mod:`mobilevit.preprocess`), and returns f
 ``[B, num_classes]``. Layout changes (NHWC for TFLite), image inputs (Core ML ``ImageType``) and
 int8 quantization of inputs are the runner's job, so benchmarks and validation compare like with
 like.
+
+A call is split in two so that benchmarks time only the runtime: ``prepare(x)`` converts the
+input (dtype, layout) and ``run(feed)`` invokes the runtime. ``settings`` records the runtime
+options that change speed (threads, spinning), for the benchmark JSON.
 """
 from __future__ import annotations
 
@@ -13,15 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import load, target_for_path
+from .errors import RunnerUnavailable
 
-class RunnerUnavailable(RuntimeError):
-    """The runtime cannot run here (e.g. Core ML prediction off macOS); the message says why."""
+__all__ = ["Runner", "RunnerUnavailable", "OnnxRuntimeRunner", "LiteRTRunner", "CoreMLRuntimeRunner",
+           "coreml_runner", "coreml_runtime_available", "make_runner"]
 
 
 class Runner:
-    """Base class: ``name``, ``version``, ``precision``, ``__call__(x) -> logits``."""
+    """Base class: ``runtime``, ``version``, ``settings``, ``prepare``/``run``, ``__call__(x) -> logits``."""
 
     runtime = "base"
+    fixed_batch = True  # the artifact takes one image at a time
+    timeable = True  # its latency means something (False for a reference executor)
 
     def __init__(self, path: str | Path, threads: int = 2):
         self.path = Path(path)
@@ -31,21 +39,39 @@ class Runner:
     def version(self) -> str:  # pragma: no cover - overridden
         return "unknown"
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Logits for a batch; runs one image at a time if the artifact has a fixed batch of 1."""
+    @property
+    def settings(self) -> dict:
+        return {"threads": self.threads}
+
+    def prepare(self, x: np.ndarray):
+        """The runtime's input for the batch ``x`` (conversions that are not the model's work)."""
+        return x
+
+    def run(self, feed) -> np.ndarray:  # pragma: no cover - overridden
+        """Invoke the runtime on a prepared feed; float32 logits."""
         raise NotImplementedError
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Logits for a batch; one image at a time if the artifact has a fixed batch of 1."""
+        if self.fixed_batch and x.shape[0] > 1:
+            return np.concatenate([self.run(self.prepare(x[i:i + 1])) for i in range(x.shape[0])])
+        return self.run(self.prepare(x))
 
 
 class OnnxRuntimeRunner(Runner):
     runtime = "onnxruntime"
 
-    def __init__(self, path, threads: int = 2):
+    def __init__(self, path, threads: int = 2, spinning: bool = False):
         super().__init__(path, threads)
         import onnxruntime as ort
 
+        self.spinning = spinning
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        # Spinning worker threads keep a core busy after each call; on a 2-core machine they steal it
+        # from whatever runs next (the next runtime in a benchmark round), so spinning is off by default.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         inp = self.session.get_inputs()[0]
@@ -59,11 +85,16 @@ class OnnxRuntimeRunner(Runner):
 
         return ort.__version__
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self.fixed_batch and x.shape[0] > 1:
-            return np.concatenate([self(x[i:i + 1]) for i in range(x.shape[0])])
-        out = self.session.run(None, {self.input_name: x.astype(self.input_dtype)})[0]
-        return out.astype(np.float32)
+    @property
+    def settings(self) -> dict:
+        return {"threads": self.threads, "inter_op_threads": 1, "intra_op.allow_spinning": int(self.spinning),
+                "graph_optimization_level": "ORT_ENABLE_ALL", "provider": "CPUExecutionProvider"}
+
+    def prepare(self, x: np.ndarray):
+        return {self.input_name: np.ascontiguousarray(x, dtype=self.input_dtype)}
+
+    def run(self, feed) -> np.ndarray:
+        return self.session.run(None, feed)[0].astype(np.float32)
 
 
 class LiteRTRunner(Runner):
@@ -89,14 +120,21 @@ class LiteRTRunner(Runner):
 
         return getattr(ai_edge_litert, "__version__", "2.1.0")
 
-    def _one(self, x: np.ndarray) -> np.ndarray:
+    @property
+    def settings(self) -> dict:
+        return {"threads": self.threads, "delegate": "XNNPACK (default)"}
+
+    def prepare(self, x: np.ndarray):
         if self.nhwc:
             x = x.transpose(0, 2, 3, 1)  # [B, 3, H, W] -> [B, H, W, 3]
         dtype = self.inp["dtype"]
         if dtype in (np.int8, np.uint8):
             scale, zero = self.inp["quantization"]
             x = np.clip(np.round(x / scale + zero), np.iinfo(dtype).min, np.iinfo(dtype).max)
-        self.interpreter.set_tensor(self.inp["index"], np.ascontiguousarray(x.astype(dtype)))
+        return np.ascontiguousarray(x.astype(dtype))
+
+    def run(self, feed) -> np.ndarray:
+        self.interpreter.set_tensor(self.inp["index"], feed)
         self.interpreter.invoke()
         y = self.interpreter.get_tensor(self.out["index"])
         if self.out["dtype"] in (np.int8, np.uint8):
@@ -104,10 +142,8 @@ class LiteRTRunner(Runner):
             y = (y.astype(np.float32) - zero) * scale
         return y.astype(np.float32)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        if self.fixed_batch:
-            return np.concatenate([self._one(x[i:i + 1]) for i in range(x.shape[0])])
-        return self._one(x)
+    def _one(self, x: np.ndarray) -> np.ndarray:
+        return self.run(self.prepare(x))
 
 
 def coreml_runtime_available() -> tuple[bool, str]:
@@ -147,39 +183,32 @@ class CoreMLRuntimeRunner(Runner):
 
         return ct.__version__
 
-    def _one(self, x: np.ndarray) -> np.ndarray:
+    def prepare(self, x: np.ndarray):
         if self.is_image:
             from PIL import Image
 
             pixels = np.clip(np.round(x[0].transpose(1, 2, 0) * 255.0), 0, 255).astype(np.uint8)
             if self.bgr:
                 pixels = pixels[..., ::-1]  # the model's BGR channels -> the RGB image an app holds
-            feed = Image.fromarray(np.ascontiguousarray(pixels))
-        else:
-            feed = x.astype(np.float32)
+            return Image.fromarray(np.ascontiguousarray(pixels))
+        return x.astype(np.float32)
+
+    def run(self, feed) -> np.ndarray:
         out = self.model.predict({self.input.name: feed})[self.output]
         if isinstance(out, dict):
             out = np.array([out[label] for label in self.labels], dtype=np.float32)
         return np.asarray(out, np.float32).reshape(1, -1)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return np.concatenate([self._one(x[i:i + 1]) for i in range(x.shape[0])])
+
+def coreml_runner(path: str | Path, threads: int = 2, **kwargs) -> Runner:
+    """Core ML itself on macOS; elsewhere the reference executor (``export.coreml_reference``)."""
+    if coreml_runtime_available()[0]:
+        return CoreMLRuntimeRunner(path, threads, **kwargs)
+    from .coreml_reference import CoreMLReferenceRunner
+
+    return CoreMLReferenceRunner(path, threads=threads, **kwargs)
 
 
 def make_runner(path: str | Path, threads: int = 2, **kwargs) -> Runner:
-    """Pick the runner by suffix. ``.mlpackage`` uses Core ML on macOS, else the reference executor."""
-    suffix = Path(path).suffix
-    if suffix == ".onnx":
-        return OnnxRuntimeRunner(path, threads)
-    if suffix == ".tflite":
-        return LiteRTRunner(path, threads)
-    if suffix == ".mlpackage":
-        if coreml_runtime_available()[0]:
-            return CoreMLRuntimeRunner(path, threads)
-        try:
-            from .coreml_reference import CoreMLReferenceRunner
-        except ImportError as e:  # pragma: no cover - the executor ships with the package
-            raise RunnerUnavailable(f"{coreml_runtime_available()[1]}, and the reference executor "
-                                    f"is not importable ({e})") from e
-        return CoreMLReferenceRunner(path, threads=threads, **kwargs)
-    raise ValueError(f"no runner for {path}: unknown artifact type {suffix!r}")
+    """The runner of the target whose artifacts end like ``path`` (``export.config.TARGETS``)."""
+    return load(target_for_path(path).runner)(path, threads, **kwargs)

@@ -15,9 +15,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .errors import ConversionError, ExportConfigError
 
 # our precision name -> onnx2tf output file suffix
 OUTPUT_SUFFIX = {
@@ -29,8 +32,32 @@ OUTPUT_SUFFIX = {
 CALIBRATION_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 
 
-class TFLiteConversionError(RuntimeError):
+class TFLiteConversionError(ConversionError):
     """onnx2tf failed; the message carries the tail of its log."""
+
+
+@dataclass(frozen=True)
+class TFLiteOptions:
+    """TFLite-only choices (keyword arguments of ``export.convert(model, "tflite", ...)``)."""
+
+    exporter: str = "ours"  # the ONNX step: ours (torch.export, opset 18, onnxsim) | as-is (see export.onnx)
+
+    def __post_init__(self):
+        from .onnx import check_exporter
+
+        check_exporter(self.exporter)
+
+
+def convert(model, precisions: tuple[str, ...], workdir: Path, *, sizes: tuple[int, ...],
+            calibration: np.ndarray | None, options: TFLiteOptions) -> dict[str, Path]:
+    """PyTorch -> ONNX (static batch 1) -> one onnx2tf run -> ``{precision: .tflite}``."""
+    from .onnx import export_fp32
+
+    workdir = Path(workdir)
+    with tempfile.TemporaryDirectory(prefix="tflite-onnx-", dir=workdir) as tmp:
+        onnx_path = export_fp32(model, Path(tmp) / "model.onnx", size=sizes[0], exporter=options.exporter,
+                                dynamic_batch=False)
+        return onnx_to_tflite(onnx_path, workdir, precisions=precisions, calibration=calibration)
 
 
 def _nhwc(images: np.ndarray) -> np.ndarray:
@@ -59,9 +86,9 @@ def onnx_to_tflite(onnx_path: str | Path, out_dir: str | Path, *, precisions=("f
     """
     unknown = set(precisions) - set(OUTPUT_SUFFIX)
     if unknown:
-        raise ValueError(f"unknown TFLite precision(s) {sorted(unknown)}; choose from {list(OUTPUT_SUFFIX)}")
+        raise ExportConfigError(f"unknown TFLite precision(s) {sorted(unknown)}; choose from {list(OUTPUT_SUFFIX)}")
     if calibration is None or len(calibration) == 0:
-        raise ValueError("onnx_to_tflite needs calibration photos (float32 [N, 3, H, W])")
+        raise ExportConfigError("onnx_to_tflite needs calibration photos (float32 [N, 3, H, W])")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="onnx2tf-", dir=out_dir) as tmp:
@@ -92,15 +119,3 @@ def onnx_to_tflite(onnx_path: str | Path, out_dir: str | Path, *, precisions=("f
             shutil.move(str(produced), dest)
             results[precision] = dest
     return results
-
-
-def export_tflite(model, out_dir: str | Path, *, size: int = 256, precisions=("fp32", "fp16"),
-                  calibration: np.ndarray | None = None) -> dict[str, Path]:
-    """PyTorch -> ONNX (static batch 1) -> onnx2tf -> ``{precision: .tflite}``."""
-    from .onnx import export_onnx
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="tflite-onnx-", dir=out_dir) as tmp:
-        onnx_path = export_onnx(model, Path(tmp) / "model.onnx", size=size, dynamic_batch=False)
-        return onnx_to_tflite(onnx_path, out_dir, precisions=precisions, calibration=calibration)

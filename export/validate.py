@@ -1,11 +1,23 @@
-"""Validate an artifact against PyTorch fp32 on real photographs; report every failure at once."""
+"""Validate an artifact against PyTorch fp32 on real photographs; report every failure at once.
+
+The validation stage of an export: :func:`validate_artifact` runs the artifact in its runtime
+(``export.runners``) on each size's photos, measures its :class:`Drift` from PyTorch and checks
+it against the tolerance table (``export.config.TOLERANCES``).
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import torch
 
-from .config import Tolerance
+from .config import Tolerance, tolerance
+from .errors import RunnerUnavailable, ValidationError
+
+__all__ = ["Drift", "drift", "failures", "ValidationError", "ValidationReport", "validate_artifact",
+           "torch_reference"]
 
 
 @dataclass
@@ -63,15 +75,6 @@ def failures(d: Drift, tol: Tolerance, where: str) -> list[str]:
     return out
 
 
-class ValidationError(RuntimeError):
-    """An artifact does not compute what PyTorch computes; lists every failing check."""
-
-    def __init__(self, artifact: str, problems: list[str]):
-        self.artifact = artifact
-        self.problems = problems
-        super().__init__(f"{artifact} failed validation:\n  - " + "\n  - ".join(problems))
-
-
 @dataclass
 class ValidationReport:
     """Per-size drift figures, plus checks that could not run (with the reason)."""
@@ -94,3 +97,36 @@ class ValidationReport:
     def raise_if_failed(self, artifact: str) -> None:
         if self.problems:
             raise ValidationError(artifact, self.problems)
+
+
+def torch_reference(model: torch.nn.Module, softmax: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """PyTorch's answer for a batch: logits, or probabilities for a classifier artifact."""
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            y = model(torch.from_numpy(x))
+            return (y.softmax(-1) if softmax else y).numpy()
+    return run
+
+
+def validate_artifact(path: Path, target: str, precision: str, reference: Callable[[np.ndarray], np.ndarray],
+                      batches: dict[int, np.ndarray]) -> ValidationReport:
+    """Run ``path`` in its runtime on each size's photos and compare with ``reference``."""
+    from .runners import make_runner
+
+    report = ValidationReport(tolerance(target, precision))
+    try:
+        runner = make_runner(path)
+    except RunnerUnavailable as e:
+        report.skipped.append(f"skipped: {e}")
+        return report
+    report.runtime = f"{runner.runtime} {runner.version}"
+    for size, x in batches.items():
+        try:
+            out = runner(x)
+        except Exception as e:  # a runtime that cannot run the artifact is a validation failure
+            report.problems.append(f"{size}x{size}: {runner.runtime} could not run it: {type(e).__name__}: {e}")
+            continue
+        d = drift(reference(x), out)
+        report.by_size[size] = d
+        report.problems += failures(d, report.tolerance, f"{size}x{size}")
+    return report

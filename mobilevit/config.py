@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+# The input size of the public checkpoints (and every default in the toolkit): defined here only.
+DEFAULT_SIZE = 256
+
 
 class StageKind(str, Enum):
     """What a stage is made of."""
@@ -40,9 +43,20 @@ class Preprocessing:
     """
 
     resize_short_side: int = 288
-    crop_size: int = 256
+    crop_size: int = DEFAULT_SIZE
     pixel_scale: float = 1.0 / 255.0  # x = pixel * scale, no mean subtraction
     channel_order: str = "BGR"
+
+    def short_side(self, size: int) -> int:
+        """Resize target of the short side for a ``size`` crop (288/256 of it for the public weights)."""
+        return int(round(size * self.resize_short_side / self.crop_size))
+
+    def describe(self) -> dict:
+        """The facts a deployed app needs, as manifest fields."""
+        return {"channel_order": self.channel_order, "pixel_scale": self.pixel_scale,
+                "scale": f"pixel / {round(1 / self.pixel_scale):g}", "mean": 0.0,
+                "resize": f"short side to {self.resize_short_side}/{self.crop_size} of the input size, "
+                          "then center crop (bilinear)"}
 
 
 @dataclass(frozen=True)
@@ -68,9 +82,13 @@ class MobileViTConfig:
     patch_size: int = 2
     num_classes: int = 1000
     head_dropout: float = 0.1
-    input_size: int = 256
     preprocessing: Preprocessing = Preprocessing()
     public: PublicMetadata | None = None
+
+    @property
+    def input_size(self) -> int:
+        """The size the public weights were evaluated at (the preprocessing crop)."""
+        return self.preprocessing.crop_size
 
     @property
     def head_channels(self) -> int:

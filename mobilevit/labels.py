@@ -23,3 +23,14 @@ def imagenet_labels() -> list[str]:
     short = [name.split(",")[0].strip() for _, name in rows]
     seen = {n: short.count(n) for n in short}
     return [n if seen[n] == 1 else f"{n} ({s})" for n, (s, _) in zip(short, rows)]
+
+
+def class_names(num_classes: int, names: list[str] | tuple[str, ...] | None = None) -> list[str]:
+    """The labels a head of ``num_classes`` outputs: ``names`` if given, ImageNet's for 1000, else class_i."""
+    if names:
+        if len(names) != num_classes:
+            raise ValueError(f"{len(names)} class names for a head of {num_classes} classes")
+        return list(names)
+    if num_classes == 1000:
+        return imagenet_labels()
+    return [f"class_{i}" for i in range(num_classes)]

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import MobileViTConfig, StageKind, get_config
+from .config import DEFAULT_SIZE, MobileViTConfig, StageKind, get_config
 from .patches import PatchStrategy, get_strategy
 
 
@@ -220,6 +220,11 @@ class MobileViT(nn.Module):
                 m.patches = self.patches
         return self
 
+    @property
+    def attention_layout(self) -> str:
+        """The layout the attention layers run (``batched`` for a model without transformer layers)."""
+        return next((m.layout for m in self.modules() if isinstance(m, Attention)), "batched")
+
     def set_attention(self, layout: str) -> "MobileViT":
         """Swap the attention layout in place (weights are untouched)."""
         if layout not in ATTENTION_LAYOUTS:
@@ -274,7 +279,7 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, size: int = 256) -> int:
+def count_macs(model: nn.Module, size: int = DEFAULT_SIZE) -> int:
     """Multiply-accumulates of conv/linear/matmul for one ``size x size`` image.
 
     Uses ``torch.utils.flop_counter`` (which counts 2 FLOPs per MAC) and halves its total.

@@ -1,4 +1,4 @@
-"""Preprocessing the public MobileViT weights expect: short side 288, center crop 256, [0, 1], BGR."""
+"""Preprocessing the public MobileViT weights expect (the facts live in ``mobilevit.config.Preprocessing``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,9 +11,9 @@ from .config import MobileViTConfig, Preprocessing
 def resize_and_crop(rgb: np.ndarray, size: int, resize_short_side: int | None = None) -> np.ndarray:
     """Resize the short side (bilinear), center-crop ``size x size``; uint8 RGB in and out.
 
-    ``resize_short_side`` defaults to ``size * 288 / 256``, the ratio of the public eval pipeline.
+    ``resize_short_side`` defaults to the public eval pipeline's ratio (``Preprocessing.short_side``).
     """
-    short = resize_short_side or int(round(size * 288 / 256))
+    short = resize_short_side or Preprocessing().short_side(size)
     img = Image.fromarray(rgb)
     w, h = img.size
     scale = short / min(w, h)
@@ -35,7 +35,7 @@ def to_tensor(rgb_crops: list[np.ndarray] | np.ndarray, pre: Preprocessing = Pre
 def preprocess(images: list[np.ndarray], cfg: MobileViTConfig, size: int | None = None) -> torch.Tensor:
     """Full eval pipeline for a list of uint8 RGB images."""
     size = size or cfg.preprocessing.crop_size
-    short = cfg.preprocessing.resize_short_side * size // cfg.preprocessing.crop_size
+    short = cfg.preprocessing.short_side(size)
     return to_tensor([resize_and_crop(im, size, short) for im in images], cfg.preprocessing)
 
 

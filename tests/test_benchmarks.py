@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.device import adb_devices, parse_benchmark_model, run_on_android
+from benchmarks.device import adb_devices, android_status, parse_benchmark_model, run_on_android
 from benchmarks.report import flat_rows, render_markdown, target_status
 from benchmarks.stats import gflops, summarize
 from export.validate import drift
@@ -46,7 +46,7 @@ def test_benchmark_model_parser_on_real_output():
     assert desktop["timings_us"]["Init"] == 17187
     assert desktop["timings_us"]["First inference"] == 3512391
     assert desktop["timings_us"]["Inference (avg)"] == pytest.approx(2.95034e6)
-    assert len(desktop["runs"]) == 1 and desktop["runs"][0]["count"] == 50  # the profiler summary is not a run
+    assert len(desktop["runs"]) == 1 and desktop["runs"][0]["count"] == 50  # not the profiler's summary
     assert desktop["inference_avg_us"] == pytest.approx(2.95034e6)
     assert desktop["memory_mb"] == {"init": 4.21094, "overall": 46.0859}
     phone = parse_benchmark_model((DATA / "benchmark_model_android_yolov5.txt").read_text())
@@ -60,16 +60,18 @@ def test_no_device_is_said_and_skipped(tmp_path, capsys):
         pytest.skip("an Android device is attached")
     assert run_on_android(tmp_path / "m.tflite", tmp_path / "benchmark_model") is None
     assert "no Android device attached" in capsys.readouterr().out
+    status = android_status(tmp_path / "benchmark_model")
+    assert status["available"] is False and status["reason"].startswith("skipped: ")
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """xx_small, onnxruntime fp32 (+ torch, + HF baseline), few repeats: writes JSON/CSV/MD/PNG."""
+    """xx_small, onnxruntime fp32 (+ torch, + HF baselines), few repeats: writes JSON/CSV/MD/PNG."""
     from benchmarks.__main__ import main
 
     out = tmp_path_factory.mktemp("bench")
-    assert main(["--runtimes", "torch,onnxruntime", "--precisions", "fp32", "--threads", "1,2", "--repeats", "5",
-                 "--num-images", "4", "--out", str(out)]) == 0
+    assert main(["--targets", "pytorch,onnx", "--precisions", "fp32", "--threads", "1,2",
+                 "--repeats", "10", "--num-images", "4", "--out", str(out)]) == 0
     return out
 
 
@@ -86,31 +88,55 @@ def test_json_schema_numbers_are_numbers(tiny_run):
     variant = result["variants"][0]
     assert variant["variant"] == "xx_small" and isinstance(variant["macs"], int)
     names = {r["name"] for r in variant["rows"]}
-    assert {"pytorch fp32", "onnxruntime fp32", "baseline HF onnxruntime fp32"} <= names
+    assert {"pytorch fp32", "onnxruntime fp32", "baseline hf-as-is onnxruntime fp32",
+            "baseline hf-our-exporter onnxruntime fp32"} <= names
     for row in variant["rows"]:
         for key in ("variant", "name", "runtime", "version", "precision", "source", "patches", "attention"):
             assert isinstance(row[key], str)
         for threads, lat in row["latency"].items():
-            assert threads in ("1", "2") and len(lat["samples_ms"]) == 5  # one round of BLOCK = 5
-            for key in ("median_ms", "iqr_ms", "p90_ms", "gflops", "fraction_of_peak"):
+            assert threads in ("1", "2") and len(lat["samples_ms"]) == 10  # two rounds of BLOCK = 5
+            for key in ("median_ms", "iqr_ms", "p90_ms", "gflops", "ci95_low_ms", "ci95_high_ms"):
                 assert isinstance(lat[key], float) and lat[key] > 0
+            assert lat["ci95_low_ms"] <= lat["median_ms"] <= lat["ci95_high_ms"]
+            if row["precision"] in ("fp32", "fp32-cl"):  # fraction of the fp32 peak, flagged if above it
+                assert lat["peak_kind"] == "fp32" and lat["over_peak"] == (lat["fraction_of_peak"] > 1.0)
+            else:  # bf16: no peak of its kind was measured, so no fraction at all
+                assert lat["peak_kind"] is None and lat["fraction_of_peak"] is None
         for key in ("max_abs", "cosine_min", "top1_agreement", "top5_agreement"):
             assert isinstance(row["drift"][key], float)
     ours = next(r for r in variant["rows"] if r["name"] == "onnxruntime fp32")
     assert ours["within_tolerance"] is True and ours["drift"]["max_abs_rel"] < 1e-4
-    base = next(r for r in variant["rows"] if r["source"] == "hf-baseline")
-    assert base["drift"]["cosine_min"] > 0.99999  # the baseline carries the very same weights
+    for t in ("1", "2"):
+        settings = ours["latency"][t]["settings"]
+        assert settings["intra_op.allow_spinning"] == 0 and settings["threads"] == int(t)
+    for base in (r for r in variant["rows"] if r["source"] != "ours"):
+        assert base["drift"]["cosine_min"] > 0.99999  # the baselines carry the very same weights
+    meta = result["meta"]
+    assert meta["noisy_threads"] == {"1": False, "2": (meta["machine"]["logical_cores"] or 1) <= 4}
+    assert meta["headline_threads"] == 1 and meta["command"].startswith("python -m benchmarks --targets")
+    orders = variant["round_orders"]["1"]
+    assert len(orders) == 2 and all(sorted(o) == sorted(names) for o in orders)  # every row, once a round
+    peaks = variant["peaks"]
+    for when in ("start", "end"):
+        assert set(peaks[when]["fp32_gflops"]) == {"1", "2"} and peaks[when]["int8_gops"]["1"] > 0
+    for t in ("1", "2"):
+        for target in variant["targets"][t]:
+            assert target["status"] in ("met", "not met", "undecided", "not measured"), target
+            if target["value"] is not None:
+                assert target["ci95_low"] <= target["value"] <= target["ci95_high"]
 
 
 def test_csv_has_one_header_and_numeric_columns(tiny_run):
     import csv
 
     lines = (tiny_run / "bench.csv").read_text().splitlines()
-    assert sum(line.startswith("variant,") for line in lines) == 1
+    assert sum(line.startswith("cpu,logical_cores,variant,") for line in lines) == 1
     rows = list(csv.DictReader(lines))
-    assert len(rows) == 5 * 2  # (3 torch rows, ours, baseline) x two thread counts
-    float(rows[0]["median_ms"])
-    float(rows[0]["cosine_min"])
+    assert len(rows) == 6 * 2  # (3 torch rows, ours, 2 baselines) x two thread counts
+    for key in ("median_ms", "ci95_low_ms", "ci95_high_ms", "p25_ms", "p75_ms", "cosine_min", "max_abs",
+                "logical_cores"):
+        float(rows[0][key])
+    assert rows[0]["cpu"] and rows[0]["threads"] == "1"
 
 
 def test_markdown_is_rendered_from_the_json(tiny_run):
@@ -118,10 +144,15 @@ def test_markdown_is_rendered_from_the_json(tiny_run):
     md = render_markdown(result)
     assert md == (tiny_run / "bench.md").read_text()
     assert "| onnxruntime 1.32.0 | fp32 | ours | slice / split |" in md
-    assert "onnxruntime fp32 / HF baseline" in md
+    assert "- onnxruntime fp32 / HF as-is: " in md and "(the rewrites alone)" in md
+    assert "ms @2 thr (noisy) [95% CI]" in md or not result["meta"]["noisy_threads"]["2"]
+    assert "| onnx | fp32 | 0.0001 | 0.99999 | 100% |" in md  # the tolerance table of the rows measured
+    assert "channels-last" in md and "bf16 autocast" in md  # does either help PyTorch eager?
+    assert "Android (TFLite `benchmark_model` over adb): skipped" in md and "Performance" in md
     status = target_status(result["variants"][0], "2")
     assert status[0]["value"] is not None and status[0]["limit"] == 0.85
-    assert len(flat_rows(result)) == 10
+    assert status == result["variants"][0]["targets"]["2"]
+    assert len(flat_rows(result)) == 12
 
 
 def test_readme_blocks_are_filled_from_results(tmp_path):
@@ -147,6 +178,169 @@ def test_drift_localisation_names_the_first_bad_stage():
     model = synthetic_model("xx_small", patches="slice")
     x = sample_batch(model.cfg, 2).numpy()
     strict = localize(model, "onnx", "fp16", Tolerance(0.0, 1.1, 1.0), x, x)
-    assert strict["first_bad_stage"] == 0 and "stage 0" in strict["message"] and len(strict["stages"]) == 1
-    loose = localize(model, "onnx", "fp32", Tolerance(1e-3, 0.999, 0.0), x, x)
-    assert loose["first_bad_stage"] is None and len(loose["stages"]) == 5 and all(s["ok"] for s in loose["stages"])
+    assert strict["first_bad_stage"] == 0 and "stage 0" in strict["message"] and len(strict["points"]) == 1
+    loose = localize(model, "onnx", "fp32", Tolerance(1e-3, 0.999, 1.0), x, x)  # no top-1 on features
+    assert loose["first_bad_stage"] is None and len(loose["points"]) == 5
+    assert all(p["ok"] for p in loose["points"]) and "head" in loose["message"]
+
+
+def test_tflite_checkpoints_are_matched_by_structure_not_by_name():
+    """A stage whose strided inverted residual shares its shape with five other tensors (as in xx_small)."""
+    from benchmarks.localize import _Point, match_points
+
+    s0, s2, cat, tok = (1, 64, 64, 24), (1, 32, 32, 48), (1, 32, 32, 96), (4, 256, 64)
+    shapes = {0: s0, 1: s0, 2: s2, 3: s2, 4: s2, 5: s2, 6: tok, 7: tok, 8: s2, 9: cat, 10: s2,
+              11: (1, 16, 16, 64)}
+    ops = [{"op_name": "ADD", "inputs": [0], "outputs": [1]},  # stage 1 output
+           {"op_name": "DEPTHWISE_CONV_2D", "inputs": [1], "outputs": [2]},  # same shape as the residual
+           {"op_name": "CONV_2D", "inputs": [2], "outputs": [3]},  # the residual (project conv)
+           {"op_name": "CONV_2D", "inputs": [3], "outputs": [4]},  # conv_local
+           {"op_name": "RESHAPE", "inputs": [4], "outputs": [6]},
+           {"op_name": "ADD", "inputs": [6], "outputs": [7]},  # tokens after LayerNorm
+           {"op_name": "RESHAPE", "inputs": [7], "outputs": [5]},
+           {"op_name": "CONV_2D", "inputs": [5], "outputs": [8]},  # conv_proj
+           {"op_name": "CONCATENATION", "inputs": [3, 8], "outputs": [9]},
+           {"op_name": "CONV_2D", "inputs": [9], "outputs": [10]},  # fusion: stage 2 output
+           {"op_name": "CONV_2D", "inputs": [10], "outputs": [11]}]
+    points = [_Point("s1", 1, "output", s0), _Point("res", 2, "residual", s2),
+              _Point("tok", 2, "tokens", tok), _Point("s2", 2, "output", s2)]
+    assert match_points(points, ops, shapes) == [1, 3, 7, 10]
+    missing = [_Point("s3", 3, "output", (1, 8, 8, 80))]
+    assert match_points(missing, ops, shapes) == [None]
+
+
+def test_markdown_localisation_and_over_tolerance_rows():
+    from benchmarks.report import render_markdown
+
+    lat = {"median_ms": 5.0, "iqr_ms": 0.1, "p25_ms": 4.9, "p75_ms": 5.0, "spread_warning": False,
+           "ci95_low_ms": 4.9, "ci95_high_ms": 5.1, "gflops": 100.0, "peak_kind": "int8",
+           "fraction_of_peak": 100 / 900, "over_peak": False}
+    d = {"max_abs": 1.0, "mean_abs": 0.1, "cosine_min": 0.5, "top1_agreement": 0.25, "top5_agreement": 0.5}
+    loc = {"message": "drift appears at stage 2 inverted residual (stride 8)",
+           "method": "intermediate tensors",
+           "points": [{"point": "stage 1 output", "stage": 1, "cosine_min": 0.93, "max_abs_rel": 0.16,
+                       "ok": True},
+                      {"point": "stage 2 inverted residual", "stage": 2, "cosine_min": 0.88,
+                       "max_abs_rel": 0.2, "ok": False}],
+           "builtin_kernels_logits": {"cosine_min": 0.6, "max_abs_rel": 0.7, "top1_agreement": 0.25}}
+    row = {"variant": "xx_small", "name": "litert int8", "runtime": "litert", "target": "tflite",
+           "version": "2.1.0", "precision": "int8", "source": "ours", "patches": "slice",
+           "attention": "split", "drift": d, "latency": {"1": lat}, "within_tolerance": False,
+           "localization": loc, "tolerance": {"max_abs_rel": 0.6, "cosine_min": 0.9, "top1_min": 0.5}}
+    result = {"meta": {"created": "now", "command": "python -m benchmarks", "seed": 0,
+                       "machine": {"cpu": "cpu", "logical_cores": 2}, "weights": "w",
+                       "repeats": 5, "images": 4, "threads": [1], "seconds": 1.0,
+                       "android": {"available": False, "reason": "skipped: adb is not installed"}},
+              "variants": [{"variant": "xx_small", "macs": 10 ** 9, "rows": [row], "targets": {"1": []},
+                            "peaks": {"used": {"fp32_gflops": {"1": 200.0}, "int8_gops": {"1": 900.0}}}}]}
+    md = render_markdown(result)
+    assert "| **over** |" in md and "1.00e+00 | 0.50000 | 25% | 50% |" in md
+    assert "- **litert int8**: drift appears at stage 2 inverted residual (stride 8)" in md
+    assert "stage 2 inverted residual: cos 0.8800, rel 0.2 ✗" in md and "(no XNNPACK): cos 0.6000" in md
+    assert "| tflite | int8 | 0.6 | 0.9 | 50% |" in md and "skipped: adb is not installed" in md
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--targets", "pytorch,tensorrt"], "--targets: unknown tensorrt; choose from pytorch, coreml, onnx, tflite"),
+    (["--variants", "large"], "--variants: unknown large; choose from xx_small, x_small, small"),
+    (["--precisions", "int4"], "--precisions: unknown int4"),
+    (["--threads", "0"], "--threads: expected positive integers"),
+    (["--repeats", "0"], "--repeats must be at least 1"),
+])
+def test_bad_arguments_stop_with_the_valid_choices(argv, says, capsys):
+    from benchmarks.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------- methodology on hand-made samples
+def _row(name, samples, source="ours", runtime="onnxruntime", precision="fp32", top1=1.0):
+    return {"name": name, "source": source, "runtime": runtime, "precision": precision,
+            "drift": {"top1_agreement": top1}, "latency": {"1": {"samples_ms": samples,
+                                                                "median_ms": float(np.median(samples))}}}
+
+
+def _status(rows, label):
+    return next(t for t in target_status({"rows": rows}, "1") if t["target"].startswith(label))
+
+
+def test_a_target_is_met_only_when_the_whole_interval_is_on_its_side():
+    rng = np.random.default_rng(0)
+    base = list(10 + rng.normal(0, 0.1, 40))
+    clear = [_row("onnxruntime fp32", list(5 + rng.normal(0, 0.05, 40))),
+             _row("baseline hf-as-is onnxruntime fp32", base, source="hf-as-is")]
+    t = _status(clear, "onnxruntime fp32 / HF as-is")
+    assert t["status"] == "met" and t["ci95_high"] < 0.85 and 0.45 < t["value"] < 0.55  # 5 ms / 10 ms
+    slow = [_row("onnxruntime fp32", list(9.5 + rng.normal(0, 0.05, 40))), clear[1]]
+    assert _status(slow, "onnxruntime fp32 / HF as-is")["status"] == "not met"  # ~0.95, all above 0.85
+    # bimodal: half the runs at 7.5 ms, half at 9.5 ms -> the median's interval spans 0.75..0.95
+    bimodal = [_row("onnxruntime fp32", [7.5] * 20 + [9.5] * 21), clear[1]]
+    t = _status(bimodal, "onnxruntime fp32 / HF as-is")
+    assert t["status"] == "undecided" and t["ci95_low"] < 0.85 < t["ci95_high"]
+    assert _status(clear, "TFLite fp32 / HF as-is")["status"] == "not measured"
+
+
+def test_int8_speed_up_needs_speed_and_agreement():
+    fp32 = _row("onnxruntime fp32", [10.0] * 20)
+    fast_but_wrong = _row("onnxruntime int8", [4.0] * 20, precision="int8", top1=0.9)
+    t = _status([fp32, fast_but_wrong], "fastest int8")
+    assert t["value"] == pytest.approx(2.5) and t["status"] == "not met"  # 2.5x, but 90% agreement
+    right = _row("onnxruntime int8", [4.0] * 20, precision="int8", top1=1.0)
+    assert _status([fp32, right], "fastest int8")["status"] == "met"
+    slow = _row("onnxruntime int8", [8.0] * 20, precision="int8")
+    assert _status([fp32, slow], "fastest int8")["value"] == pytest.approx(1.25)
+
+
+def test_fraction_of_peak_only_against_the_matching_peak_and_flagged_above_it():
+    from benchmarks.harness import _roofline
+
+    peaks = {"fp32_gflops": {"1": 100.0}, "int8_gops": {"1": 1000.0}}
+    macs = 500_000_000  # 1 GFLOP per run: 10 ms -> 100 GFLOP/s, 5 ms -> 200 GFLOP/s
+    at_peak, over, int8, fp16 = {"median_ms": 10.0}, {"median_ms": 5.0}, {"median_ms": 5.0}, {"median_ms": 5.0}
+    _roofline(at_peak, "fp32", macs, peaks, "1")
+    _roofline(over, "fp32", macs, peaks, "1")
+    _roofline(int8, "int8_dynamic", macs, peaks, "1")
+    _roofline(fp16, "fp16", macs, peaks, "1")
+    assert at_peak["fraction_of_peak"] == pytest.approx(1.0) and at_peak["over_peak"] is False
+    assert over["fraction_of_peak"] == pytest.approx(2.0) and over["over_peak"] is True
+    assert int8["peak_kind"] == "int8" and int8["fraction_of_peak"] == pytest.approx(0.2)
+    assert fp16["fraction_of_peak"] is None and fp16["gflops"] == pytest.approx(200.0)
+
+
+class _SlowPrepare:
+    """A runner whose input conversion takes 30 ms and whose call takes none."""
+
+    timeable = True
+
+    def __init__(self):
+        self.calls = 0
+
+    def prepare(self, x):
+        import time
+
+        time.sleep(0.03)
+        return x
+
+    def run(self, feed):
+        self.calls += 1
+        return feed
+
+
+def test_latency_times_the_call_only_in_seeded_shuffled_rounds():
+    from benchmarks.harness import Entry, measure_latency
+
+    def entries():
+        return [Entry(f"row{i}", "fake", "pytorch", "fp32", "ours", "-", "-", lambda t: _SlowPrepare())
+                for i in range(4)]
+
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    first, again = entries(), entries()
+    orders = measure_latency(first, [1], repeats=30, warmup=1, x=x, seed=3)
+    assert orders == measure_latency(again, [1], repeats=30, warmup=1, x=x, seed=3)  # recorded and repeatable
+    assert len(orders["1"]) == 6 and all(sorted(o) == [f"row{i}" for i in range(4)] for o in orders["1"])
+    assert len({tuple(o) for o in orders["1"]}) > 1  # shuffled, not a fixed order
+    for e in first:
+        lat = e.results["latency"]["1"]
+        assert lat["n"] == 30 and lat["median_ms"] < 5.0  # the 30 ms conversion is not in the timing

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from coremltools.converters.mil import Builder as mb
 
-from export.coreml import CoreMLOptions, convert_coreml
+from export import convert
 from export.coreml_reference import CoreMLReference, CoreMLReferenceError, CoreMLReferenceRunner, UnsupportedOpError
 from export.runners import coreml_runtime_available
 from export.validate import drift
@@ -153,9 +153,7 @@ def photos_xxs():
 
 def _export(tmp_path_factory, variant, strategy, precision, attention="split", output="logits"):
     model = synthetic_model(variant, patches=strategy).set_attention(attention)
-    path = tmp_path_factory.mktemp("ml") / f"{variant}-{strategy}-{precision}.mlpackage"
-    opts = CoreMLOptions(precision=precision, input_kind="tensor", output_kind=output)
-    convert_coreml(model, opts).save(str(path))
+    path = convert(model, "coreml", precision, tmp_path_factory.mktemp("ml"), input_kind="tensor", output_kind=output)
     return model, path
 
 
@@ -283,8 +281,7 @@ def test_image_input_and_classifier_like_an_app(tmp_path_factory, photos_xxs):
     from mobilevit.labels import imagenet_labels
 
     model = synthetic_model("xx_small", patches="pixel_shuffle")
-    path = tmp_path_factory.mktemp("img") / "m.mlpackage"
-    convert_coreml(model, CoreMLOptions(precision="fp32", labels=tuple(imagenet_labels()))).save(str(path))
+    path = convert(model, "coreml", "fp32", tmp_path_factory.mktemp("img"), labels=tuple(imagenet_labels()))
     bgr = photos_xxs[0]
     rgb_u8 = np.round(bgr[::-1].transpose(1, 2, 0) * 255).astype(np.uint8)
     out = CoreMLReference(path).predict({"image": Image.fromarray(rgb_u8)})

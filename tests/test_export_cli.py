@@ -72,6 +72,21 @@ def test_failed_validation_writes_nothing(tmp_path, capsys, monkeypatch):
     assert list(out.iterdir()) == []
 
 
+def test_a_partly_failed_export_says_exactly_what_was_published(tmp_path, capsys, monkeypatch):
+    """fp32 passes and is published; int8 is held to a limit nothing meets and is not; the CLI says which."""
+    from export import config
+
+    monkeypatch.setitem(config.TOLERANCES, ("onnx", "int8"), config.Tolerance(0.0, 1.1, 1.0))
+    out = tmp_path / "out"
+    code, err = _run(["onnx", "--variant", "xx_small", "--precision", "fp32,int8", "--out", str(out)], capsys)
+    assert code == EXIT_VALIDATION
+    published = out / "mobilevit_xx_small_onnx_fp32" / "mobilevit_xx_small_fp32.onnx"
+    assert published.exists() and not (out / "mobilevit_xx_small_onnx_int8").exists()
+    assert f"Published (passed validation): {published}" in err and "Not published: onnx int8" in err
+    assert "Nothing was written" not in err and "onnx int8 artifact failed validation" in err
+    assert sorted(p.name for p in out.iterdir()) == ["mobilevit_xx_small_onnx_fp32"]  # no build leftovers
+
+
 def test_interrupted_conversion_leaves_nothing(tmp_path, capsys, monkeypatch):
     import export.onnx
 

@@ -1,0 +1,167 @@
+"""What the user asked for, resolved and checked before any work: the request stage of an export.
+
+``resolve`` fills the target's defaults and refuses anything the exporter cannot honour; then the
+model, its labels and the real photos for validation and calibration are loaded from it.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from mobilevit import DEFAULT_SIZE, MobileViT, get_config
+from mobilevit.model import ATTENTION_LAYOUTS
+from mobilevit.patches import get_strategy
+
+from .config import check_precision, check_sizes, target_config
+from .convert import CALIBRATION_IMAGES, calibration_photos
+from .errors import ExportConfigError
+
+# How many real photos each artifact is validated on (a seed apart from the calibration photos).
+VALIDATION_IMAGES = 16
+VALIDATION_SEED = 1
+DYNAMIC_HW_SIZES = (128, 192, 320, 384)  # extra sizes a dynamic-H/W ONNX model is validated at
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """Everything the CLI can ask for; ``None`` means the target's default."""
+
+    target: str
+    variant: str | None = "small"  # None: the checkpoint's own variant (or small without --weights)
+    weights: str | None = None
+    precisions: tuple[str, ...] = ()
+    patches: str | None = None
+    attention: str | None = None  # batched | split
+    sizes: tuple[int, ...] = (DEFAULT_SIZE,)
+    out: Path = Path("artifacts")
+    force: bool = False
+    input_kind: str = "image"  # Core ML: image | tensor
+    output_kind: str = "classifier"  # Core ML: classifier | logits
+    dynamic_hw: bool = False  # ONNX: symbolic height/width
+    images: str | None = None  # folder of the user's own photos for validation/calibration
+
+    def target_options(self) -> dict:
+        """The keyword options this request passes to ``export.convert`` for its target."""
+        if self.target == "coreml":
+            return {"input_kind": self.input_kind, "output_kind": self.output_kind}
+        if self.target == "onnx":
+            return {"dynamic_hw": self.dynamic_hw}
+        return {}
+
+
+@dataclass
+class Weights:
+    """Where the exported weights came from, for the manifest and the model card."""
+
+    origin: str
+    synthetic: bool
+    sha256: str | None = None
+    format: str | None = None
+    class_names: tuple[str, ...] | None = None
+
+    def to_dict(self) -> dict:
+        return {"origin": self.origin, "synthetic": self.synthetic, "sha256": self.sha256, "format": self.format}
+
+
+def say(msg: str) -> None:
+    print(f"[export] {msg}", file=sys.stderr, flush=True)
+
+
+def resolve(req: ExportRequest) -> ExportRequest:
+    """Fill target defaults and refuse anything the exporter cannot honour, before any work."""
+    cfg = target_config(req.target)
+    if req.variant is None:
+        from mobilevit.checkpoints import load_checkpoint
+
+        req = replace(req, variant=load_checkpoint(req.weights).variant if req.weights else "small")
+    req = replace(req, variant=get_config(req.variant).name)
+    precisions = tuple(dict.fromkeys(req.precisions or (cfg.default_precision,)))
+    for p in precisions:
+        check_precision(req.target, p)
+    patches = get_strategy(req.patches or cfg.default_patches).name
+    attention = req.attention or cfg.default_attention
+    if attention not in ATTENTION_LAYOUTS:
+        raise ExportConfigError(
+            f"unknown attention layout {attention!r}; choose one of: {', '.join(ATTENTION_LAYOUTS)}")
+    sizes = check_sizes(req.target, tuple(req.sizes) or (DEFAULT_SIZE,))
+    if req.dynamic_hw and req.target != "onnx":
+        raise ExportConfigError("--dynamic-hw applies to ONNX only")
+    if req.dynamic_hw and sizes[0] % 64:
+        raise ExportConfigError(f"--dynamic-hw needs --size to be a multiple of 64 (e.g. {DEFAULT_SIZE})")
+    from .convert import target_options
+
+    req = replace(req, precisions=precisions, patches=patches, attention=attention, sizes=sizes, out=Path(req.out))
+    target_options(req.target, req.target_options())  # refuses bad option values now, not after loading
+    return req
+
+
+def destination(req: ExportRequest, precision: str) -> Path:
+    extra = "" if req.sizes == (DEFAULT_SIZE,) else "_" + "-".join(str(s) for s in req.sizes)
+    return req.out / f"mobilevit_{req.variant}_{req.target}_{precision}{extra}"
+
+
+def load_model(req: ExportRequest) -> tuple[MobileViT, Weights]:
+    """The model to export (with the request's patches and attention) and where its weights came from."""
+    from mobilevit.synthetic import SYNTHETIC_ORIGIN, synthetic_model
+
+    if req.weights:
+        from mobilevit.checkpoints import CheckpointError, load_checkpoint
+        from mobilevit.checkpoints import load_model as load_checkpoint_model
+
+        ckpt = load_checkpoint(req.weights)
+        if ckpt.variant != get_config(req.variant).name:
+            raise CheckpointError(
+                f"{req.weights} holds MobileViT {ckpt.variant} weights ({ckpt.format} format) but "
+                f"--variant is {req.variant}: pass --variant {ckpt.variant}")
+        model = load_checkpoint_model(req.weights, variant=ckpt.variant, patches=req.patches)
+        weights = Weights(f"{ckpt.format}:{Path(req.weights).name}", False, ckpt.sha256, ckpt.format,
+                          tuple(ckpt.class_names) if ckpt.class_names else None)
+        return model.set_attention(req.attention).eval(), weights
+    say("=" * 78)
+    say(f"NO --weights GIVEN: exporting MobileViT {req.variant} with CALIBRATED SYNTHETIC WEIGHTS.")
+    say("The artifact is real and validated, but its predictions are meaningless.")
+    say("Export a real checkpoint with WEIGHTS=path/to/checkpoint (make) or --weights (CLI).")
+    say("=" * 78)
+    model = synthetic_model(req.variant, patches=req.patches).set_attention(req.attention)
+    return model, Weights(SYNTHETIC_ORIGIN, True)
+
+
+def labels(model: MobileViT, weights: Weights) -> list[str]:
+    from mobilevit.labels import class_names
+
+    return class_names(model.cfg.num_classes, weights.class_names)
+
+
+def validation_photos(req: ExportRequest, cfg) -> dict[int, np.ndarray]:
+    """Preprocessed real photos per validation size: the user's folder, or views of bundled photos."""
+    from mobilevit.images import load_folder, photo_variants
+    from mobilevit.preprocess import preprocess
+
+    def batch(size: int, count: int, seed: int) -> np.ndarray:
+        images = load_folder(req.images, limit=count) if req.images else photo_variants(count, seed=seed)
+        return preprocess(images, cfg, size).numpy()
+
+    val = {s: batch(s, VALIDATION_IMAGES, VALIDATION_SEED) for s in req.sizes}
+    if req.dynamic_hw:
+        val.update({s: batch(s, 4, VALIDATION_SEED + 1) for s in DYNAMIC_HW_SIZES if s not in val})
+    return val
+
+
+def calibration(req: ExportRequest, cfg) -> np.ndarray:
+    """Calibration photos that validation does not use: from a user folder, the images after the first
+    ``VALIDATION_IMAGES`` (all of them, with a warning, if the folder holds no more)."""
+    if not req.images:
+        return calibration_photos(cfg, req.sizes[0], CALIBRATION_IMAGES)
+    from mobilevit.images import load_folder
+    from mobilevit.preprocess import preprocess
+
+    images = load_folder(req.images, limit=VALIDATION_IMAGES + CALIBRATION_IMAGES)
+    if len(images) > VALIDATION_IMAGES:
+        images = images[VALIDATION_IMAGES:]
+    else:
+        say(f"{req.images} holds {len(images)} images: int8 is calibrated on the photos it is validated on; "
+            f"give {VALIDATION_IMAGES + 1} or more to keep them apart")
+    return preprocess(images, cfg, req.sizes[0]).numpy()

@@ -1,0 +1,39 @@
+"""TFLite drift localisation on a real onnx2tf artifact (one conversion, about a minute)."""
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tflite_fp32(tmp_path_factory):
+    from export import convert, with_target_defaults
+    from mobilevit.preprocess import sample_batch
+    from mobilevit.synthetic import synthetic_model
+
+    model = with_target_defaults(synthetic_model("xx_small"), "tflite")
+    x = sample_batch(model.cfg, 3).numpy()
+    path = convert(model, "tflite", "fp32", tmp_path_factory.mktemp("tfl"), calibration=x)
+    return model, path, x
+
+
+def test_every_checkpoint_is_found_and_matches_pytorch_in_fp32(tflite_fp32):
+    """A wrong match would show as a large drift: fp32 must agree to ~1e-6 at all 11 checkpoints."""
+    from benchmarks.localize import localize_tflite
+    from export.config import TOLERANCES
+
+    model, path, x = tflite_fp32
+    res = localize_tflite(model, path, TOLERANCES[("tflite", "fp32")], x)
+    assert res["unmatched"] == [] and len(res["points"]) == 2 + 3 * 3  # 2 MV2 stages, 3 MobileViT stages
+    assert all(p["ok"] and p["max_abs_rel"] < 1e-4 and p["cosine_min"] > 0.99999 for p in res["points"])
+    assert res["first_bad_stage"] is None and "head" in res["message"]
+    assert res["builtin_kernels_logits"]["top1_agreement"] == 1.0
+
+
+def test_a_tolerance_nothing_meets_blames_the_first_checkpoint(tflite_fp32):
+    from benchmarks.localize import localize_tflite
+    from export.config import Tolerance
+
+    model, path, x = tflite_fp32
+    res = localize_tflite(model, path, Tolerance(0.0, 1.1, 1.0), x)
+    assert res["first_bad_stage"] == 0 and res["first_bad_point"] == "stage 0 output"
+    assert res["message"] == "drift appears at stage 0 output (stride 2)"

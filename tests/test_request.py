@@ -1,0 +1,56 @@
+"""The request stage: defaults resolved and bad requests refused before any work (no conversion here)."""
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from export.errors import ExportConfigError
+from export.request import (
+    VALIDATION_IMAGES,
+    ExportRequest,
+    calibration,
+    destination,
+    resolve,
+    validation_photos,
+)
+from mobilevit import get_config
+
+
+def test_defaults_come_from_the_target_registry():
+    req = resolve(ExportRequest(target="onnx", variant="xx_small", precisions=("int8", "fp32", "int8")))
+    assert req.precisions == ("int8", "fp32") and req.patches == "slice" and req.attention == "split"
+    assert req.sizes == (256,) and destination(req, "int8") == Path("artifacts/mobilevit_xx_small_onnx_int8")
+    coreml = resolve(ExportRequest(target="coreml", variant="xx_small", sizes=(256, 192)))
+    assert coreml.precisions == ("fp16",) and coreml.patches == "pixel_shuffle"
+    assert destination(coreml, "fp16").name == "mobilevit_xx_small_coreml_fp16_256-192"
+
+
+@pytest.mark.parametrize("kw, says", [
+    ({"target": "coreml", "input_kind": "video"}, "unknown input kind 'video'; choose one of: image, tensor"),
+    ({"target": "coreml", "output_kind": "boxes"}, "unknown output kind 'boxes'"),
+    ({"target": "onnx", "sizes": (256, 320)}, "onnx exports one size"),
+    ({"target": "onnx", "dynamic_hw": True, "sizes": (224,)}, "needs --size to be a multiple of 64"),
+    ({"target": "tflite", "attention": "sideways"}, "unknown attention layout 'sideways'"),
+])
+def test_bad_requests_are_refused_at_resolution(kw, says):
+    with pytest.raises(ExportConfigError, match=re.escape(says)):
+        resolve(ExportRequest(variant="xx_small", **kw))
+
+
+def test_a_user_folder_keeps_calibration_apart_from_validation(tmp_path):
+    """With enough images, int8 is calibrated on photos validation never sees."""
+    from mobilevit.images import photo_variants
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, img in enumerate(photo_variants(VALIDATION_IMAGES + 6, seed=5)):
+        Image.fromarray(img).save(folder / f"{i:03d}.png")
+    req = resolve(ExportRequest(target="onnx", variant="xx_small", images=str(folder)))
+    cfg = get_config("xx_small")
+    val, cal = validation_photos(req, cfg)[256], calibration(req, cfg)
+    assert len(val) == VALIDATION_IMAGES and len(cal) == 6
+    flat_val = {v.tobytes() for v in val}
+    assert not any(c.tobytes() in flat_val for c in cal)
+    assert val.dtype == np.float32 and val.shape[1:] == (3, 256, 256)
