@@ -134,7 +134,7 @@ def artifact_entry(target: str, precision: str, source: str, labels: tuple[str, 
     entry = Entry(f"{prefix}{runner.runtime} {precision}", runner.runtime, target, precision, source, *labels,
                   factory, runner.version, str(path), dict(runner.settings))
     if not runner.timeable:
-        entry.latency_skip = f"skipped: {runner.runtime} is a reference executor (Core ML timing needs macOS)"
+        entry.latency_skip = "skipped: reference executor; Core ML timing needs macOS"
     return entry
 
 

@@ -310,7 +310,7 @@ def plot(result: dict, out: Path, stem: str) -> dict[str, Path]:
         ax.invert_yaxis()
         ax.legend(loc="lower right", fontsize=8)
         ax.set_xlabel("latency, ms (median; bars: bootstrap 95% CI), batch 1")
-        ax.set_title(f"MobileViT {name}: latency per runtime and precision (grey: HF baselines)")
+        ax.set_title(f"MobileViT {name}: latency (grey: HF baselines)")
         paths[f"latency_{name}"] = _save(fig, out / f"{stem}_{name}_latency.png")
         fig, ax = plt.subplots(figsize=(7, 5))
         for r in rows:

@@ -344,3 +344,19 @@ def test_latency_times_the_call_only_in_seeded_shuffled_rounds():
     for e in first:
         lat = e.results["latency"]["1"]
         assert lat["n"] == 30 and lat["median_ms"] < 5.0  # the 30 ms conversion is not in the timing
+
+
+def test_readme_figures_are_the_committed_results_of_the_named_commands():
+    """`make readme` pasted the committed files, and those were made by the commands the README names."""
+    from benchmarks.readme import BLOCK, ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    blocks = {m.group("name"): m.group("body") for m in BLOCK.finditer(readme)}
+    assert set(blocks) == {"strategies", "bench", "accuracy"}
+    for name, body in blocks.items():
+        assert body.rstrip() == (ROOT / "benchmarks" / "results" / f"{name}.md").read_text().rstrip(), name
+    bench = json.loads((ROOT / "benchmarks" / "results" / "bench.json").read_text())["meta"]
+    assert bench["command"] == "python -m benchmarks --quick"
+    assert "`make bench` (`python -m benchmarks --quick`" in readme
+    strategies = json.loads((ROOT / "benchmarks" / "results" / "strategies.json").read_text())["meta"]
+    assert strategies["command"].strip() == "python -m benchmarks.strategies" and strategies["repeats"] == 50
