@@ -35,9 +35,6 @@ from .stats import gflops, summarize
 
 BLOCK = 5  # timed calls per row per round
 FEW_CORES = 4  # on a machine with this many logical cores or fewer, multi-thread figures are noisy
-SOURCES = {"ours": "our exporter, our rewrites (the target's defaults)",
-           "hf-as-is": "Hugging Face MobileViT, TorchScript exporter opset 17, no rewrites",
-           "hf-our-exporter": "Hugging Face MobileViT through our exporter settings, no rewrites"}
 
 
 @dataclass
@@ -48,7 +45,9 @@ class Entry:
     runtime: str
     target: str  # a registry target, or "pytorch"
     precision: str
-    source: str  # a key of SOURCES
+    # ours: our exporter with the target's rewrites | hf-as-is: Hugging Face MobileViT, TorchScript exporter,
+    # opset 17, no rewrites | hf-our-exporter: Hugging Face MobileViT through our exporter settings, no rewrites
+    source: str
     patches: str
     attention: str
     make_runner: Callable[[int], object] | None  # threads -> runner (prepare/run/__call__)

@@ -86,7 +86,7 @@ def measure(variants, targets, strategies, repeats: int, threads: int, out: Path
                                      latency_ms_ci95=[round(lat["ci95_low_ms"], 3), round(lat["ci95_high_ms"], 3)],
                                      runtime_version=e.version)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"command": "python -m benchmarks.strategies " + " ".join(sys.argv[1:]), "threads": threads,
+    meta = {"command": " ".join(["python -m benchmarks.strategies", *sys.argv[1:]]), "threads": threads,
             "repeats": repeats, "machine": platform.processor() or platform.machine(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "weights": "synthetic-calibrated"}
     (out / "strategies.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
