@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ExportError
+
 _DTYPES = {10: np.float16, 11: np.float32, 12: np.float64, 21: np.int8, 22: np.int16, 23: np.int32,
            24: np.int64, 31: np.uint8, 32: np.uint16, 33: np.uint32, 34: np.uint64, 1: np.bool_}
 _CAST = {"fp16": np.float16, "fp32": np.float32, "int32": np.int32, "int64": np.int64, "bool": np.bool_,
@@ -34,7 +36,7 @@ _BLOB_READERS = {10: "read_fp16_data", 11: "read_float_data", 21: "read_int8_dat
 _CHUNK = 32  # products per fp16 partial sum in the pessimistic mode
 
 
-class CoreMLReferenceError(RuntimeError):
+class CoreMLReferenceError(ExportError, RuntimeError):
     """The file is not an ML program this executor can run."""
 
 
