@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     import torch
 
-    from export.convert import CALIBRATION_IMAGES, CALIBRATION_SEED
+    from export.convert import calibration_photos
     from mobilevit.images import load_folder, photo_variants
     from mobilevit.preprocess import preprocess
     from mobilevit.synthetic import SYNTHETIC_ORIGIN, synthetic_model
@@ -107,7 +107,6 @@ def main(argv=None) -> int:
         photos = load_folder(args.images, limit=args.num_images)
     else:
         photos = photo_variants(args.num_images, 11)
-    calib_photos = photo_variants(CALIBRATION_IMAGES, seed=CALIBRATION_SEED)
     start = time.time()
     machine = machine_info()
     result = {"meta": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -127,7 +126,7 @@ def main(argv=None) -> int:
         else:
             model = synthetic_model(variant)
         images = preprocess(photos, model.cfg).numpy()
-        calib = preprocess(calib_photos, model.cfg).numpy()
+        calib = calibration_photos(model.cfg, images.shape[-1])
         with tempfile.TemporaryDirectory(prefix="bench-") as work:
             res = run_matrix(model, Path(work), targets=targets, precisions=precisions, threads=threads,
                              repeats=repeats, warmup=args.warmup, images=images, calibration=calib, seed=args.seed,

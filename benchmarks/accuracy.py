@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from export import TARGETS
+
 RESULTS = Path(__file__).parent / "results"
-
-from export import TARGETS  # noqa: E402
-
 MATRIX = {name: t.precisions for name, t in TARGETS.items()}  # every precision of every registered target
 
 

@@ -212,7 +212,7 @@ def localize_tflite(model: MobileViT, tflite_path: str | Path, tol: Tolerance, x
     values: list[list[np.ndarray]] = [[] for _ in points]
     logits = []
     for i in range(len(x)):
-        logits.append(runner._one(x[i:i + 1]))
+        logits.append(runner(x[i:i + 1]))
         for j, t in enumerate(tensors):
             if t is not None:
                 values[j].append(_dequantized(it, details[t]))

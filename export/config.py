@@ -147,7 +147,7 @@ def check_sizes(target: str, sizes: tuple[int, ...]) -> tuple[int, ...]:
         if not isinstance(s, int) or s % 32 or s < MIN_SIZE or s > MAX_SIZE:
             raise ExportConfigError(
                 f"size {s} is not accepted: MobileViT takes multiples of 32 between {MIN_SIZE} and {MAX_SIZE} "
-                "(e.g. 160, 192, 224, 256, 288, 320)")
+                f"(e.g. {', '.join(map(str, DEFAULT_ENUMERATED_SIZES))})")
     if len(sizes) > 1:
         if not target_config(target).multi_size:
             multi = [t.name for t in TARGETS.values() if t.multi_size]

@@ -1,7 +1,7 @@
-"""The package's errors: one ``ExportError`` base, one subclass per stage, each with its CLI exit code.
+"""The package's errors: one ``ExportError`` base, one subclass per stage.
 
 A caller that wants "anything the exporter refused or could not do" catches ``ExportError``;
-the CLI maps each subclass to its exit code (see ``export.__main__``).
+the CLI maps each subclass to its exit code (``export.__main__``, ``EXIT_*``).
 """
 from __future__ import annotations
 
@@ -9,31 +9,21 @@ from __future__ import annotations
 class ExportError(Exception):
     """Base of every error the exporter raises on purpose."""
 
-    exit_code = 1
-
 
 class ExportConfigError(ExportError, ValueError):
     """A request the exporter cannot honour (unknown target/precision/option, bad size): nothing was done."""
-
-    exit_code = 2
 
 
 class OutputError(ExportError):
     """The destination cannot be written (exists, unwritable, not a folder): nothing was done."""
 
-    exit_code = 2
-
 
 class ConversionError(ExportError):
     """A converter (coremltools, torch.onnx, onnxruntime quantization, onnx2tf) failed."""
 
-    exit_code = 4
-
 
 class RunnerUnavailable(ExportError):
     """The runtime cannot run here (e.g. Core ML prediction off macOS); the message says why."""
-
-    exit_code = 3
 
 
 class ValidationError(ExportError):
@@ -42,8 +32,6 @@ class ValidationError(ExportError):
     ``published`` names what an export of several precisions did publish before or after this
     failure (each precision is validated and published on its own).
     """
-
-    exit_code = 3
 
     def __init__(self, artifact: str, problems: list[str], published: tuple[str, ...] = ()):
         self.artifact = artifact

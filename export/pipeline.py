@@ -74,8 +74,9 @@ def run_export(req: ExportRequest) -> list[ExportResult]:
             report = validate_artifact(artifact, req.target, precision, torch_reference(model, classifier), val)
             for line in report.skipped:
                 say(f"{req.target} {precision}: {line}")
-            if not report.passed:
-                err = ValidationError(f"{req.target} {precision} artifact", report.problems)
+            try:
+                report.raise_if_failed(f"{req.target} {precision} artifact")
+            except ValidationError as err:
                 say(str(err))
                 failed.append(err)
                 continue

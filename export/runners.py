@@ -142,9 +142,6 @@ class LiteRTRunner(Runner):
             y = (y.astype(np.float32) - zero) * scale
         return y.astype(np.float32)
 
-    def _one(self, x: np.ndarray) -> np.ndarray:
-        return self.run(self.prepare(x))
-
 
 def coreml_runtime_available() -> tuple[bool, str]:
     """(True, "") on macOS with a loadable Core ML framework, else (False, reason)."""
