@@ -14,7 +14,7 @@ OUT ?= artifacts
 EXPORT_ARGS = $(if $(VARIANT),--variant $(VARIANT)) --out $(OUT) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
 	$(if $(PRECISION),--precision $(PRECISION)) $(if $(PATCHES),--patches $(PATCHES)) $(if $(FORCE),--force)
 
-.PHONY: setup test lint export-coreml export-onnx export-tflite export-all bench bench-full readme strategies \
+.PHONY: setup test lint export-coreml export-onnx export-tflite export-executorch export-all bench bench-full readme strategies \
 	finetune bench-accuracy clean
 
 setup: $(STAMP)
@@ -27,7 +27,7 @@ $(STAMP): requirements-torch.lock requirements.lock constraints.txt requirements
 	$(PYTHON) -m pip install -q -r requirements-torch.lock
 	$(PYTHON) -m pip install -q -r requirements.lock -c constraints.txt
 	$(PYTHON) -m pip install -q --no-deps -r requirements-nodeps.lock
-	$(PYTHON) -c "import torch, coremltools, onnxruntime, onnx2tf, ai_edge_litert; print('environment ok, torch', torch.__version__)"
+	$(PYTHON) -c "import torch, coremltools, onnxruntime, onnx2tf, ai_edge_litert, executorch.runtime; print('environment ok, torch', torch.__version__)"
 	touch $(STAMP)
 
 test: setup
@@ -44,6 +44,9 @@ export-onnx: setup
 
 export-tflite: setup
 	$(PYTHON) -m export tflite $(EXPORT_ARGS)
+
+export-executorch: setup
+	$(PYTHON) -m export executorch $(EXPORT_ARGS)
 
 export-all: setup
 	$(PYTHON) -m export all $(EXPORT_ARGS)

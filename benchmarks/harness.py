@@ -166,7 +166,7 @@ def build_entries(model: MobileViT, work: Path, targets: list[str], precisions: 
 # The baseline rows: (source, target, convert options). The HF model through our exporter (no
 # rewrites) separates the effect of our rewrites from the exporter's settings (opset 18, onnxsim).
 BASELINES = (("hf-as-is", "onnx", {"exporter": "as-is"}), ("hf-as-is", "tflite", {"exporter": "as-is"}),
-             ("hf-our-exporter", "onnx", {}))
+             ("hf-our-exporter", "onnx", {}), ("hf-as-is", "executorch", {"exporter": "as-is"}))
 
 
 def baseline_entries(model: MobileViT, work: Path, targets: list[str], calibration: np.ndarray) -> list[Entry]:

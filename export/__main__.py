@@ -16,18 +16,24 @@ EXIT_OK, EXIT_BAD_REQUEST, EXIT_VALIDATION, EXIT_CONVERSION = 0, 2, 3, 4
 
 def parser() -> argparse.ArgumentParser:
     from mobilevit import DEFAULT_SIZE, STRATEGIES, VARIANTS
+    from mobilevit.model import ATTENTION_LAYOUTS
+    from mobilevit.rewrites import REWRITES
 
     from .config import TARGETS
 
     p = argparse.ArgumentParser(
         prog="python -m export", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Export MobileViT to Core ML, ONNX or TFLite; every artifact is run in its "
+        description="Export MobileViT to Core ML, ONNX, TFLite or ExecuTorch; every artifact is run in its "
                     "runtime on real photographs and compared with PyTorch before it is written.",
         epilog="targets and precisions:\n" + "\n".join(
             f"  {name}: {', '.join(c.precisions)} (default {c.default_precision}; patches "
-            f"{c.default_patches})\n      {c.notes}" for name, c in TARGETS.items())
+            f"{c.default_patches}, attention {c.default_attention}"
+            f"{'; rewrites ' + ', '.join(c.rewrites) if c.rewrites else ''})\n      {c.notes}"
+            for name, c in TARGETS.items())
         + "\n\npatch strategies (unfold/fold rewrites, all exactly equal in fp32):\n" + "\n".join(
             f"  {s.name}: {s.doc}" for s in STRATEGIES.values())
+        + "\n\nmodel rewrites (equal to the reference within fp32 rounding):\n" + "\n".join(
+            f"  {r.name}: {r.summary}" for r in REWRITES.values())
         + "\n\nexit codes: 0 ok, 2 bad request, 3 validation failed, 4 conversion failed")
     p.add_argument("target", choices=[*TARGETS, "all"], help="what to export to")
     p.add_argument("--variant", default=None,
@@ -39,9 +45,10 @@ def parser() -> argparse.ArgumentParser:
                    help="comma-separated precisions (see below); default: the target's default")
     p.add_argument("--patches", default=None, choices=list(STRATEGIES),
                    help="unfold/fold strategy; default: the one measured best for the target")
-    p.add_argument("--attention", default=None, choices=["batched", "split"],
-                   help="attention layout: batched (public code, 4 transposes per layer) or split "
-                        "(heads as channel slices, 1 transpose per layer); default: the target's best")
+    p.add_argument("--attention", default=None, choices=list(ATTENTION_LAYOUTS),
+                   help="attention layout: batched (public code, 4 transposes per layer), split "
+                        "(heads as channel slices, 1 transpose per layer) or bmm (heads in the batch of "
+                        "3-D batched matmuls); default: the target's best")
     p.add_argument("--size", default=str(DEFAULT_SIZE),
                    help="input size, or a comma list for a multi-size Core ML model (e.g. 192,256,320)")
     p.add_argument("--out", default="artifacts", help="output folder (default artifacts/)")

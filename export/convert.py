@@ -12,6 +12,7 @@ converter; a converter's own exception comes back as :class:`ConversionError`.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
@@ -75,6 +76,8 @@ def convert_all(model: torch.nn.Module, target: str, precisions: Sequence[str], 
     (ONNX exports fp32 once; onnx2tf writes every TFLite precision in one run). ``model`` maps a
     float ``[B, 3, H, W]`` batch to logits; for a MobileViT, use :func:`with_target_defaults` to get the
     rewrites the target was measured best with. ``options`` are the target's (``export.config``).
+    The target's model rewrites (``TargetConfig.rewrites``) are applied to a copy of ``model``, unless
+    the options ask for the ``as-is`` exporter (the model exactly as given).
     """
     cfg = target_config(target)
     precisions = tuple(dict.fromkeys(precisions))
@@ -89,6 +92,10 @@ def convert_all(model: torch.nn.Module, target: str, precisions: Sequence[str], 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     converter = load(cfg.converter)
+    if cfg.rewrites and getattr(opts, "exporter", "ours") != "as-is":
+        from mobilevit.rewrites import apply_rewrites
+
+        model = apply_rewrites(copy.deepcopy(model), cfg.rewrites)
     try:
         with torch.no_grad():
             made = converter(model.eval(), precisions, workdir, sizes=sizes, calibration=calibration, options=opts)

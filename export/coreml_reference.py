@@ -360,6 +360,8 @@ OPS = {
     "silu": lambda i, a, ctx: _f32(i["x"]) / (1.0 + np.exp(-_f32(i["x"]))),
     "sigmoid": lambda i, a, ctx: 1.0 / (1.0 + np.exp(-_f32(i["x"]))),
     "relu": lambda i, a, ctx: np.maximum(_f32(i["x"]), 0),
+    # MIL rsqrt: 1 / sqrt(x + epsilon), epsilon 1e-12 unless given
+    "rsqrt": lambda i, a, ctx: 1.0 / np.sqrt(_f32(i["x"]) + np.float32(i.get("epsilon", 1e-12))),
     "add": _binary(np.add), "sub": _binary(np.subtract), "mul": _binary(np.multiply),
     "real_div": _binary(np.divide), "floor_div": _binary(np.floor_divide), "maximum": _binary(np.maximum),
     "minimum": _binary(np.minimum),

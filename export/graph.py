@@ -14,6 +14,7 @@ SHAPE_OPS = {
     "onnx": {"Shape", "Size", "ConstantOfShape", "Range", "Gather", "NonZero"},
     "tflite": {"SHAPE", "RANGE", "FILL", "GATHER", "GATHER_ND"},
     "coreml": {"shape", "gather", "floor_div", "range_1d", "fill"},
+    "executorch": {"aten::sym_size.int", "executorch_prim::floordiv.int", "aten::_local_scalar_dense.out"},
 }
 
 
@@ -30,6 +31,8 @@ class GraphReport:
     # [{"name", "shape" (ints, or names for symbolic dims), "dtype", "layout"}], as the artifact declares them
     inputs: list[dict] = field(default_factory=list)
     outputs: list[dict] = field(default_factory=list)
+    # delegated formats (ExecuTorch): {"segments", "backends": {id: calls}, "non_delegated_ops": {op: count}}
+    delegation: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .config import target_config
 from .errors import OutputError
 
 __all__ = ["OutputError", "check_destination", "staging", "sha256_path", "tool_versions", "write_json",
@@ -79,7 +80,7 @@ def tool_versions() -> dict[str, str]:
 
     out = {}
     for pkg in ("torch", "coremltools", "onnx", "onnxscript", "onnxruntime", "onnxsim", "onnx2tf",
-                "tensorflow", "ai-edge-litert", "numpy"):
+                "tensorflow", "ai-edge-litert", "executorch", "torchao", "numpy"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -104,10 +105,12 @@ def manifest(artifact: Path, *, target: str, precision: str, model, weights: dic
         "weights": weights,
         "patch_strategy": model.patches.name,
         "attention_layout": model.attention_layout,
+        "rewrites": list(target_config(target).rewrites),  # applied to a copy before conversion
         "options": options,
         "input": {**graph["inputs"][0], "sizes": list(sizes), **preprocessing},
         "output": graph["outputs"],
         "graph": graph,
+        **({"delegation": graph["delegation"]} if graph.get("delegation") else {}),
         "validation": validation,
         "tool_versions": tool_versions(),
         "machine": {"system": platform.system(), "machine": platform.machine(),

@@ -48,7 +48,7 @@ class InvertedResidual(nn.Module):
         return x + y if self.use_residual else y
 
 
-ATTENTION_LAYOUTS = ("batched", "split")
+ATTENTION_LAYOUTS = ("batched", "split", "bmm")
 
 
 class Attention(nn.Module):
@@ -59,7 +59,13 @@ class Attention(nn.Module):
     * ``batched`` (the public code's): heads become a tensor axis, which costs four transposes
       per layer (q, k, v in; the output back);
     * ``split``: heads are slices of the channel axis; k is transposed once for all heads and
-      per-head outputs are concatenated, so one transpose per layer remains (more, smaller matmuls).
+      per-head outputs are concatenated, so one transpose per layer remains (more, smaller matmuls);
+    * ``bmm``: heads folded into the batch axis of two 3-D ``torch.bmm`` calls, with k made
+      contiguous after its transpose; the form ExecuTorch's XNNPACK backend delegates (a 4-D
+      ``matmul`` leaves ``expand_copy`` ops on portable kernels).
+
+    ``qkv`` is one fused linear, as in the public checkpoints; the ``qkv_as_three_linears`` rewrite
+    (:mod:`mobilevit.rewrites`) replaces it by three, which returns ``(q, k, v)`` directly.
     """
 
     def __init__(self, dim: int, num_heads: int, layout: str = "batched"):
@@ -75,12 +81,19 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(q, k, v)``, each ``[S, N, d]``, from the fused linear or the three split ones."""
+        qkv = self.qkv(x)
+        return qkv if isinstance(qkv, tuple) else qkv.chunk(3, dim=-1)  # [S, N, 3d] -> 3 x [S, N, d]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.layout == "split":
             return self._forward_split(x)
+        if self.layout == "bmm":
+            return self._forward_bmm(x)
         _, N, d = x.shape
         h, hd = self.num_heads, self.head_dim
-        q, k, v = self.qkv(x).chunk(3, dim=-1)  # [S, N, 3d] -> 3 x [S, N, d]
+        q, k, v = self.project_qkv(x)  # 3 x [S, N, d]
         q = q.reshape(-1, N, h, hd).transpose(1, 2)  # -> [S, h, N, hd]
         k = k.reshape(-1, N, h, hd).permute(0, 2, 3, 1)  # -> [S, h, hd, N]
         v = v.reshape(-1, N, h, hd).transpose(1, 2)  # -> [S, h, N, hd]
@@ -91,12 +104,24 @@ class Attention(nn.Module):
 
     def _forward_split(self, x: torch.Tensor) -> torch.Tensor:
         hd = self.head_dim
-        q, k, v = self.qkv(x).chunk(3, dim=-1)  # [S, N, 3d] -> 3 x [S, N, d]
+        q, k, v = self.project_qkv(x)  # 3 x [S, N, d]
         kt = k.transpose(1, 2)  # -> [S, d, N], once for all heads
         qs, kts, vs = q.split(hd, dim=2), kt.split(hd, dim=1), v.split(hd, dim=2)  # h x [S, N, hd] / [S, hd, N]
         heads = [torch.matmul(torch.matmul(qi * self.scale, ki).softmax(dim=-1), vi)  # [S, N, N] @ [S, N, hd]
                  for qi, ki, vi in zip(qs, kts, vs)]
         return self.proj(torch.cat(heads, dim=2))  # h x [S, N, hd] -> [S, N, d]
+
+    def _forward_bmm(self, x: torch.Tensor) -> torch.Tensor:
+        _, N, d = x.shape
+        h, hd = self.num_heads, self.head_dim
+        q, k, v = self.project_qkv(x)  # 3 x [S, N, d]
+        q = q.reshape(-1, N, h, hd).permute(0, 2, 1, 3).reshape(-1, N, hd)  # -> [S, h, N, hd] -> [S*h, N, hd]
+        k = k.reshape(-1, N, h, hd).permute(0, 2, 3, 1).reshape(-1, hd, N)  # -> [S, h, hd, N] -> [S*h, hd, N]
+        v = v.reshape(-1, N, h, hd).permute(0, 2, 1, 3).reshape(-1, N, hd)  # -> [S, h, N, hd] -> [S*h, N, hd]
+        attn = torch.bmm(q * self.scale, k).softmax(dim=-1)  # -> [S*h, N, N]
+        out = torch.bmm(attn, v).reshape(-1, h, N, hd)  # -> [S*h, N, hd] -> [S, h, N, hd]
+        out = out.permute(0, 2, 1, 3).reshape(-1, N, d)  # -> [S, N, h, hd] -> [S, N, d]
+        return self.proj(out)
 
 
 class MLP(nn.Module):
@@ -167,6 +192,23 @@ class MobileViTBlock(nn.Module):
         return self.conv_fusion(torch.cat((shortcut, y), dim=1))  # [B, 2C, H, W] -> [B, C, H, W]
 
 
+class GlobalAvgPool(nn.Module):
+    """Global average pooling ``[B, C, H, W] -> [B, C]``.
+
+    ``keepdim=True`` (set by the ``pool_keepdim`` rewrite) averages to ``[B, C, 1, 1]`` and then
+    reshapes, the form XNNPACK runs as one global-average-pooling op.
+    """
+
+    def __init__(self, keepdim: bool = False):
+        super().__init__()
+        self.keepdim = keepdim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.keepdim:
+            return x.mean(dim=(2, 3), keepdim=True).reshape(-1, x.shape[1])  # -> [B, C, 1, 1] -> [B, C]
+        return x.mean(dim=(2, 3))  # [B, C, H, W] -> [B, C]
+
+
 def _build_stage(cin: int, stage, cfg: MobileViTConfig, patches: PatchStrategy, attention: str) -> nn.Sequential:
     if stage.kind is StageKind.MV2:
         blocks = [InvertedResidual(cin if i == 0 else stage.out_channels, stage.out_channels,
@@ -209,6 +251,7 @@ class MobileViT(nn.Module):
         self.stages = nn.Sequential(*stages)
         if not features_only:
             self.conv_exp = ConvNormAct(cin, self.cfg.head_channels, 1)
+            self.pool = GlobalAvgPool()
             self.head_drop = nn.Dropout(self.cfg.head_dropout)
             self.head = nn.Linear(self.cfg.head_channels, self.cfg.num_classes)
 
@@ -258,8 +301,7 @@ class MobileViT(nn.Module):
         return feats
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv_exp(x)
-        x = x.mean(dim=(2, 3))  # [B, C, H, W] -> [B, C]
+        x = self.pool(self.conv_exp(x))  # [B, C, H, W] -> [B, C]
         return self.head(self.head_drop(x))
 
     def forward(self, x: torch.Tensor):

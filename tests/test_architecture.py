@@ -102,12 +102,15 @@ def test_the_cycle_check_can_fail():
 def test_every_registered_part_imports_and_every_precision_has_a_tolerance():
     from export.config import TARGETS, TOLERANCES, load
 
-    assert set(TARGETS) == {"coreml", "onnx", "tflite"}
+    assert set(TARGETS) == {"coreml", "onnx", "tflite", "executorch"}
+    from mobilevit.rewrites import get_rewrite
     for name, cfg in TARGETS.items():
         for ref in (cfg.converter, cfg.options, cfg.runner, cfg.inspector):
             assert callable(load(ref)), ref
         assert all((name, p) in TOLERANCES for p in cfg.precisions)
         assert cfg.default_precision in cfg.precisions
+        for rewrite in cfg.rewrites:
+            get_rewrite(rewrite)
     # the CLI, the benchmarks and the accuracy matrix read the same lists
     from benchmarks.accuracy import MATRIX
 
@@ -121,7 +124,7 @@ def test_the_registry_refuses_duplicates_and_names_the_choices():
 
     with pytest.raises(ValueError, match="already registered"):
         register(TARGETS["onnx"])
-    with pytest.raises(ExportConfigError, match="choose one of: coreml, onnx, tflite"):
+    with pytest.raises(ExportConfigError, match="choose one of: coreml, onnx, tflite, executorch"):
         target_config("tensorrt")
 
 

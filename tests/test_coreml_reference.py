@@ -116,6 +116,20 @@ def test_norms_softmax_reduce(tmp_path):
     np.testing.assert_allclose(si, F.silu(xt).numpy(), atol=1e-6)
 
 
+def test_rsqrt_with_and_without_epsilon(tmp_path):
+    x = (RNG.random((3, 5)) * 4).astype(np.float32)
+    x[0, 0] = 0.0  # only the default epsilon keeps this finite
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=x.shape)], opset_version=ct.target.iOS16)
+    def prog(x):
+        return mb.rsqrt(x=x), mb.rsqrt(x=x, epsilon=0.5)
+
+    plain, eps = _run(prog, tmp_path, x=x)
+    np.testing.assert_allclose(eps, 1.0 / np.sqrt(x + 0.5), rtol=1e-6)
+    np.testing.assert_allclose(plain[0, 1:], 1.0 / np.sqrt(x[0, 1:]), rtol=1e-6)
+    assert plain[0, 0] == pytest.approx(1e6, rel=1e-3)  # 1 / sqrt(0 + 1e-12)
+
+
 # (6 -> 5 is left out on purpose: its fp32 scale 0.8333333 makes MIL infer floor(6 * s) = 4.)
 @pytest.mark.parametrize("src,dst", [((5, 5), (6, 6)), ((8, 6), (4, 3)), ((7, 3), (8, 4))])
 def test_upsample_bilinear_matches_torch_interpolate(tmp_path, src, dst):

@@ -105,7 +105,8 @@ def test_help_explains_choices(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     text = capsys.readouterr().out
-    for word in ("coreml", "onnx", "tflite", "pixel_shuffle", "palettize8", "int8_dynamic", "exit codes"):
+    for word in ("coreml", "onnx", "tflite", "executorch", "coreml-fp16", "pixel_shuffle", "palettize8", "int8_dynamic",
+                 "bmm", "layernorm_as_linear", "exit codes"):
         assert word in text
 
 

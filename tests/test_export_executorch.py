@@ -1,0 +1,131 @@
+"""ExecuTorch exports: xx_small in every precision, x_small and small in fp32; each validated in a real
+runtime (ExecuTorch's for XNNPACK, the Core ML reference executor for the Core ML program a .pte carries)."""
+import numpy as np
+import pytest
+import torch
+
+from export.executorch import delegation, extract_coreml, inspect_pte, runner
+from tests.export_helpers import exported
+
+XNNPACK_ONLY = {"segments": 1, "backends": {"XnnpackBackend": 1}, "non_delegated_ops": {}}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("executorch")
+
+
+@pytest.fixture(scope="module")
+def xxs(root):
+    return exported(root, "executorch", "xx_small", ("fp32", "int8", "coreml-fp16"))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_xx_small_xnnpack_is_one_delegate_and_validated_in_executorch(xxs, precision):
+    res = xxs[precision]
+    m = res.manifest
+    assert m["validation"]["passed"] and m["validation"]["runtime"].startswith("executorch 1.5.1"), m["validation"]
+    assert m["delegation"] == XNNPACK_ONLY
+    assert delegation(res.artifact) == XNNPACK_ONLY  # read back from the published file itself
+    assert m["rewrites"] == ["layernorm_as_linear", "qkv_as_three_linears", "pool_keepdim"]
+    assert m["attention_layout"] == "bmm" and m["patch_strategy"] == "reference"
+    assert m["input"]["shape"] == [1, 3, 256, 256] and m["output"][0]["shape"] == [1, 1000]
+    assert m["tool_versions"]["executorch"] == "1.5.1"
+
+
+def test_int8_is_quantized_smaller_and_drifts_more_than_fp32(xxs):
+    fp32, int8 = xxs["fp32"].artifact, xxs["int8"].artifact
+    assert int8.stat().st_size < 0.6 * fp32.stat().st_size  # int8 linears: 2.8 MB vs 5.2 MB measured
+    d32 = xxs["fp32"].manifest["validation"]["by_size"]["256"]
+    d8 = xxs["int8"].manifest["validation"]["by_size"]["256"]
+    assert d32["max_abs_rel"] < 1e-4 and d32["top1_agreement"] == 1.0
+    assert d8["max_abs_rel"] > 10 * d32["max_abs_rel"]  # really computed in int8, not fp32 again
+
+
+def test_coreml_delegated_pte_is_validated_through_the_reference_executor(xxs, tmp_path):
+    res = xxs["coreml-fp16"]
+    m = res.manifest
+    assert m["delegation"] == {"segments": 1, "backends": {"CoreMLBackend": 1}, "non_delegated_ops": {}}
+    assert m["validation"]["passed"]
+    assert m["validation"]["runtime"].startswith("coreml-reference (.pte)")
+    assert "extracted from the .pte" in m["validation"]["runtime"]
+    packages = extract_coreml(res.artifact, tmp_path)
+    assert len(packages) == 1 and (packages[0] / "Manifest.json").exists()
+    from export.graph import inspect_coreml
+
+    ops = inspect_coreml(packages[0]).ops
+    assert ops.get("linear", 0) > 0 and "layer_norm" not in ops  # the rewritten graph, in Core ML ops
+
+
+def test_runners_with_different_threads_share_the_process_pool(xxs, photos):
+    """ExecuTorch's thread pool is process-wide; two runners with different threads, called in turn,
+    must both keep working (a resized pool breaks methods loaded before; the runner reloads)."""
+    from mobilevit.preprocess import preprocess
+    from mobilevit.synthetic import synthetic_model
+
+    x = preprocess(photos[:2], synthetic_model("xx_small").cfg, 256).numpy()
+    one, two = runner(xxs["fp32"].artifact, 1), runner(xxs["fp32"].artifact, 2)
+    outs = [r(x) for r in (one, two, one, two)]
+    for y in outs[1:]:
+        np.testing.assert_allclose(y, outs[0], rtol=0, atol=1e-4 * np.abs(outs[0]).max())
+
+
+def test_without_the_rewrites_xnnpack_leaves_ops_on_portable_kernels(tmp_path):
+    """The public graph (nn.LayerNorm, fused qkv, 4-D matmuls, mean without keepdim) is cut into many
+    delegate segments: what the target's rewrites exist to fix (issue 12 measured 50 segments)."""
+    from export import convert
+    from mobilevit.synthetic import synthetic_model
+
+    pte = convert(synthetic_model("xx_small"), "executorch", "fp32", tmp_path, exporter="as-is")
+    d = delegation(pte)
+    assert d["segments"] > 10
+    assert d["non_delegated_ops"].get("aten::native_layer_norm.out") == 21, d["non_delegated_ops"]
+    report = inspect_pte(pte)
+    assert report.ops["delegate:XnnpackBackend"] == d["segments"]
+
+
+@pytest.mark.parametrize("variant", ["x_small", "small"])
+def test_larger_variants_export_in_fp32(root, variant):
+    res = exported(root, "executorch", variant, ("fp32",))["fp32"]
+    assert res.manifest["validation"]["passed"]
+    assert res.manifest["delegation"] == XNNPACK_ONLY
+
+
+def test_a_file_that_is_not_a_pte_is_refused_with_the_fix(tmp_path):
+    from export.errors import ExportConfigError
+    from export.runners import make_runner
+
+    bad = tmp_path / "model.pte"
+    bad.write_bytes(b"not a program")
+    with pytest.raises(ExportConfigError, match="not an ExecuTorch program.*python -m export executorch"):
+        make_runner(bad)
+
+
+def test_unknown_option_and_precision_are_refused():
+    from export import convert
+    from export.errors import ExportConfigError
+
+    with pytest.raises(ExportConfigError, match="deployment target 'iOS9'; choose one of: iOS16, iOS17, iOS18"):
+        convert(torch.nn.Identity(), "executorch", "fp32", "unused", coreml_deployment_target="iOS9")
+    with pytest.raises(ExportConfigError, match="no option dynamic_batch; its options are: coreml_deployment_target"):
+        convert(torch.nn.Identity(), "executorch", "fp32", "unused", dynamic_batch=True)
+    with pytest.raises(ExportConfigError, match="fp32, int8, coreml-fp16"):
+        convert(torch.nn.Identity(), "executorch", "fp16", "unused")
+
+
+def test_int8_recipe_quantizes_the_linears_only(synthetic_xxs):
+    """The recipe's node filter: transformer/classifier linears yes; convolutions and the norm's linears no."""
+    import copy
+
+    from export import with_target_defaults
+    from export.executorch import int8_node
+    from mobilevit.rewrites import apply_rewrites
+
+    m = apply_rewrites(copy.deepcopy(with_target_defaults(synthetic_xxs, "executorch")), ("layernorm_as_linear",))
+    graph = torch.export.export(m, (torch.zeros(1, 3, 256, 256),), strict=False).graph
+    calls = [n for n in graph.nodes if n.op == "call_function"]
+    linears = [n for n in calls if n.target == torch.ops.aten.linear.default]
+    chosen = [n for n in linears if int8_node(n)]
+    assert len(linears) == 9 * 4 + 1 + 2 * 21 and len(chosen) == 9 * 4 + 1  # qkv, proj, fc1, fc2; head
+    assert not any(int8_node(n) for n in calls if n.target == torch.ops.aten.conv2d.default)
+    assert all(int8_node(n) for n in graph.nodes if n.op == "placeholder")  # weights are asked about too
