@@ -78,8 +78,9 @@ def test_without_the_rewrites_xnnpack_leaves_ops_on_portable_kernels(tmp_path):
 
     pte = convert(synthetic_model("xx_small"), "executorch", "fp32", tmp_path, exporter="as-is")
     d = delegation(pte)
-    assert d["segments"] > 10
-    assert d["non_delegated_ops"].get("aten::native_layer_norm.out") == 21, d["non_delegated_ops"]
+    assert d == {"segments": 50, "backends": {"XnnpackBackend": 50},  # executorch 1.5.1, as the issue measured
+                 "non_delegated_ops": {"aten::expand_copy.out": 36, "aten::native_layer_norm.out": 21,
+                                       "aten::split_with_sizes_copy.out": 9, "aten::mean.out": 1}}
     report = inspect_pte(pte)
     assert report.ops["delegate:XnnpackBackend"] == d["segments"]
 
