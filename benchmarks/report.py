@@ -16,6 +16,7 @@ from .stats import SPREAD_WARNING, ratio_ci, verdict
 TARGETS = {"onnx_fp32_vs_baseline": 0.85, "tflite_fp32_vs_baseline": 0.7, "rewrites_vs_hf_our_exporter": 1.0,
            "executorch_fp32_vs_baseline": 1.0, "int8_speedup": 2.0, "int8_top1_agreement": 0.99}
 
+
 def flat_rows(result: dict) -> list[dict]:
     """One CSV row per (row, threads) with plain numeric columns, tagged with the machine."""
     out = []

@@ -18,11 +18,7 @@ kernels; :func:`inspect_pte` reads that back from the ``.pte`` itself, for the m
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import tempfile
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .coreml_reference import CoreMLReferenceRunner
 from .graph import GraphReport, _report
+from .quiet import quiet
 from .runners import Runner
 
 COREML_BACKEND = "CoreMLBackend"
-XNNPACK_BACKEND = "XnnpackBackend"
 DEPLOYMENT_TARGETS = ("iOS16", "iOS17", "iOS18")
 EXPORTERS = ("ours", "as-is")
 
@@ -56,19 +53,6 @@ class ExecuTorchOptions:
         if self.coreml_deployment_target not in DEPLOYMENT_TARGETS:
             raise ExportConfigError(f"unknown Core ML deployment target {self.coreml_deployment_target!r}; "
                                     f"choose one of: {', '.join(DEPLOYMENT_TARGETS)}")
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence the conversion's progress bars and per-op warnings (errors still raise)."""
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        level = logging.root.manager.disable
-        logging.disable(logging.WARNING)
-        try:
-            yield
-        finally:
-            logging.disable(level)
 
 
 def _export(model: torch.nn.Module, example: torch.Tensor):
@@ -136,7 +120,7 @@ def to_pte(model: torch.nn.Module, precision: str, path: Path, *, size: int, cal
     from executorch.exir import to_edge_transform_and_lower
 
     example = torch.zeros(1, 3, size, size)
-    with _quiet():
+    with quiet(stderr=True):
         program = quantize_int8(model, example, calibration) if precision == "int8" else _export(model, example)
         edge = to_edge_transform_and_lower(program, partitioner=[_partitioner(precision, options)])
         buffer = edge.to_executorch().buffer
@@ -272,12 +256,12 @@ class ExecuTorchRunner(Runner):
         from executorch.runtime import Runtime
 
         if _POOL["threads"] != self.threads:
-            with _quiet():
+            with quiet(stderr=True):
                 portable_lib._unsafe_reset_threadpool(self.threads)
             _POOL["threads"] = self.threads
             _POOL["generation"] += 1
         if self._generation != _POOL["generation"]:
-            with _quiet():
+            with quiet(stderr=True):
                 self.program = Runtime.get().load_program(str(self.path))
                 self.method = self.program.load_method("forward")
             self._generation = _POOL["generation"]
@@ -301,41 +285,23 @@ class ExecuTorchRunner(Runner):
         return self.method.execute([feed])[0].numpy().astype(np.float32)
 
 
-class ExtractedCoreMLRunner:
+class ExtractedCoreMLRunner(CoreMLReferenceRunner):
     """A Core ML-delegated ``.pte`` where ExecuTorch has no Core ML backend: the program it carries,
     extracted, in the Core ML reference executor. Numerics only (``timeable`` is False)."""
 
-    timeable = False
-    fixed_batch = True
+    runtime = "coreml-reference (.pte)"
 
     def __init__(self, path, threads: int = 2):
-        from .coreml_reference import CoreMLReferenceRunner
-
-        self.path = Path(path)
-        self.threads = threads
-        self._tmp = tempfile.TemporaryDirectory(prefix="pte-coreml-")
-        packages = extract_coreml(self.path, self._tmp.name)
+        self._tmp = tempfile.TemporaryDirectory(prefix="pte-coreml-")  # lives as long as the runner
+        packages = extract_coreml(path, self._tmp.name)
         if len(packages) != 1:
             raise ValueError(f"{path}: expected one Core ML program, found {len(packages)}")
-        self.inner = CoreMLReferenceRunner(packages[0], threads)
-        self.runtime = f"{self.inner.runtime} (.pte)"
+        super().__init__(packages[0], threads)
+        self.path = Path(path)
 
     @property
     def version(self) -> str:
-        return f"{self.inner.version}, on the Core ML program extracted from the .pte"
-
-    @property
-    def settings(self) -> dict:
-        return self.inner.settings
-
-    def prepare(self, x):
-        return self.inner.prepare(x)
-
-    def run(self, feed):
-        return self.inner.run(feed)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.inner(x)
+        return f"{super().version}, on the Core ML program extracted from the .pte"
 
 
 def runner(path: str | Path, threads: int = 2):

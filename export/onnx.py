@@ -6,11 +6,7 @@ TorchScript exporter at opset 17, no simplification): the benchmarks' baseline r
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +14,8 @@ import numpy as np
 import torch
 
 from mobilevit import DEFAULT_SIZE
+
+from .quiet import quiet
 
 OPSET = 18
 AS_IS_OPSET = 17
@@ -69,15 +67,6 @@ def convert(model: torch.nn.Module, precisions: tuple[str, ...], workdir: Path, 
                 for p in precisions}
 
 
-@contextlib.contextmanager
-def _quiet():
-    """torch.onnx prints progress lines and warnings about torchvision ops we never use."""
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
-
-
 def export_onnx(model: torch.nn.Module, path: str | Path, *, size: int = DEFAULT_SIZE, dynamic_batch: bool = True,
                 dynamic_hw: bool = False, simplify: bool = True) -> Path:
     """Write ``model`` ([B, 3, H, W] -> logits) as one fp32 ONNX file at ``path``.
@@ -100,7 +89,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, size: int = DEFAULT
                   output_names=[OUTPUT_NAME], optimize=True)
     if dims:
         kwargs["dynamic_shapes"] = (dims,)
-    with _quiet(), torch.no_grad():
+    with quiet(stdout=True), torch.no_grad():  # torch.onnx's progress lines and warnings
         torch.onnx.export(model, (x,), str(path), **kwargs)
     if simplify:
         simplify_onnx(path)
@@ -109,7 +98,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, *, size: int = DEFAULT
 
 def export_onnx_as_is(model: torch.nn.Module, path: str | Path, *, size: int = DEFAULT_SIZE) -> Path:
     """``torch.onnx.export(dynamo=False, opset_version=17)`` with no simplification: a model as most export it."""
-    with _quiet(), torch.no_grad():
+    with quiet(stdout=True), torch.no_grad():  # torch.onnx's progress lines and warnings
         torch.onnx.export(model.eval(), (torch.zeros(1, 3, size, size),), str(path), dynamo=False,
                           opset_version=AS_IS_OPSET, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
     return Path(path)
