@@ -15,7 +15,7 @@ EXPORT_ARGS = $(if $(VARIANT),--variant $(VARIANT)) --out $(OUT) $(if $(WEIGHTS)
 	$(if $(PRECISION),--precision $(PRECISION)) $(if $(PATCHES),--patches $(PATCHES)) $(if $(FORCE),--force)
 
 .PHONY: setup test lint export-coreml export-onnx export-tflite export-executorch export-all bench bench-full readme strategies \
-	finetune bench-accuracy clean
+	finetune bench-accuracy quant bench-int8 clean
 
 setup: $(STAMP)
 
@@ -65,6 +65,15 @@ bench-accuracy: setup
 
 clean:
 	rm -rf artifacts .pytest_cache
+
+# int8 against fp32 (and fp16) of the same runtime, xx_small and small in one run, 1 thread (README "int8")
+bench-int8: setup
+	$(PYTHON) -m benchmarks --variants xx_small,small --targets onnx,tflite,executorch \
+		--precisions fp32,fp16,int8,int8_dynamic --threads 1 --no-baseline --stem int8
+
+# int8 sensitivity: each layer kind quantized alone, per target (README "int8")
+quant: setup
+	$(PYTHON) -m benchmarks.quant
 
 readme: setup
 	$(PYTHON) -m benchmarks.readme

@@ -14,7 +14,7 @@ from .stats import SPREAD_WARNING, ratio_ci, verdict
 # Speed and fidelity targets (issues 3 and 10). A ratio is ours / theirs (lower is faster), except
 # the int8 speed-up, which is fp32 / int8 (higher is faster).
 TARGETS = {"onnx_fp32_vs_baseline": 0.85, "tflite_fp32_vs_baseline": 0.7, "rewrites_vs_hf_our_exporter": 1.0,
-           "executorch_fp32_vs_baseline": 1.0, "int8_speedup": 2.0, "int8_top1_agreement": 0.99}
+           "executorch_fp32_vs_baseline": 1.0, "int8_speedup": 2.0, "int8_cosine_mean": 0.999}
 
 
 def flat_rows(result: dict) -> list[dict]:
@@ -82,26 +82,40 @@ def target_status(variant: dict, threads: str) -> list[dict]:
                      "baseline hf-our-exporter onnxruntime fp32"))
     out.append(ratio("ExecuTorch fp32 / HF as-is (one XNNPACK delegate vs the public graph's many)", "<=",
                      TARGETS["executorch_fp32_vs_baseline"], "executorch fp32", "baseline hf-as-is executorch fp32"))
+    for runtime in dict.fromkeys(r["runtime"] for r in variant["rows"]
+                                 if r["source"] == "ours" and "int8" in r["precision"]):
+        out.append(_best_int8(variant, threads, runtime, ratio))
+    return out
+
+
+def _best_int8(variant: dict, threads: str, runtime: str, ratio) -> dict:
+    """The best int8 row of ``runtime`` against its fp32 (the fastest of those reaching the cosine target,
+    else the fastest): met only if the whole speed-up interval is at or above the target AND the mean
+    cosine to PyTorch reaches its target; top-1 agreement is reported beside it, with the agreement fp16
+    reaches on the same photos (small synthetic margins flip both)."""
+    rows = {r["name"]: r for r in variant["rows"]}
+    label = f"best int8 of {runtime}: speed-up over its fp32"
+    fp32, fp16 = f"{runtime} fp32", rows.get(f"{runtime} fp16")
     best = None
     for r in variant["rows"]:
-        fp32 = f"{r['runtime']} fp32"
-        if r["source"] != "ours" or "int8" not in r["precision"] or not _samples(r, threads) \
-                or not _samples(rows.get(fp32), threads):
+        if r["source"] != "ours" or r["runtime"] != runtime or "int8" not in r["precision"] \
+                or not _samples(r, threads) or not _samples(rows.get(fp32), threads):
             continue
-        agree = r.get("drift", {}).get("top1_agreement", 0.0)
-        note = f"; top-1 agreement {agree:.1%} (target >= {TARGETS['int8_top1_agreement']:.0%})"
-        # fp32 / int8: higher is faster
-        cand = ratio(f"fastest int8 ({r['name']}) speed-up over its fp32", ">=", TARGETS["int8_speedup"], fp32,
-                     r["name"], note)
-        cand["top1_agreement"] = agree
-        if agree < TARGETS["int8_top1_agreement"]:
+        d = r.get("drift", {})
+        cosine, agree = d.get("cosine_mean", 0.0), d.get("top1_agreement", 0.0)
+        fp16_agree = (fp16 or {}).get("drift", {}).get("top1_agreement")
+        note = (f"; mean cosine {cosine:.5f} (target >= {TARGETS['int8_cosine_mean']}); top-1 agreement {agree:.0%}"
+                + (f" (fp16: {fp16_agree:.0%})" if fp16_agree is not None else ""))
+        cand = ratio(f"{label} ({r['precision']})", ">=", TARGETS["int8_speedup"], fp32, r["name"], note)  # fp32/int8
+        cand.update(cosine_mean=cosine, top1_agreement=agree, fp16_top1_agreement=fp16_agree)
+        faithful = cosine >= TARGETS["int8_cosine_mean"]
+        if not faithful:
             cand["status"] = "not met"
-        if best is None or cand["value"] > best["value"]:
+        if best is None or (faithful, cand["value"]) > (best["cosine_mean"] >= TARGETS["int8_cosine_mean"],
+                                                       best["value"]):
             best = cand
-    out.append(best or {"target": "fastest int8 speed-up over its fp32", "op": ">=", "limit": TARGETS["int8_speedup"],
-                        "value": None, "ci95_low": None, "ci95_high": None, "status": "not measured",
-                        "note": "no int8 row measured"})
-    return out
+    return best or {"target": label, "op": ">=", "limit": TARGETS["int8_speedup"], "value": None, "ci95_low": None,
+                    "ci95_high": None, "status": "not measured", "note": "no int8 row measured"}
 
 
 def _tol_cell(row: dict) -> str:

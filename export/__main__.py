@@ -16,6 +16,7 @@ EXIT_OK, EXIT_BAD_REQUEST, EXIT_VALIDATION, EXIT_CONVERSION = 0, 2, 3, 4
 
 def parser() -> argparse.ArgumentParser:
     from mobilevit import DEFAULT_SIZE, STRATEGIES, VARIANTS
+    from mobilevit.layers import KINDS
     from mobilevit.model import ATTENTION_LAYOUTS
     from mobilevit.rewrites import REWRITES
 
@@ -59,6 +60,9 @@ def parser() -> argparse.ArgumentParser:
                    help="Core ML output: classifier with class names (default) or raw logits")
     p.add_argument("--dynamic-hw", action="store_true", help="ONNX: symbolic height/width (multiples of 64)")
     p.add_argument("--images", default=None, help="folder of your own photos for validation/calibration")
+    p.add_argument("--float-kinds", default=None,
+                   help="int8 precisions: comma-separated layer kinds to keep in float, replacing the target's "
+                        f"measured recipe ('' = none); kinds: {', '.join(KINDS)}")
     return p
 
 
@@ -69,6 +73,19 @@ def _sizes(text: str) -> tuple[int, ...]:
         return tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
         raise ExportConfigError(f"--size must be integers separated by commas, got {text!r}") from None
+
+
+def _kinds(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    from mobilevit.layers import UnknownKindError, check_kinds
+
+    from .errors import ExportConfigError
+
+    try:
+        return check_kinds(k.strip() for k in text.split(",") if k.strip())
+    except UnknownKindError as e:
+        raise ExportConfigError(f"--float-kinds: {e}") from None
 
 
 def main(argv=None) -> int:
@@ -95,7 +112,8 @@ def main(argv=None) -> int:
             attention=args.attention, sizes=sizes, out=Path(args.out), force=args.force,
             input_kind=args.input_kind if target == "coreml" else "image",
             output_kind=args.output_kind if target == "coreml" else "classifier",
-            dynamic_hw=args.dynamic_hw, images=args.images)) for target in targets]
+            dynamic_hw=args.dynamic_hw, images=args.images,
+            float_kinds=_kinds(args.float_kinds))) for target in targets]
     except bad_request as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_REQUEST

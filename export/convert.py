@@ -48,7 +48,8 @@ def calibration_photos(cfg=None, size: int = DEFAULT_SIZE, count: int = CALIBRAT
     from mobilevit.preprocess import preprocess
 
     cfg = cfg or get_config("small")
-    images = load_folder(folder, limit=count) if folder else photo_variants(count, seed=CALIBRATION_SEED)
+    images = (load_folder(folder, limit=count) if folder
+              else photo_variants(count, seed=CALIBRATION_SEED, pool="calibration"))
     return preprocess(images, cfg, size).numpy()
 
 

@@ -4,7 +4,13 @@ Defaults: FLOAT16 compute precision, image input (channel order and scale from
 ``mobilevit.config.Preprocessing``: what the public weights expect), classifier output with the
 class names (softmax probabilities + top label). Options:
 FLOAT32, a tensor input, raw logits, several input sizes in one model (``EnumeratedShapes``),
-and weight compression through ``coremltools.optimize`` (8-bit linear, 8-bit palettization).
+and weight compression through ``coremltools.optimize`` (8-bit linear, 8-bit palettization), and
+``w8a8``: int8 activations and int8 weights (coremltools' activation quantization, calibrated on real
+photos run through the reference executor, then linear weight quantization; iOS 17).
+
+Int8 recipes name the layers they keep in float by *kind* (``mobilevit.layers``): :func:`kind_ops`
+maps each kind to the MIL ops of the converted program, in execution order, checked against the
+PyTorch modules' weight shapes.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import torch
 
 from mobilevit.config import Preprocessing
 
-from .errors import ExportConfigError
+from .errors import ExportConfigError, ExportError
 
 IMAGE_INPUT = "image"
 TENSOR_INPUT = "input"
@@ -25,6 +31,10 @@ LOGITS_OUTPUT = "logits"
 PROBS_OUTPUT = "classLabel_probs"
 LABEL_OUTPUT = "classLabel"
 
+
+# Which layers w8a8 keeps in float is the recipe in export.config.INT8_RECIPES (the sensitivity analysis,
+# benchmarks.quant, chose it); weight-only int8 quantizes every layer unless float_kinds says otherwise.
+W8A8_TARGET = "iOS17"  # quantize / dequantize are iOS 17 ops
 
 INPUT_KINDS = ("image", "tensor")
 OUTPUT_KINDS = ("classifier", "logits")
@@ -39,8 +49,17 @@ class CoreMLOptions:
     labels: tuple[str, ...] | None = None  # classifier names; default: the model's (ImageNet for 1000 classes)
     metadata: dict[str, str] = field(default_factory=dict)  # user-defined metadata fields
     preprocessing: Preprocessing = Preprocessing()  # channel order and scale of the image input
+    # layer kinds (mobilevit.layers.KINDS) int8 / w8a8 keep in float; None = the precision's recipe
+    float_kinds: tuple[str, ...] | None = None
 
     def __post_init__(self):
+        if self.float_kinds is not None:
+            from mobilevit.layers import check_kinds
+
+            try:
+                object.__setattr__(self, "float_kinds", check_kinds(self.float_kinds))
+            except ValueError as e:
+                raise ExportConfigError(str(e)) from e
         if self.input_kind not in INPUT_KINDS:
             raise ExportConfigError(f"unknown input kind {self.input_kind!r}; choose one of: {', '.join(INPUT_KINDS)}")
         if self.output_kind not in OUTPUT_KINDS:
@@ -50,7 +69,8 @@ class CoreMLOptions:
 
 def convert(model: torch.nn.Module, precisions: tuple[str, ...], workdir: Path, *, sizes: tuple[int, ...],
             calibration: np.ndarray | None, options: CoreMLOptions) -> dict[str, Path]:
-    """One ``.mlpackage`` per precision: ``{precision: path}`` (calibration is not used: weights only)."""
+    """One ``.mlpackage`` per precision: ``{precision: path}``; ``calibration`` (float ``[N, 3, H, W]``,
+    model channel order, pixels / 255) calibrates ``w8a8``'s activation ranges."""
     if options.output_kind == "classifier" and not options.labels:
         from mobilevit.labels import class_names
 
@@ -63,7 +83,7 @@ def convert(model: torch.nn.Module, precisions: tuple[str, ...], workdir: Path, 
     out = {}
     for precision in precisions:
         path = Path(workdir) / f"model_{precision}.mlpackage"
-        convert_coreml(model, precision, sizes, options).save(str(path))
+        convert_coreml(model, precision, sizes, options, calibration=calibration).save(str(path))
         out[precision] = path
     return out
 
@@ -88,14 +108,27 @@ def _input_shape(sizes: tuple[int, ...]):
     return ct.EnumeratedShapes(shapes=shapes, default=shapes[0])
 
 
-def convert_coreml(model: torch.nn.Module, precision: str, sizes: tuple[int, ...], opts: CoreMLOptions):
+def convert_coreml(model: torch.nn.Module, precision: str, sizes: tuple[int, ...], opts: CoreMLOptions,
+                   calibration: np.ndarray | None = None):
     """Trace ``model`` and convert it to an ML program; returns an unsaved ``ct.models.MLModel``.
 
-    ``precision``: fp16 | fp32 | int8 | palettize8 (weight compression on fp16 compute); several
-    ``sizes`` become ``EnumeratedShapes`` with the first as the default.
+    ``precision``: fp16 | fp32 | int8 | palettize8 (weight compression on fp16 compute) | w8a8 (int8
+    activations and weights on fp16 compute, needs ``calibration``); several ``sizes`` become
+    ``EnumeratedShapes`` with the first as the default.
     """
     import coremltools as ct
 
+    from .config import int8_recipe
+
+    recipe = int8_recipe("coreml", "w8a8")
+    defaults = {"int8": (), "w8a8": recipe.float_kinds}  # precisions that can keep layer kinds in float
+    float_kinds = opts.float_kinds
+    if float_kinds is not None and float_kinds and precision not in defaults:
+        raise ExportConfigError(f"float_kinds applies to {', '.join(defaults)}, not to {precision}")
+    if float_kinds is None:
+        float_kinds = defaults.get(precision, ())
+    if precision == "w8a8" and calibration is None:
+        raise ExportConfigError("w8a8 needs calibration photos (export.convert fills them in)")
     size = sizes[0]
     classifier = opts.output_kind == "classifier"
     module = (_Probabilities(model) if classifier else model).eval()
@@ -117,22 +150,244 @@ def convert_coreml(model: torch.nn.Module, precision: str, sizes: tuple[int, ...
     else:
         kwargs["outputs"] = [ct.TensorType(name=LOGITS_OUTPUT)]
     compute = ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16
+    target = getattr(ct.target, W8A8_TARGET) if precision == "w8a8" else ct.target.iOS16
     mlmodel = ct.convert(traced, convert_to="mlprogram", inputs=inputs, compute_precision=compute,
-                         minimum_deployment_target=ct.target.iOS16, skip_model_load=True, **kwargs)
-    if precision in ("int8", "palettize8"):
+                         minimum_deployment_target=target, skip_model_load=True, **kwargs)
+    if precision == "w8a8":
+        ops = kind_ops(mlmodel.get_spec(), model)
+        samples = _calibration_feeds(calibration, opts.input_kind, opts.preprocessing)
+        mlmodel = quantize_w8a8(mlmodel, samples,
+                                *w8a8_configs(ops, float_kinds, float_adds="add" in recipe.float_ops))
+    elif precision == "int8" and float_kinds:
+        mlmodel = compress_weights(mlmodel, precision, kind_ops(mlmodel.get_spec(), model), float_kinds)
+    elif precision in ("int8", "palettize8"):
         mlmodel = compress_weights(mlmodel, precision)
     _describe(mlmodel, opts, sizes, classifier)
     return mlmodel
 
 
-def compress_weights(mlmodel, scheme: str):
-    """8-bit symmetric linear quantization (``int8``) or 8-bit k-means palettization of weights."""
+# ------------------------------------------------------------------------------------------
+# Layer kinds -> MIL ops
+# ------------------------------------------------------------------------------------------
+MIL_LAYER_OPS = ("conv", "linear", "matmul")
+
+
+def _op_name(op) -> str:
+    """A MIL op's name (what ``OptimizationConfig.op_name_configs`` is keyed by)."""
+    if "name" in op.attributes:
+        return op.attributes["name"].immediateValue.tensor.strings.values[0]
+    return op.outputs[0].name
+
+
+def mil_layer_ops(spec) -> list[tuple[str, str, tuple[int, ...] | None, int]]:
+    """``(name, type, weight shape, groups)`` of every conv / linear / matmul of ``main``, in program order
+    (a matmul has no weight: MobileViT's are the attention products of two activations)."""
+    main = spec.mlProgram.functions["main"]
+    block = main.block_specializations[main.opset]
+    shapes, ints = {}, {}
+    for op in block.operations:
+        for out in op.outputs:
+            if out.type.HasField("tensorType"):
+                shapes[out.name] = tuple(d.constant.size for d in out.type.tensorType.dimensions)
+        if op.type == "const":
+            tensor = op.attributes["val"].immediateValue.tensor
+            if tensor.WhichOneof("value") == "ints" and len(tensor.ints.values) == 1:
+                ints[op.outputs[0].name] = int(tensor.ints.values[0])
+    out = []
+    for op in block.operations:
+        if op.type not in MIL_LAYER_OPS:
+            continue
+        weight = groups = None
+        if op.type != "matmul":
+            weight = shapes.get(op.inputs["weight"].arguments[0].name)
+            groups = ints.get(op.inputs["groups"].arguments[0].name, 1) if "groups" in op.inputs else 1
+        out.append((_op_name(op), op.type, weight, groups))
+    return out
+
+
+def kind_ops(spec, model: torch.nn.Module) -> dict[str, list[str]]:
+    """``{kind: [MIL op names]}``: each quantizable layer of ``model`` (``mobilevit.layers.layers``, in
+    execution order) matched to the program's conv / linear / matmul ops in program order. A conv
+    layer must meet a ``conv`` with the module's weight shape and groups (so a depthwise 3x3 cannot
+    meet a pointwise 1x1), a linear a ``linear`` with its weight shape; an attention's matmul layer
+    takes the run of ``matmul`` ops that follows its qkv (2 per head with split attention). Raises
+    :class:`ExportError` at the first mismatch, naming both sides."""
+    from mobilevit.layers import layers
+
+    modules = dict(model.named_modules())
+    mil = mil_layer_ops(spec)
+    out: dict[str, list[str]] = {}
+    k = 0
+    for layer in layers(model):
+        if layer.op == "matmul":
+            start = k
+            while k < len(mil) and mil[k][1] == "matmul":
+                k += 1
+            if k == start:
+                raise ExportError(f"{layer.name}: no matmul ops after its qkv projection in the program")
+            out.setdefault(layer.kind, []).extend(name for name, *_ in mil[start:k])
+            continue
+        module = modules[layer.name]
+        want = ("conv" if layer.op == "conv" else "linear", tuple(module.weight.shape), getattr(module, "groups", 1))
+        if k >= len(mil):
+            raise ExportError(f"{layer.name} ({layer.kind}): the program has no more conv/linear/matmul ops")
+        name, typ, weight, groups = mil[k]
+        if (typ, weight, groups) != want:
+            raise ExportError(f"{layer.name} ({layer.kind}) expects {want[0]} weight {want[1]} groups {want[2]}; "
+                              f"the program's next layer op is {typ} {name!r} weight {weight} groups {groups}")
+        out.setdefault(layer.kind, []).append(name)
+        k += 1
+    if k != len(mil):
+        raise ExportError(f"{len(mil) - k} conv/linear/matmul ops of the program belong to no layer "
+                          f"(first: {mil[k][1]} {mil[k][0]!r})")
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# W8A8
+# ------------------------------------------------------------------------------------------
+def keep_shared_consts_consistent(spec, config):
+    """Give every const that feeds ops with different weight configs its own entry (``None``: not
+    compressed), in place. coremltools deduplicates equal consts (the zero biases of synthetic
+    weights end up shared by layers of different kinds) and ``linear_quantize_weights`` refuses a
+    const whose consumers disagree, even a rank-1 bias it would never compress."""
+    main = spec.mlProgram.functions["main"]
+    block = main.block_specializations[main.opset]
+    consts = {op.outputs[0].name: _op_name(op) for op in block.operations if op.type == "const"}
+    users: dict[str, set[str]] = {}
+    for op in block.operations:
+        if op.type == "const":
+            continue
+        for arg in op.inputs.values():
+            for binding in arg.arguments:
+                if binding.WhichOneof("binding") == "name" and binding.name in consts:
+                    users.setdefault(binding.name, set()).add(_op_name(op))
+    for var, names in users.items():
+        const = consts[var]
+        if len(names) > 1 and const not in config.op_name_configs:
+            configs = [config.op_name_configs.get(n, config.global_config) for n in names]
+            if any(c != configs[0] for c in configs):
+                config.op_name_configs[const] = None
+    return config
+
+
+def _calibration_feeds(calibration: np.ndarray, input_kind: str, pre: Preprocessing) -> list[dict]:
+    """One input dict per photo, as the program takes it (an image input gets pixels 0..255)."""
+    name = IMAGE_INPUT if input_kind == "image" else TENSOR_INPUT
+    x = np.asarray(calibration, np.float32)
+    if input_kind == "image":
+        x = np.round(x * 255.0)
+    return [{name: x[k:k + 1]} for k in range(x.shape[0])]
+
+
+def w8a8_configs(ops_by_kind: dict[str, list[str]], float_kinds=(), only_kinds=None, *, float_adds: bool = False,
+                 mode: str = "linear_symmetric"):
+    """``(activation config, weight config)`` for :func:`quantize_w8a8`.
+
+    Default: every op coremltools can quantize (conv, linear, add; int8 symmetric, per-tensor
+    activations, per-channel weights) except those of ``float_kinds``. ``only_kinds``: quantize those
+    kinds' ops and nothing else (not even the residual adds) -- the sensitivity analysis.
+    ``float_adds``: keep the adds (residual connections; they belong to no kind) in float.
+    ``mode``: of the activations (``linear``: with a zero point).
+    """
+    import coremltools.optimize.coreml as cto
+
+    act = cto.OpLinearQuantizerConfig(mode=mode, dtype="int8")
+    # weight_threshold 0: every conv / linear weight of a quantized op is int8, also the small
+    # stem and depthwise kernels (coremltools never compresses rank-1 consts such as biases)
+    weight = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", weight_threshold=0)
+    if only_kinds is not None:
+        names = [n for kind in only_kinds for n in ops_by_kind.get(kind, [])]
+        return (cto.OptimizationConfig(op_name_configs={n: act for n in names}),
+                cto.OptimizationConfig(op_name_configs={n: weight for n in names}))
+    floating = {n: None for kind in float_kinds for n in ops_by_kind.get(kind, [])}
+    # weights: only those of conv / linear ops (the global config would also take other consts)
+    weighted = {n: weight for kind, names in ops_by_kind.items() if kind not in float_kinds for n in names}
+    return (cto.OptimizationConfig(global_config=act, op_name_configs=floating,
+                                   op_type_configs={"add": None} if float_adds else None),
+            cto.OptimizationConfig(op_name_configs=weighted))
+
+
+def activation_ranges(path: str | Path, samples: list[dict]) -> dict[str, dict[str, float]]:
+    """``{var: {"rmin", "rmax"}}`` over every float value of the saved program at ``path`` across
+    ``samples``, computed by the reference executor (``export.coreml_reference``).
+
+    coremltools calibrates with ``MLModel.predict``, which exists on macOS only; its own loop also
+    keeps only the *last* sample's range (``ModelDebugger.record_intermediate_output`` overwrites
+    before taking the min/max, coremltools 9.0). Here the range is the min / max over all samples.
+    """
+    from .coreml_reference import CoreMLReference
+
+    ref = CoreMLReference(path)
+    consts = set(ref._consts)
+    stats: dict[str, dict[str, float]] = {}
+    for feed in samples:
+        env = ref.run(feed, keep=True)
+        for name, value in env.items():
+            if name in consts or not isinstance(value, np.ndarray) or value.dtype.kind != "f" or not value.size:
+                continue
+            lo, hi = float(value.min()), float(value.max())
+            if name in stats:
+                lo, hi = min(lo, stats[name]["rmin"]), max(hi, stats[name]["rmax"])
+            stats[name] = {"rmin": lo, "rmax": hi}
+    return stats
+
+
+def insert_activation_quantization(mlmodel, stats: dict, config):
+    """coremltools 9.0's ``linear_quantize_activations`` with ranges given (``activation_ranges``)
+    instead of measured with ``MLModel.predict``: the same graph passes (quantize / dequantize pairs
+    before and after conv, linear and add; matmul is not among them), the same concat range sharing."""
+    from coremltools import _SPECIFICATION_VERSION_IOS_17
+    from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
+    from coremltools.converters.mil.mil.passes.graph_pass import PassOption
+    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
+    from coremltools.models import utils as model_utils
+    from coremltools.optimize.coreml.experimental._model_debugger import ModelDebugger
+    from coremltools.optimize.coreml.experimental._post_training_quantization import (
+        _adjust_concat_surrounding_activation_stats,
+    )
+
+    stats = {k: dict(v) for k, v in stats.items()}
+    _adjust_concat_surrounding_activation_stats(ModelDebugger(mlmodel)._get_concat_op_info(), stats)
+    passes = []
+    for name in ("compression::insert_prefix_quantize_dequantize_pair",
+                 "compression::insert_suffix_quantize_dequantize_pair"):
+        graph_pass = PASS_REGISTRY[name]
+        graph_pass.set_options([PassOption("config", config)])
+        graph_pass.set_options([PassOption("activation_stats", stats)])
+        passes.append(graph_pass)
+    passes.append(PASS_REGISTRY["common::dequantize_quantize_pair_elimination"])
+    return model_utils._apply_graph_pass(mlmodel, passes, spec_version=_SPECIFICATION_VERSION_IOS_17,
+                                         pymil_load_func=milproto_load, skip_model_load=True)
+
+
+def quantize_w8a8(mlmodel, samples: list[dict], act_config, weight_config, stats: dict | None = None):
+    """Int8 activations (ranges from ``samples``, or ``stats`` already measured) then int8 weights."""
+    import tempfile
+
+    import coremltools.optimize.coreml as cto
+
+    if stats is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "float.mlpackage"
+            mlmodel.save(str(path))
+            stats = activation_ranges(path, samples)
+    quantized = insert_activation_quantization(mlmodel, stats, act_config)
+    keep_shared_consts_consistent(quantized.get_spec(), weight_config)
+    return cto.linear_quantize_weights(quantized, weight_config)
+
+
+def compress_weights(mlmodel, scheme: str, ops_by_kind: dict[str, list[str]] | None = None, float_kinds=()):
+    """8-bit symmetric linear quantization (``int8``) or 8-bit k-means palettization of weights;
+    ``int8`` keeps the weights of ``float_kinds``' ops (``ops_by_kind`` from :func:`kind_ops`) in float."""
     import coremltools.optimize.coreml as cto
 
     if scheme == "int8":
+        floating = {n: None for kind in float_kinds for n in (ops_by_kind or {}).get(kind, [])}
         config = cto.OptimizationConfig(
-            global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"))
-        return cto.linear_quantize_weights(mlmodel, config)
+            global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"),
+            op_name_configs=floating)
+        return cto.linear_quantize_weights(mlmodel, keep_shared_consts_consistent(mlmodel.get_spec(), config))
     if scheme == "palettize8":
         config = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=8))
         return cto.palettize_weights(mlmodel, config)

@@ -14,6 +14,11 @@ Precision modes:
   rounded to fp16 every 32 products and accumulated in fp16, and softmax / layer_norm /
   reduce_mean reduce in fp16. Real hardware lies between the two modes.
 
+Quantized programs: weight-only modes decode their ``constexpr_*`` weights exactly; W8A8 programs
+(iOS 17 ``quantize`` / ``dequantize`` pairs around conv, linear and add) quantize activations as
+the MIL spec says, clip(round(x / scale) + zero_point), with round half to even and the division in
+float32; an int8 device kernel that fuses the pairs may round its accumulators differently.
+
 What it cannot prove: the Neural Engine's and GPU's own kernels (their accumulation order,
 fused ops, their fp16 transcendental approximations) and Core ML's scheduling. It proves that the
 saved program, with its saved weights, computes what PyTorch computes within fp32 rounding, and
@@ -332,6 +337,44 @@ def _affine_dequantize(i, a, ctx):
     return (q - zp) * scale
 
 
+def _per_axis(param, ndim, axis):
+    """A scale / zero point broadcast against a rank-``ndim`` tensor: a scalar as is, a vector along ``axis``."""
+    param = np.asarray(param, np.float32)
+    if param.ndim == 0 or axis is None:
+        return param
+    shape = [1] * ndim
+    shape[int(axis) % ndim] = -1
+    return param.reshape(shape)
+
+
+_INT_RANGE = {"int8": (-128, 127), "uint8": (0, 255)}
+
+
+def _quantize(i, a, ctx):
+    """iOS17 ``quantize``: clip(round(x / scale) + zero_point) to int8 / uint8; scale and zero point a
+    scalar (per tensor) or a vector along ``axis``. Computed in float32; ``round`` is half-to-even
+    (``np.rint``), as coremltools' own value inference (``np.around``) does."""
+    x = _f32(i["input"])
+    dtype = str(i["output_dtype"])
+    if dtype not in _INT_RANGE:
+        raise ValueError(f"quantize to {dtype!r}: only int8 and uint8 exist")
+    axis = i.get("axis")
+    q = np.rint(x / _per_axis(i["scale"], x.ndim, axis))
+    if i.get("zero_point") is not None:
+        q = q + _per_axis(i["zero_point"], x.ndim, axis)
+    lo, hi = _INT_RANGE[dtype]
+    return np.clip(q, lo, hi).astype(_CAST[dtype])
+
+
+def _dequantize(i, a, ctx):
+    """iOS17 ``dequantize``: scale * (q - zero_point), in the scale's float type."""
+    q = np.asarray(i["input"]).astype(np.float32)
+    axis = i.get("axis")
+    if i.get("zero_point") is not None:
+        q = q - _per_axis(i["zero_point"], q.ndim, axis)
+    return q * _per_axis(i["scale"], q.ndim, axis)
+
+
 def _lut_to_dense(i, a, ctx):
     """iOS16 palettization: indices packed LSB-first, nbits = log2(len(lut)), one shared LUT."""
     lut, packed, shape = np.asarray(a["lut"]), np.asarray(a["indices"], np.uint8), [int(v) for v in a["shape"]]
@@ -379,6 +422,7 @@ OPS = {
     "gather": lambda i, a, ctx: np.take(i["x"], np.asarray(i["indices"]).astype(np.int64), axis=int(i.get("axis", 0))),
     "identity": lambda i, a, ctx: i["x"],
     "constexpr_affine_dequantize": _affine_dequantize, "constexpr_lut_to_dense": _lut_to_dense,
+    "quantize": _quantize, "dequantize": _dequantize,
     "classify": _classify,
 }
 

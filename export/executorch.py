@@ -5,7 +5,7 @@
 
 * ``fp32``: the whole graph lowered to the XNNPACK backend (CPU, Android and iOS);
 * ``int8``: PT2E post-training quantization with the XNNPACK quantizer (symmetric int8,
-  per-channel weights, calibrated on real photos) of the linears (:func:`int8_node`), then lowered
+  per-channel weights, calibrated on real photos) of the layers its recipe quantizes (:func:`int8_filter`), then lowered
   to XNNPACK;
 * ``coreml-fp16``: the whole graph lowered to the Core ML backend (an ML program, fp16, iOS 17).
   The ``.pte`` is produced anywhere; it runs only where ExecuTorch has its Core ML backend (Apple
@@ -43,10 +43,16 @@ class ExecuTorchOptions:
     coreml_deployment_target: str = "iOS17"  # minimum OS of the coreml-fp16 program
     # ours: the registry's model rewrites first | as-is: the model exactly as given (the benchmarks' baseline)
     exporter: str = "ours"
+    # int8: mobilevit.layers kinds kept in float; None = the recipe in export.config.INT8_RECIPES
+    float_kinds: tuple[str, ...] | None = None
 
     def __post_init__(self):
         from .errors import ExportConfigError
 
+        if self.float_kinds is not None:
+            from mobilevit.layers import check_kinds
+
+            object.__setattr__(self, "float_kinds", check_kinds(self.float_kinds))
         if self.exporter not in EXPORTERS:
             raise ExportConfigError(f"unknown ExecuTorch exporter {self.exporter!r}; "
                                     f"choose one of: {', '.join(EXPORTERS)}")
@@ -59,32 +65,49 @@ def _export(model: torch.nn.Module, example: torch.Tensor):
     return torch.export.export(model, (example,), strict=False)
 
 
-def int8_node(node: torch.fx.Node) -> bool:
-    """The int8 recipe: which exported nodes the XNNPACK quantizer may quantize.
+def node_layer(node: torch.fx.Node) -> str | None:
+    """The ``mobilevit.layers`` layer an exported conv / linear / bmm node computes (``None``: no layer).
 
-    The transformers' linears (q, k, v, projection, MLP) and the classifier, with per-channel int8
-    weights and int8 activations; convolutions, the LayerNorm rewrite's mean/variance linears and every
-    add and mul stay float, inside the same XNNPACK delegate. (Weights and biases, which are not
-    call_function nodes, pass: the quantizer asks about them as part of each op's pattern.)
-    Measured on xx_small with calibrated synthetic weights, 32 calibration photos and 16 other photos,
-    running the converted PT2E module, top-1 agreement with PyTorch / worst cosine: the quantizer's
-    default (every op it supports) 38% / 0.59; linears and convolutions 56% / 0.93;
-    convolutions only 50% / 0.94; linears only (this recipe) 100% / 0.998. Finding which
-    convolutions can be int8 is a sensitivity question.
+    Read from the node's module stack: the innermost module that is a layer, or for a ``bmm`` the
+    attention it runs in (``<attn>.matmul``). The LayerNorm rewrite's mean/variance linears are no layer.
     """
-    if node.op != "call_function":
-        return True
-    if node.target != torch.ops.aten.linear.default:
-        return False
-    from mobilevit.rewrites import LinearMeanLayerNorm
+    from mobilevit.layers import kind_of
 
-    owners = (str(t) for _, t in (node.meta.get("nn_module_stack") or {}).values())
-    return not any(LinearMeanLayerNorm.__name__ in t for t in owners)
+    stack = [path for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
+    if not stack:
+        return None
+    inner = stack[-1]
+    if node.target == torch.ops.aten.bmm.default:
+        return f"{inner}.matmul" if inner.endswith(".attn") else None
+    return inner if kind_of(inner) else None
 
 
-def quantize_int8(model: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray):
-    """PT2E int8: XNNPACK quantizer (symmetric, per-channel weights) on :func:`int8_node`'s nodes,
-    observers fed real photos."""
+INT8_OPS = (torch.ops.aten.linear.default, torch.ops.aten.conv2d.default, torch.ops.aten.bmm.default)
+
+
+def int8_filter(float_kinds: tuple[str, ...]):
+    """The XNNPACK quantizer's node filter for a recipe: conv / linear / bmm nodes of layers whose kind
+    is not in ``float_kinds``; every other op (add, mul, the norms' linears) stays float inside the
+    same XNNPACK delegate. (Weights and biases, which are not call_function nodes, pass: the
+    quantizer asks about them as part of each op's pattern.)"""
+    from mobilevit.layers import kind_of
+
+    def quantize(node: torch.fx.Node) -> bool:
+        if node.op != "call_function":
+            return True
+        if node.target not in INT8_OPS:
+            return False
+        layer = node_layer(node)
+        if layer is None:
+            return False
+        return kind_of(layer) not in float_kinds
+    return quantize
+
+
+def quantize_int8(model: torch.nn.Module, example: torch.Tensor, calibration: np.ndarray,
+                  float_kinds: tuple[str, ...]):
+    """PT2E int8: XNNPACK quantizer (symmetric, per-channel weights) on the layers not kept in float
+    (:func:`int8_filter`), observers fed real photos one at a time (the program takes batch 1)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
@@ -92,9 +115,9 @@ def quantize_int8(model: torch.nn.Module, example: torch.Tensor, calibration: np
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    quantizer.set_filter_function(int8_node)
+    quantizer.set_filter_function(int8_filter(float_kinds))
     prepared = prepare_pt2e(_export(model, example).module(), quantizer)
-    for image in calibration:  # the program takes batch 1
+    for image in calibration:
         prepared(torch.from_numpy(np.ascontiguousarray(image[None], dtype=np.float32)))
     return _export(convert_pt2e(prepared), example)
 
@@ -121,7 +144,14 @@ def to_pte(model: torch.nn.Module, precision: str, path: Path, *, size: int, cal
 
     example = torch.zeros(1, 3, size, size)
     with quiet(stderr=True):
-        program = quantize_int8(model, example, calibration) if precision == "int8" else _export(model, example)
+        if precision == "int8":
+            from .config import int8_recipe
+
+            kinds = options.float_kinds
+            program = quantize_int8(model, example, calibration,
+                                    int8_recipe("executorch", "int8").float_kinds if kinds is None else kinds)
+        else:
+            program = _export(model, example)
         edge = to_edge_transform_and_lower(program, partitioner=[_partitioner(precision, options)])
         buffer = edge.to_executorch().buffer
     path.write_bytes(buffer)

@@ -15,6 +15,7 @@ import torch
 
 from mobilevit import DEFAULT_SIZE
 
+from .errors import ExportConfigError
 from .quiet import quiet
 
 OPSET = 18
@@ -31,19 +32,21 @@ class OnnxOptions:
     dynamic_batch: bool = True
     dynamic_hw: bool = False  # symbolic height/width, multiples of 64
     exporter: str = "ours"  # ours: torch.export, opset 18, onnxsim | as-is: TorchScript exporter, opset 17
+    # int8: mobilevit.layers kinds kept in float; None = the recipe in export.config.INT8_RECIPES
+    float_kinds: tuple[str, ...] | None = None
 
     def __post_init__(self):
         check_exporter(self.exporter)
-        if self.dynamic_hw and self.exporter != "ours":
-            from .errors import ExportConfigError
+        if self.float_kinds is not None:
+            from mobilevit.layers import check_kinds
 
+            object.__setattr__(self, "float_kinds", check_kinds(self.float_kinds))
+        if self.dynamic_hw and self.exporter != "ours":
             raise ExportConfigError("dynamic height/width needs exporter='ours'")
 
 
 def check_exporter(exporter: str) -> str:
     if exporter not in EXPORTERS:
-        from .errors import ExportConfigError
-
         raise ExportConfigError(f"unknown ONNX exporter {exporter!r}; choose one of: {', '.join(EXPORTERS)}")
     return exporter
 
@@ -63,8 +66,60 @@ def convert(model: torch.nn.Module, precisions: tuple[str, ...], workdir: Path, 
     with tempfile.TemporaryDirectory(prefix="onnx-fp32-", dir=workdir) as scratch:
         fp32 = export_fp32(model, Path(scratch) / "fp32.onnx", size=sizes[0], exporter=options.exporter,
                            dynamic_batch=options.dynamic_batch, dynamic_hw=options.dynamic_hw)
-        return {p: convert_onnx_precision(fp32, workdir / f"model_{p}.onnx", p, calibration=calibration)
+        layers = int8_layers(model, fp32, options.float_kinds) if "int8" in precisions else None
+        return {p: convert_onnx_precision(fp32, workdir / f"model_{p}.onnx", p, calibration=calibration,
+                                          int8_nodes=layers)
                 for p in precisions}
+
+
+def int8_layers(model: torch.nn.Module, fp32_path: Path, float_kinds: tuple[str, ...] | None) -> list[str]:
+    """The ONNX nodes static int8 quantizes: those of every layer whose kind is not kept in float."""
+    import onnx
+
+    from mobilevit.layers import layers
+
+    from .config import int8_recipe
+
+    if float_kinds is None:
+        float_kinds = int8_recipe("onnx", "int8").float_kinds
+    kinds = {layer.name: layer.kind for layer in layers(model)}
+    mapping = layer_nodes(onnx.load(str(fp32_path)), model)
+    return [n for name, nodes in mapping.items() if kinds[name] not in float_kinds for n in nodes]
+
+
+def layer_nodes(graph, model: torch.nn.Module) -> dict[str, list[str]]:
+    """``mobilevit.layers`` layer name -> its ONNX node names, by execution order.
+
+    Weight-bearing nodes (Conv, Gemm, MatMul with a constant input) follow the model's layers one
+    to one, each checked against its module's weight shape; MatMuls between two activations belong
+    to the attention whose q/k/v projection came last. A mismatch raises instead of guessing.
+    """
+    from mobilevit.layers import layers
+
+    consts = {i.name: tuple(i.dims) for i in graph.graph.initializer}
+    modules = dict(model.named_modules())
+    todo = list(layers(model))
+    weighted = iter([layer for layer in todo if layer.weighted])
+    out: dict[str, list[str]] = {layer.name: [] for layer in todo}
+    attn = None
+    for node in graph.graph.node:
+        const = [consts[i] for i in node.input[1:2] if i in consts]
+        if node.op_type in ("Conv", "Gemm") or (node.op_type == "MatMul" and const):
+            layer = next(weighted, None)
+            shape = tuple(modules[layer.name].weight.shape) if layer else None
+            if layer is None or not const or const[0] not in (shape, shape[::-1]):
+                raise ValueError(f"ONNX node {node.name} ({node.op_type}, weight {const}) does not match the "
+                                 f"model's next layer {layer and layer.name} (weight {shape})")
+            out[layer.name].append(node.name)
+            attn = layer.name.split(".attn.")[0] + ".attn.matmul" if layer.kind == "qkv" else None
+        elif node.op_type == "MatMul":
+            if attn is None:
+                raise ValueError(f"ONNX MatMul {node.name} between activations outside an attention")
+            out[attn].append(node.name)
+    left = [layer.name for layer in weighted]
+    if left:
+        raise ValueError(f"the ONNX graph has no node for layers {left[:3]}...")
+    return out
 
 
 def export_onnx(model: torch.nn.Module, path: str | Path, *, size: int = DEFAULT_SIZE, dynamic_batch: bool = True,
@@ -134,34 +189,19 @@ class _PhotoReader:
         self.i = 0
 
 
-# Static int8 scope. Measured on xx_small (calibrated synthetic weights, 32 calibration photos,
-# 16 validation photos; cosine to fp32 / top-1 agreement): Conv+MatMul+Gemm 0.86 / 44%,
-# without depthwise convs 0.93 / 50%, Conv only 0.87 / 44%, weight MatMul+Gemm only 0.999 / 100%.
-# Per-tensor activation scales cannot follow MobileViT's conv activations, so static int8
-# quantizes the transformer and classifier linears and keeps convolutions in float.
-STATIC_INT8_OPS = ("MatMul", "Gemm")
-
-
-def activation_matmuls(model) -> list[str]:
-    """Names of MatMul nodes whose inputs are both activations (attention q.k^T and attn.v).
-
-    Quantizing those to 8 bits wrecks attention (softmax logits lose their fine structure), so
-    static int8 keeps them in float and quantizes only weight-bearing Conv/MatMul/Gemm.
-    """
-    weights = {init.name for init in model.graph.initializer}
-    weights |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
-    return [n.name for n in model.graph.node
-            if n.op_type == "MatMul" and not (set(n.input) & weights)]
+# our calibration method names -> onnxruntime's (export.config.Int8Recipe.calibration)
+CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
 
 def convert_onnx_precision(fp32_path: str | Path, out_path: str | Path, precision: str,
-                           calibration: np.ndarray | None = None) -> Path:
+                           calibration: np.ndarray | None = None, int8_nodes: list[str] | None = None) -> Path:
     """Derive an fp16, static-int8 (QDQ) or dynamic-int8 model from an fp32 one.
 
     * ``fp16``: weights and activations in fp16, fp32 input/output (``keep_io_types``).
-    * ``int8``: static QDQ, per-channel weights, activations calibrated on ``calibration``
-      (real photographs). Only weight-bearing MatMul/Gemm are quantized (see ``STATIC_INT8_OPS``);
-      attention matmuls, convolutions, LayerNorm, Softmax and SiLU stay in float.
+    * ``int8``: static QDQ, per-channel int8 weights, uint8 activations calibrated on ``calibration``
+      (real photographs) by the recipe's method (``export.config.INT8_RECIPES``); only ``int8_nodes``
+      (Conv / MatMul / Gemm nodes of the layers the recipe quantizes, :func:`int8_layers`) are
+      quantized; LayerNorm, Softmax, SiLU and the other layers stay in float.
     * ``int8_dynamic``: int8 MatMul/Gemm weights, activations quantized at run time.
     """
     import onnx
@@ -177,20 +217,26 @@ def convert_onnx_precision(fp32_path: str | Path, out_path: str | Path, precisio
     elif precision == "int8":
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+        from .config import int8_recipe
+
         if calibration is None or len(calibration) == 0:
             raise ValueError("static int8 quantization needs calibration images")
-        model = onnx.load(str(fp32_path))
-        quantize_static(str(fp32_path), str(out_path), _PhotoReader(calibration),
-                        quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=list(STATIC_INT8_OPS),
-                        nodes_to_exclude=activation_matmuls(model),
-                        calibrate_method=CalibrationMethod.MinMax)
+        if not int8_nodes:
+            raise ExportConfigError("int8 has nothing to quantize: every layer kind is kept in float "
+                                    "(drop some from --float-kinds)")
+        method = CALIBRATION_METHODS[int8_recipe("onnx", "int8").calibration]
+        with quiet(stdout=True):  # the histogram calibrators print their progress
+            quantize_static(str(fp32_path), str(out_path), _PhotoReader(calibration),
+                            quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=["Conv", "MatMul", "Gemm"], nodes_to_quantize=list(int8_nodes),
+                            calibrate_method=getattr(CalibrationMethod, method))
     elif precision == "int8_dynamic":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8,
-                         op_types_to_quantize=["MatMul", "Gemm"])
+        with quiet(stdout=True):  # onnxruntime's "consider pre-processing" warning
+            quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul", "Gemm"])
     else:
         raise ValueError(f"unknown ONNX precision {precision!r}")
     return out_path

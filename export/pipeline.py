@@ -26,7 +26,7 @@ from .request import (
     say,
     validation_photos,
 )
-from .validate import torch_reference, validate_artifact
+from .validate import int8_blame, torch_reference, validate_artifact
 
 __all__ = ["ExportRequest", "ExportResult", "run_export", "resolve"]
 
@@ -74,6 +74,9 @@ def run_export(req: ExportRequest) -> list[ExportResult]:
             report = validate_artifact(artifact, req.target, precision, torch_reference(model, classifier), val)
             for line in report.skipped:
                 say(f"{req.target} {precision}: {line}")
+            if report.problems:
+                hint = int8_blame(req.target, precision, req.float_kinds)
+                report.problems += [hint] if hint else []
             try:
                 report.raise_if_failed(f"{req.target} {precision} artifact")
             except ValidationError as err:

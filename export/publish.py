@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .config import target_config
+from .config import int8_recipe, target_config
 from .errors import OutputError
 
 __all__ = ["OutputError", "check_destination", "staging", "sha256_path", "tool_versions", "write_json",
@@ -107,6 +107,7 @@ def manifest(artifact: Path, *, target: str, precision: str, model, weights: dic
         "attention_layout": model.attention_layout,
         "rewrites": list(target_config(target).rewrites),  # applied to a copy before conversion
         "options": options,
+        **_int8(target, precision, options),
         "input": {**graph["inputs"][0], "sizes": list(sizes), **preprocessing},
         "output": graph["outputs"],
         "graph": graph,
@@ -118,6 +119,19 @@ def manifest(artifact: Path, *, target: str, precision: str, model, weights: dic
         "export_seconds": round(seconds, 2),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def _int8(target: str, precision: str, options: dict) -> dict:
+    """The int8 recipe the artifact was made with: which layer kinds stayed float, how it was calibrated."""
+    recipe = int8_recipe(target, precision)
+    if recipe is None:
+        return {}
+    from mobilevit.layers import KINDS
+
+    kept = recipe.float_kinds if options.get("float_kinds") is None else tuple(options["float_kinds"])
+    return {"int8_recipe": {"float_kinds": list(kept), "int8_kinds": [k for k in KINDS if k not in kept],
+                            "calibration": recipe.calibration,
+                            "source": "recipe" if options.get("float_kinds") is None else "--float-kinds"}}
 
 
 def publish(artifact: Path, dest: Path, manifest: dict, labels: list[str], force: bool = False) -> Path:

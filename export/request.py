@@ -42,14 +42,18 @@ class ExportRequest:
     output_kind: str = "classifier"  # Core ML: classifier | logits
     dynamic_hw: bool = False  # ONNX: symbolic height/width
     images: str | None = None  # folder of the user's own photos for validation/calibration
+    float_kinds: tuple[str, ...] | None = None  # int8: layer kinds kept in float (None: the target's recipe)
 
     def target_options(self) -> dict:
         """The keyword options this request passes to ``export.convert`` for its target."""
+        options: dict = {}
         if self.target == "coreml":
-            return {"input_kind": self.input_kind, "output_kind": self.output_kind}
+            options = {"input_kind": self.input_kind, "output_kind": self.output_kind}
         if self.target == "onnx":
-            return {"dynamic_hw": self.dynamic_hw}
-        return {}
+            options = {"dynamic_hw": self.dynamic_hw}
+        if self.float_kinds is not None:
+            options["float_kinds"] = tuple(self.float_kinds)
+        return options
 
 
 @dataclass

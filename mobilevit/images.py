@@ -2,6 +2,9 @@
 
 scikit-image, scikit-learn and matplotlib each carry a few real photos. Deterministic crops,
 flips and rescales of them give as many realistic RGB inputs as calibration and drift need.
+Two disjoint pools: validation and drift use :func:`base_photos`, calibration uses
+:func:`calibration_base_photos` (other photographs), so no int8 artifact is ever validated on a
+photo it was calibrated on.
 """
 from __future__ import annotations
 
@@ -34,6 +37,20 @@ def _matplotlib_photos() -> dict[str, np.ndarray]:
 
 
 @lru_cache(maxsize=1)
+def calibration_base_photos() -> dict[str, np.ndarray]:
+    """Name -> uint8 RGB photograph for calibration only: scikit-image photos not in :func:`base_photos`
+    (grayscale ones repeated over three channels)."""
+    import skimage.data as d
+
+    photos = {"hubble_deep_field": d.hubble_deep_field(), "retina": d.retina(),
+              "motorcycle": d.stereo_motorcycle()[0]}
+    for name in ("camera", "coins", "moon", "grass", "gravel", "brick"):
+        gray = getattr(d, name)()
+        photos[name] = np.repeat(gray[..., None], 3, axis=-1)  # [H, W] -> [H, W, 3]
+    return photos
+
+
+@lru_cache(maxsize=1)
 def base_photos() -> dict[str, np.ndarray]:
     """Name -> uint8 RGB ``[H, W, 3]`` photograph, from installed packages."""
     photos: dict[str, np.ndarray] = {}
@@ -44,13 +61,19 @@ def base_photos() -> dict[str, np.ndarray]:
     return photos
 
 
-def photo_variants(count: int, seed: int = 0, min_side: int = 160) -> list[np.ndarray]:
-    """``count`` deterministic views (random crop of 50-100% of the side, optional flip) of the photos.
+# photo pool -> its photographs (disjoint: see the module docstring)
+POOLS = {"validation": base_photos, "calibration": calibration_base_photos}
+
+
+def photo_variants(count: int, seed: int = 0, min_side: int = 160, pool: str = "validation") -> list[np.ndarray]:
+    """``count`` deterministic views (random crop of 50-100% of the side, optional flip) of ``pool``'s photos.
 
     The first views are the whole photos, so small counts still show every photo once.
     """
+    if pool not in POOLS:
+        raise ValueError(f"unknown photo pool {pool!r}; choose one of: {', '.join(POOLS)}")
     rng = np.random.default_rng(seed)
-    bases = list(base_photos().values())
+    bases = list(POOLS[pool]().values())
     out: list[np.ndarray] = []
     for i in range(count):
         img = bases[i % len(bases)]

@@ -56,7 +56,13 @@ class Layer:
 
 
 def kind_of(name: str) -> str | None:
-    """The kind of the module called ``name`` (``None`` for modules that are not quantizable layers)."""
+    """The kind of the layer called ``name`` (``None`` for modules that are not quantizable layers):
+    a module name, ``<attn>.matmul`` for an attention's matmul pair, or ``<attn>.qkv.q|k|v`` after the
+    ``qkv_as_three_linears`` rewrite."""
+    if name.endswith(".attn.matmul"):
+        return "attn_matmul"
+    if ".attn.qkv." in name and name.endswith((".q", ".k", ".v")):
+        name = name.rsplit(".", 1)[0]
     for suffix, kind in _SUFFIX_KIND:
         if name == suffix or name.endswith(suffix):
             return kind
@@ -75,8 +81,7 @@ def layers(model: nn.Module) -> list[Layer]:
     Works on a rewritten model too (``qkv_as_three_linears``: ``qkv.q``/``.k``/``.v`` count as qkv)."""
     out: list[Layer] = []
     for name, module in model.named_modules():
-        base = name.rsplit(".", 1)[0] if name.endswith((".q", ".k", ".v")) and ".attn.qkv." in name else name
-        kind = kind_of(base)
+        kind = kind_of(name)
         if kind is None or not isinstance(module, (nn.Conv2d, nn.Linear)):
             continue
         out.append(Layer(name, kind, KINDS[kind][1], _stage(name)))
@@ -93,3 +98,29 @@ def check_kinds(kinds) -> tuple[str, ...]:
     if bad:
         raise UnknownKindError(f"unknown layer kind(s) {', '.join(bad)}; choose from: {', '.join(KINDS)}")
     return kinds
+
+
+def layer_macs(model: nn.Module, size: int = 256) -> dict[str, int]:
+    """Multiply-accumulates of each layer of :func:`layers` for one ``size x size`` image.
+
+    The share of a kind in the total bounds what int8 can buy: a kind kept in float keeps its time.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.eval()(torch.zeros(1, 3, size, size))
+    root = type(model).__name__
+    flops = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
+
+    def of(name: str) -> int:
+        return flops.get(f"{root}.{name}", 0)
+
+    out = {}
+    for layer in layers(model):
+        if layer.weighted:
+            out[layer.name] = of(layer.name) // 2
+        else:  # the attention module's own work: what its linears do not account for
+            attn = layer.name.rsplit(".", 1)[0]
+            out[layer.name] = (of(attn) - of(f"{attn}.qkv") - of(f"{attn}.proj")) // 2
+    return out

@@ -16,3 +16,11 @@ def exported(tmp_root: Path, target: str, variant: str = "xx_small", precisions=
         req = ExportRequest(target=target, variant=variant, precisions=tuple(precisions), out=out, **kw)
         _CACHE[key] = {r.manifest["precision"]: r for r in run_export(req)}
     return _CACHE[key]
+
+
+# Layers of xx_small per kind, counted by hand from the architecture: 7 inverted residuals, 3 MobileViT
+# blocks with 2, 4 and 3 transformer layers (9 attentions of 4 heads, 2 FFN linears each).
+XXS_LAYER_COUNTS = {"stem": 1, "expand": 7, "depthwise": 7, "project": 7, "local3x3": 3, "conv_in": 3, "qkv": 9,
+                    "attn_matmul": 9, "attn_out": 9, "ffn": 18, "conv_proj": 3, "fusion3x3": 3, "conv_exp": 1,
+                    "classifier": 1}
+XXS_HEADS = 4

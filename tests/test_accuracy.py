@@ -34,8 +34,8 @@ def test_accuracy_is_reported_even_when_it_drops(report):
         assert r["delta"] == pytest.approx(r["top1"] - torch_top1)
         if r["precision"] == "fp32":
             assert r["changed"] <= 1  # fp32 artifacts compute what PyTorch computes
-    int8 = [r for r in result["rows"] if "int8" in r["precision"]]
-    assert len(int8) == 6 and all(r["top1"] is not None for r in int8)  # 2 ONNX, 2 TFLite, 1 Core ML, 1 ExecuTorch
+    int8 = [r for r in result["rows"] if r["precision"] in ("int8", "int8_dynamic", "w8a8")]
+    assert len(int8) == 7 and all(r["top1"] is not None for r in int8)  # 2 ONNX, 2 TFLite, 2 Core ML, 1 ExecuTorch
 
 
 def test_outputs_are_written(report):

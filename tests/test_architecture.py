@@ -115,7 +115,7 @@ def test_every_registered_part_imports_and_every_precision_has_a_tolerance():
     from benchmarks.accuracy import MATRIX
 
     assert MATRIX == {n: c.precisions for n, c in TARGETS.items()}
-    assert MATRIX["coreml"] == ("fp16", "fp32", "int8", "palettize8")
+    assert MATRIX["coreml"] == ("fp16", "fp32", "int8", "palettize8", "w8a8")
 
 
 def test_the_registry_refuses_duplicates_and_names_the_choices():
@@ -191,3 +191,19 @@ def test_a_new_target_is_one_module_and_one_registry_entry(tmp_path, monkeypatch
     assert [e.name for e in entries] == ["torchscript fp32"] and entries[0].results["within_tolerance"] is True
     assert entries[0].patches == "slice" and entries[0].attention == "split"  # the target's defaults applied
     assert np.isfinite(entries[0].results["drift"]["cosine_min"])
+
+
+def test_every_int8_recipe_names_a_registered_precision_and_real_kinds():
+    """One recipe per target's quantized precision; kinds from mobilevit.layers; every target can override them."""
+    from dataclasses import fields
+
+    from export.config import INT8_RECIPES, TARGETS, load
+    from mobilevit.layers import check_kinds
+
+    assert set(INT8_RECIPES) == {("onnx", "int8"), ("tflite", "int8"), ("coreml", "w8a8"), ("executorch", "int8")}
+    for (target, precision), recipe in INT8_RECIPES.items():
+        assert precision in TARGETS[target].precisions and precision in TARGETS[target].calibrated
+        assert check_kinds(recipe.float_kinds) == recipe.float_kinds
+        assert "float_kinds" in {f.name for f in fields(load(TARGETS[target].options))}
+    # the same float exceptions on every target (README "int8")
+    assert len({r.float_kinds for r in INT8_RECIPES.values()}) == 1

@@ -256,9 +256,9 @@ def test_bad_arguments_stop_with_the_valid_choices(argv, says, capsys):
 
 
 # ------------------------------------------------------------------- methodology on hand-made samples
-def _row(name, samples, source="ours", runtime="onnxruntime", precision="fp32", top1=1.0):
+def _row(name, samples, source="ours", runtime="onnxruntime", precision="fp32", top1=1.0, cosine=1.0):
     return {"name": name, "source": source, "runtime": runtime, "precision": precision,
-            "drift": {"top1_agreement": top1}, "latency": {"1": {"samples_ms": samples,
+            "drift": {"top1_agreement": top1, "cosine_mean": cosine}, "latency": {"1": {"samples_ms": samples,
                                                                 "median_ms": float(np.median(samples))}}}
 
 
@@ -282,15 +282,25 @@ def test_a_target_is_met_only_when_the_whole_interval_is_on_its_side():
     assert _status(clear, "TFLite fp32 / HF as-is")["status"] == "not measured"
 
 
-def test_int8_speed_up_needs_speed_and_agreement():
+def test_int8_speed_up_needs_speed_and_cosine_per_runtime():
     fp32 = _row("onnxruntime fp32", [10.0] * 20)
-    fast_but_wrong = _row("onnxruntime int8", [4.0] * 20, precision="int8", top1=0.9)
-    t = _status([fp32, fast_but_wrong], "fastest int8")
-    assert t["value"] == pytest.approx(2.5) and t["status"] == "not met"  # 2.5x, but 90% agreement
-    right = _row("onnxruntime int8", [4.0] * 20, precision="int8", top1=1.0)
-    assert _status([fp32, right], "fastest int8")["status"] == "met"
+    fp16 = _row("onnxruntime fp16", [9.0] * 20, precision="fp16", top1=0.875)
+    fast_but_wrong = _row("onnxruntime int8", [4.0] * 20, precision="int8", top1=1.0, cosine=0.998)
+    t = _status([fp32, fp16, fast_but_wrong], "best int8 of onnxruntime")
+    assert t["value"] == pytest.approx(2.5) and t["status"] == "not met"  # 2.5x, but cosine 0.998 < 0.999
+    assert "top-1 agreement 100% (fp16: 88%)" in t["note"]
+    right = _row("onnxruntime int8", [4.0] * 20, precision="int8", top1=0.9, cosine=0.9995)
+    assert _status([fp32, right], "best int8 of onnxruntime")["status"] == "met"  # agreement is reported, not judged
     slow = _row("onnxruntime int8", [8.0] * 20, precision="int8")
-    assert _status([fp32, slow], "fastest int8")["value"] == pytest.approx(1.25)
+    assert _status([fp32, slow], "best int8 of onnxruntime")["value"] == pytest.approx(1.25)
+    # the faithful row is preferred over a faster one that misses the cosine target
+    fast_dynamic = _row("onnxruntime int8_dynamic", [5.0] * 20, precision="int8_dynamic", cosine=0.99)
+    t = _status([fp32, slow, fast_dynamic], "best int8 of onnxruntime")
+    assert t["value"] == pytest.approx(1.25) and "(int8)" in t["target"]
+    litert = [_row("litert fp32", [10.0] * 20, runtime="litert"),
+              _row("litert int8", [4.5] * 20, runtime="litert", precision="int8", cosine=0.9999)]
+    both = target_status({"rows": [fp32, slow, *litert, _row("torch fp32", [9.0] * 20, runtime="torch")]}, "1")
+    assert [t["status"] for t in both if t["target"].startswith("best int8")] == ["not met", "met"]  # none for torch
 
 
 def test_fraction_of_peak_only_against_the_matching_peak_and_flagged_above_it():
@@ -352,7 +362,7 @@ def test_readme_figures_are_the_committed_results_of_the_named_commands():
 
     readme = (ROOT / "README.md").read_text()
     blocks = {m.group("name"): m.group("body") for m in BLOCK.finditer(readme)}
-    assert set(blocks) == {"strategies", "bench", "accuracy"}
+    assert set(blocks) == {"strategies", "bench", "accuracy", "quant", "int8"}
     for name, body in blocks.items():
         assert body.rstrip() == (ROOT / "benchmarks" / "results" / f"{name}.md").read_text().rstrip(), name
     bench = json.loads((ROOT / "benchmarks" / "results" / "bench.json").read_text())["meta"]
@@ -360,3 +370,10 @@ def test_readme_figures_are_the_committed_results_of_the_named_commands():
     assert "`make bench` (`python -m benchmarks --quick`" in readme
     strategies = json.loads((ROOT / "benchmarks" / "results" / "strategies.json").read_text())["meta"]
     assert strategies["command"].strip() == "python -m benchmarks.strategies" and strategies["repeats"] == 50
+    int8 = json.loads((ROOT / "benchmarks" / "results" / "int8.json").read_text())["meta"]
+    named = ("python -m benchmarks --variants xx_small,small --targets onnx,tflite,executorch "
+             "--precisions fp32,fp16,int8,int8_dynamic --threads 1 --no-baseline --stem int8")
+    assert int8["command"] == named and " ".join(named.split()[3:6]) in " ".join(readme.split())
+    quant = json.loads((ROOT / "benchmarks" / "results" / "quant.json").read_text())
+    assert set(quant["targets"]) == {"onnx", "tflite", "coreml", "executorch"}
+    assert all(t["command"].startswith("python -m benchmarks.quant") for t in quant["targets"].values())

@@ -20,15 +20,15 @@ RNG = np.random.default_rng(0)
 FP16_BOUND = 2e-2  # max abs diff / max |logit| of an fp16 program vs PyTorch fp32 (measured ~3e-3)
 
 
-def _save_program(prog, path, precision=ct.precision.FLOAT32):
+def _save_program(prog, path, precision=ct.precision.FLOAT32, target=ct.target.iOS16):
     ml = ct.convert(prog, convert_to="mlprogram", compute_precision=precision, pass_pipeline=ct.PassPipeline.EMPTY,
-                    minimum_deployment_target=ct.target.iOS16, skip_model_load=True)
+                    minimum_deployment_target=target, skip_model_load=True)
     ml.save(str(path))
     return CoreMLReference(path)
 
 
-def _run(prog, tmp_path, **inputs):
-    ref = _save_program(prog, tmp_path / "p.mlpackage")
+def _run(prog, tmp_path, target=ct.target.iOS16, **inputs):
+    ref = _save_program(prog, tmp_path / "p.mlpackage", target=target)
     out = ref.run(inputs)
     return [out[k] for k in ref.block.outputs]
 
@@ -157,6 +157,74 @@ def test_pixel_shuffle_pair_matches_torch(tmp_path):
     up, down = _run(prog, tmp_path, x=x)
     np.testing.assert_array_equal(up, F.pixel_shuffle(torch.from_numpy(x), 2).numpy())
     np.testing.assert_array_equal(down, F.pixel_unshuffle(torch.from_numpy(x), 2).numpy())
+
+
+# ------------------------------------------------------------- iOS17 activation quantization
+def _quantized(prog, tmp_path, x):
+    """The value of the program's (only) quantize op: int8 / uint8 program outputs get a cast to int32."""
+    ref = _save_program(prog, tmp_path / "q.mlpackage", target=ct.target.iOS17)
+    env = ref.run({"x": x}, keep=True)
+    (op,) = [op for op in ref.block.operations if op.type == "quantize"]
+    return env[op.outputs[0].name]
+
+
+def test_quantize_int8_per_tensor_rounds_half_to_even_and_clips(tmp_path):
+    x = np.array([[-1.0, -0.26, 0.25, 0.75, 1.3, 100.0, -100.0, 0.0]], np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=x.shape)], opset_version=ct.target.iOS17)
+    def prog(x):
+        return mb.quantize(input=x, scale=np.float32(0.5), output_dtype="int8")
+
+    q = _quantized(prog, tmp_path, x)
+    # x / 0.5 = -2, -0.52, 0.5, 1.5, 2.6, 200, -200, 0 -> round half to even, clip to [-128, 127]
+    assert q.dtype == np.int8
+    np.testing.assert_array_equal(q, [[-2, -1, 0, 2, 3, 127, -128, 0]])
+
+
+def test_quantize_uint8_per_axis_with_zero_point(tmp_path):
+    x = np.array([[[1.0, -1.0], [0.3, 100.0]], [[-50.0, 2.5], [0.7, -0.7]]], np.float32)  # [2, 2, 2]
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=x.shape)], opset_version=ct.target.iOS17)
+    def prog(x):  # axis 1: row 0 of every slice uses scale 0.25, zero point 128; row 1 scale 0.1, zero point 10
+        return mb.quantize(input=x, scale=np.array([0.25, 0.1], np.float32),
+                           zero_point=np.array([128, 10], np.uint8), axis=1, output_dtype="uint8")
+
+    q = _quantized(prog, tmp_path, x)
+    # [0][0]: 1/0.25+128 = 132, -1/0.25+128 = 124   [0][1]: 0.3/0.1+10 = 13, 100/0.1+10 = 1010 -> 255
+    # [1][0]: -50/0.25+128 = -72 -> 0, 2.5/0.25+128 = 138   [1][1]: 0.7/0.1+10 = 17, -0.7/0.1+10 = 3
+    assert q.dtype == np.uint8
+    np.testing.assert_array_equal(q, [[[132, 124], [13, 255]], [[0, 138], [17, 3]]])
+
+
+def test_dequantize_per_tensor_and_per_axis(tmp_path):
+    q8 = np.array([[-128, -3, 0, 5, 127]], np.int8)
+    u8 = np.array([[0, 10, 255], [0, 10, 255]], np.uint8)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1,))], opset_version=ct.target.iOS17)
+    def prog(x):
+        a = mb.dequantize(input=q8, scale=np.float32(0.5), zero_point=np.int8(-3))
+        b = mb.dequantize(input=u8, scale=np.array([2.0, 0.25], np.float32), zero_point=np.array([10, 0], np.uint8),
+                          axis=0)
+        return a, b, x
+
+    a, b, _ = _run(prog, tmp_path, target=ct.target.iOS17, x=np.zeros(1, np.float32))
+    np.testing.assert_array_equal(a, [[-62.5, 0.0, 1.5, 4.0, 65.0]])  # 0.5 * (q + 3)
+    np.testing.assert_array_equal(b, [[-20.0, 0.0, 490.0], [0.0, 2.5, 63.75]])  # row 0: 2 * (q - 10); row 1: q / 4
+
+
+def test_quantize_dequantize_fp16_round_trip(tmp_path):
+    x = np.array([[0.1, -0.37, 1.0, -2.0]], np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=x.shape, dtype=ct.converters.mil.mil.types.fp16)],
+                opset_version=ct.target.iOS17)
+    def prog(x):
+        q = mb.quantize(input=x, scale=np.float16(1 / 64), output_dtype="int8")
+        return mb.dequantize(input=q, scale=np.float16(1 / 64))
+
+    (y,) = _run(prog, tmp_path, target=ct.target.iOS17, x=x)
+    assert y.dtype == np.float16
+    # x * 64 = 6.4, -23.68, 64, -128 -> 6, -24, 64, -128 -> / 64
+    np.testing.assert_array_equal(y, np.array([[6 / 64, -24 / 64, 1.0, -2.0]], np.float16))
 
 
 # ------------------------------------------------------------------------------- whole models

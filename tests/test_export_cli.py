@@ -19,6 +19,8 @@ def _run(args, capsys):
     (["onnx", "--size", "abc"], "--size must be integers"),
     (["coreml", "--size", "160,256"], "odd patch grid"),
     (["tflite", "--dynamic-hw"], "--dynamic-hw applies to ONNX only"),
+    (["onnx", "--precision", "int8", "--float-kinds", "conv3x3"], "--float-kinds: unknown layer kind(s) conv3x3"),
+    (["onnx", "--precision", "int8", "--float-kinds", "stem,,mlp"], "unknown layer kind(s) mlp; choose from: stem"),
 ])
 def test_bad_requests_exit_2_and_write_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "out"

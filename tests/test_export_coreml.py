@@ -5,13 +5,20 @@ On Linux, validation runs the saved .mlpackage in the reference executor
 these tests: nothing is "validated" silently.
 """
 import json
+from collections import Counter
 
 import coremltools as ct
 import pytest
 
+from export import with_target_defaults
+from export.coreml import CoreMLOptions, _op_name, convert_coreml, kind_ops, mil_layer_ops
 from export.coreml_labels import classifier_labels
+from export.coreml_reference import CoreMLReference
+from export.errors import ExportError
 from export.graph import inspect_coreml
 from mobilevit.labels import imagenet_labels
+from mobilevit.layers import KINDS, layers
+from mobilevit.synthetic import synthetic_model
 from tests.export_helpers import exported
 
 
@@ -85,3 +92,76 @@ def test_static_graph_rank_and_shape_ops(root):
     assert report.max_rank <= 4
     assert report.shape_ops == {}
     assert report.transposes <= 15  # pixel_shuffle + split attention: 9 layers + 6 patch permutes
+
+
+
+@pytest.fixture(scope="module")
+def xxs_coreml():
+    return with_target_defaults(synthetic_model("xx_small"), "coreml")
+
+
+def test_kind_ops_map_every_layer_in_execution_order(xxs_coreml):
+    model = xxs_coreml
+    spec = convert_coreml(model, "fp16", (256,), CoreMLOptions(input_kind="tensor", output_kind="logits")).get_spec()
+    ops = kind_ops(spec, model)
+    assert set(ops) == set(KINDS)
+    counts = Counter(layer.kind for layer in layers(model))
+    mil = {name: (typ, weight, groups) for name, typ, weight, groups in mil_layer_ops(spec)}
+    assert sum(len(v) for v in ops.values()) == len(mil)  # every conv / linear / matmul has exactly one kind
+    for kind, names in ops.items():
+        if kind == "attn_matmul":  # split attention: q.k^T and attn.v per head
+            assert len(names) % (2 * counts[kind]) == 0 and {mil[n][0] for n in names} == {"matmul"}
+        else:
+            assert len(names) == counts[kind]
+    assert all(mil[n][2] == mil[n][1][0] and mil[n][1][1] == 1 for n in ops["depthwise"])
+    assert all(mil[n][1][2:] == (1, 1) for k in ("expand", "project", "conv_in", "conv_proj", "conv_exp")
+               for n in ops[k])
+    assert all(mil[n][1][2:] == (3, 3) and mil[n][2] == 1 for k in ("stem", "local3x3", "fusion3x3")
+               for n in ops[k])
+    with pytest.raises(ExportError, match="expects conv weight"):
+        kind_ops(spec, synthetic_model("x_small"))  # another model's shapes do not fit this program
+
+
+def test_w8a8_int8_activations_and_weights_except_float_kinds(root, xxs_coreml):
+    from export.config import int8_recipe
+
+    res = exported(root, "coreml", "xx_small", ("w8a8",), input_kind="tensor", output_kind="logits")["w8a8"]
+    _validated(res)
+    ref = CoreMLReference(res.artifact)
+    ops = ref.op_types()
+    assert ops["quantize"] > 20 and ops["dequantize"] > 20 and ops["constexpr_affine_dequantize"] > 10
+    assert ref.spec.specificationVersion >= 8  # iOS 17
+    producer = {o.name: op.type for op in ref.block.operations for o in op.outputs}
+    kind = {name: k for k, names in kind_ops(ref.spec, xxs_coreml).items() for name in names}
+    for op in ref.block.operations:
+        if op.type not in ("conv", "linear"):
+            continue
+        k = kind[_op_name(op)]
+        x_from = producer.get(op.inputs["x"].arguments[0].name)
+        w_from = producer.get(op.inputs["weight"].arguments[0].name)
+        # a float kind's input may still be a quantized neighbour's dequantized output
+        if k in int8_recipe("coreml", "w8a8").float_kinds:
+            assert w_from == "const", (k, op.outputs[0].name)
+        else:
+            assert x_from == "dequantize" and w_from == "constexpr_affine_dequantize", (k, op.outputs[0].name)
+
+
+def test_int8_float_kinds_keep_those_weights_float(xxs_coreml):
+    from export.errors import ExportConfigError
+
+    opts = CoreMLOptions(input_kind="tensor", output_kind="logits", float_kinds=("ffn", "project"))
+    spec = convert_coreml(xxs_coreml, "int8", (256,), opts).get_spec()
+    main = spec.mlProgram.functions["main"]
+    block = main.block_specializations[main.opset]
+    producer = {o.name: op.type for op in block.operations for o in op.outputs}
+    kind = {name: k for k, names in kind_ops(spec, xxs_coreml).items() for name in names}
+    weight_from = {}
+    for op in block.operations:
+        if op.type in ("conv", "linear"):
+            weight_from.setdefault(kind[_op_name(op)], set()).add(producer[op.inputs["weight"].arguments[0].name])
+    assert weight_from["ffn"] == weight_from["project"] == {"const"}
+    assert weight_from["qkv"] == weight_from["conv_exp"] == {"constexpr_affine_dequantize"}  # > 2048 weights
+    with pytest.raises(ExportConfigError, match="unknown layer kind"):
+        CoreMLOptions(float_kinds=("mlp",))
+    with pytest.raises(ExportConfigError, match="float_kinds applies to"):
+        convert_coreml(xxs_coreml, "fp16", (256,), CoreMLOptions(float_kinds=("ffn",)))

@@ -40,6 +40,11 @@ def test_int8_is_quantized_smaller_and_drifts_more_than_fp32(xxs):
     d8 = xxs["int8"].manifest["validation"]["by_size"]["256"]
     assert d32["max_abs_rel"] < 1e-4 and d32["top1_agreement"] == 1.0
     assert d8["max_abs_rel"] > 10 * d32["max_abs_rel"]  # really computed in int8, not fp32 again
+    from export.config import int8_recipe
+
+    recipe = xxs["int8"].manifest["int8_recipe"]
+    assert recipe["float_kinds"] == list(int8_recipe("executorch", "int8").float_kinds)
+    assert recipe["source"] == "recipe" and "qkv" in recipe["int8_kinds"]
 
 
 def test_coreml_delegated_pte_is_validated_through_the_reference_executor(xxs, tmp_path):
@@ -114,19 +119,36 @@ def test_unknown_option_and_precision_are_refused():
         convert(torch.nn.Identity(), "executorch", "fp16", "unused")
 
 
-def test_int8_recipe_quantizes_the_linears_only(synthetic_xxs):
-    """The recipe's node filter: transformer/classifier linears yes; convolutions and the norm's linears no."""
+def test_int8_filter_follows_the_float_kinds(synthetic_xxs):
+    """The PT2E node filter quantizes exactly the conv / linear / bmm nodes of the kinds not kept float.
+
+    Expected counts come from xx_small's architecture (3 MobileViT blocks with 2, 4 and 3 transformer
+    layers = 9 attentions; 7 inverted residuals), not from ``mobilevit.layers``."""
     import copy
 
     from export import with_target_defaults
-    from export.executorch import int8_node
+    from export.config import TARGETS
+    from export.executorch import int8_filter
+    from mobilevit.layers import KINDS
     from mobilevit.rewrites import apply_rewrites
 
-    m = apply_rewrites(copy.deepcopy(with_target_defaults(synthetic_xxs, "executorch")), ("layernorm_as_linear",))
+    m = apply_rewrites(copy.deepcopy(with_target_defaults(synthetic_xxs, "executorch")), TARGETS["executorch"].rewrites)
     graph = torch.export.export(m, (torch.zeros(1, 3, 256, 256),), strict=False).graph
     calls = [n for n in graph.nodes if n.op == "call_function"]
-    linears = [n for n in calls if n.target == torch.ops.aten.linear.default]
-    chosen = [n for n in linears if int8_node(n)]
-    assert len(linears) == 9 * 4 + 1 + 2 * 21 and len(chosen) == 9 * 4 + 1  # qkv, proj, fc1, fc2; head
-    assert not any(int8_node(n) for n in calls if n.target == torch.ops.aten.conv2d.default)
-    assert all(int8_node(n) for n in graph.nodes if n.op == "placeholder")  # weights are asked about too
+
+    def chosen(float_kinds, op):
+        keep = int8_filter(tuple(float_kinds))
+        return sum(1 for n in calls if n.target == op and keep(n))
+
+    linear, conv, bmm = torch.ops.aten.linear.default, torch.ops.aten.conv2d.default, torch.ops.aten.bmm.default
+    assert chosen((), linear) == 9 * 6 + 1  # q, k, v, proj, fc1, fc2 per layer + head; never the norms' 2 x 21
+    assert chosen((), conv) == 1 + 7 * 3 + 3 * 4 + 1  # stem, inverted residuals, MobileViT blocks, conv_exp
+    assert chosen((), bmm) == 9 * 2
+    everything_else = [k for k in KINDS if k != "depthwise"]
+    assert chosen(everything_else, conv) == 7 and chosen(everything_else, linear) == 0
+    only_ffn = [k for k in KINDS if k != "ffn"]
+    assert chosen(only_ffn, linear) == 9 * 2 and chosen(only_ffn, bmm) == 0
+    assert chosen(KINDS, linear) + chosen(KINDS, conv) + chosen(KINDS, bmm) == 0
+    assert all(int8_filter(())(n) for n in graph.nodes if n.op == "placeholder")  # weights are asked about too
+    add = next(n for n in calls if n.target == torch.ops.aten.add.Tensor)
+    assert not int8_filter(())(add)

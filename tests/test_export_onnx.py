@@ -8,7 +8,7 @@ from export.graph import inspect_onnx
 from export.onnx import export_onnx
 from export.runners import OnnxRuntimeRunner
 from mobilevit import STRATEGIES, build
-from tests.export_helpers import exported
+from tests.export_helpers import XXS_HEADS, XXS_LAYER_COUNTS, exported
 
 # Transposes per static xx_small export (batched attention), measured when each strategy was
 # added: must not grow. The exporters' default (slice + split attention) has 15.
@@ -84,3 +84,31 @@ def test_batch_of_four_matches_one_by_one(root):
     together = runner(x)
     apart = np.concatenate([runner(x[i:i + 1]) for i in range(4)])
     np.testing.assert_allclose(together, apart, rtol=1e-4, atol=1e-5)
+
+
+def test_int8_quantizes_exactly_the_recipe_layers_with_fused_integer_kernels(root, tmp_path):
+    """Weights are int8 for the recipe's layers and no others; onnxruntime fuses each into an integer kernel."""
+    import onnx
+    import onnxruntime as ort
+
+    from export.config import int8_recipe
+    from mobilevit.layers import KINDS
+
+    res = exported(root, "onnx", "xx_small", ("fp32", "fp16", "int8", "int8_dynamic"))["int8"]
+    recipe = int8_recipe("onnx", "int8")
+    g = onnx.load(str(res.artifact))
+    int8 = {i.name for i in g.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    dq = {n.output[0]: n.input[0] for n in g.graph.node if n.op_type == "DequantizeLinear"}
+    weighted = [n for n in g.graph.node if n.op_type in ("Conv", "MatMul", "Gemm") and dq.get(n.input[1]) in int8]
+    expected = sum(XXS_LAYER_COUNTS[k] for k in KINDS if k not in recipe.float_kinds and k != "attn_matmul")
+    assert len(weighted) == expected > 0
+    both = [n for n in g.graph.node if n.op_type == "MatMul" and all(i in dq and dq[i] not in int8 for i in n.input)]
+    assert len(both) == (0 if "attn_matmul" in recipe.float_kinds else 2 * XXS_HEADS * XXS_LAYER_COUNTS["attn_matmul"])
+    manifest = json.loads((res.folder / "manifest.json").read_text())
+    assert manifest["int8_recipe"]["float_kinds"] == list(recipe.float_kinds)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(res.artifact), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    fused = sum(ops.count(op) for op in ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat"))
+    assert fused == expected + len(both)  # every quantized layer runs an integer kernel, none left as DQ -> float
