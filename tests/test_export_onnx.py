@@ -112,3 +112,20 @@ def test_int8_quantizes_exactly_the_recipe_layers_with_fused_integer_kernels(roo
     ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
     fused = sum(ops.count(op) for op in ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntegerToFloat"))
     assert fused == expected + len(both)  # every quantized layer runs an integer kernel, none left as DQ -> float
+
+
+def test_int8_without_float_exceptions_is_refused_naming_the_kinds_to_blame(tmp_path):
+    """Everything int8 (``--float-kinds ''``) drifts far beyond the tolerance on these weights: refused,
+    nothing written, and the error names the sensitive kinds and the option that keeps them float."""
+    from export.pipeline import ExportRequest, run_export
+    from export.validate import ValidationError
+
+    req = ExportRequest(target="onnx", variant="xx_small", precisions=("int8",), out=tmp_path / "out",
+                        float_kinds=())
+    with pytest.raises(ValidationError) as e:
+        run_export(req)
+    message = str(e.value)
+    assert "cosine similarity" in message and "onnx int8" in message
+    # the committed sensitivity table (benchmarks/results/quant.json) names the worst kinds, by measurement
+    assert "blames depthwise (cosine" in message and "--float-kinds" in message
+    assert list((tmp_path / "out").iterdir()) == []
