@@ -15,7 +15,7 @@ EXPORT_ARGS = $(if $(VARIANT),--variant $(VARIANT)) --out $(OUT) $(if $(WEIGHTS)
 	$(if $(PRECISION),--precision $(PRECISION)) $(if $(PATCHES),--patches $(PATCHES)) $(if $(FORCE),--force)
 
 .PHONY: setup test lint export-coreml export-onnx export-tflite export-executorch export-all bench bench-full readme strategies \
-	finetune bench-accuracy quant bench-int8 clean
+	finetune bench-accuracy bench-accuracy-memory quant bench-int8 clean
 
 setup: $(STAMP)
 
@@ -60,8 +60,18 @@ bench-full: setup
 finetune: setup
 	$(PYTHON) -m mobilevit.train
 
+# without WEIGHTS/IMAGES: the digits demo (README table); with them: your checkpoint on your labelled folder
+IMAGES ?=
+LABELS ?=
+ACCURACY_ARGS = $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(IMAGES),--images $(IMAGES)) \
+	$(if $(LABELS),--labels $(LABELS)) $(if $(TARGETS),--targets $(TARGETS)) \
+	$(if $(PRECISIONS),--precisions $(PRECISIONS)) $(if $(LIMIT),--limit $(LIMIT))
 bench-accuracy: setup
-	$(PYTHON) -m benchmarks.accuracy
+	$(PYTHON) -m benchmarks.accuracy $(ACCURACY_ARGS)
+
+# peak RSS of an accuracy run over 100 and 400 images: streaming keeps it flat (README "accuracy")
+bench-accuracy-memory: setup
+	$(PYTHON) -m benchmarks.memory
 
 clean:
 	rm -rf artifacts .pytest_cache

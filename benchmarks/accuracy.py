@@ -1,52 +1,397 @@
-"""``python -m benchmarks.accuracy`` (``make bench-accuracy``): real accuracy drift of every artifact.
+"""``python -m benchmarks.accuracy``: what top-1 each exported artifact keeps, compared with PyTorch.
 
-Pretrained ImageNet weights cannot be downloaded here, so accuracy on synthetic weights would mean
-nothing. Instead: fine-tune MobileViT on a real labelled dataset (``mobilevit.train``; reused if
-``artifacts/finetune/model.pt`` exists), export it to every target x precision through the one
-conversion path the CLI uses (``export.convert_all``), and report validation top-1 of PyTorch and of each artifact, the
-difference, and how many images changed their prediction. Artifacts that fail export validation
-are still measured here (an int8 model's accuracy is reported even when it drops).
+Your checkpoint on your labelled images::
+
+    python -m benchmarks.accuracy --weights mobilevit-small.pth --images imagenet/val \\
+        [--labels FILE] [--targets coreml,onnx,tflite] [--precisions fp32,fp16] [--limit N] [--batch B] [--out DIR]
+
+(``make bench-accuracy WEIGHTS=... IMAGES=...``). The checkpoint may be in any format
+:mod:`mobilevit.checkpoints` reads; the folder's labels come from its layout (:mod:`mobilevit.folders`:
+ImageNet synset folders, class-name folders, or a flat folder with ``--labels``). PyTorch fp32 and
+every requested target x precision, exported through the one conversion path (``export.convert_all``),
+classify every image with the checkpoint's own preprocessing. Per artifact: top-1 / top-5, the change of
+top-1 against PyTorch with a paired bootstrap 95% interval, top-1 agreement with PyTorch, the
+predictions that flipped right -> wrong and wrong -> right, and the classes that lost most.
+
+Images stream from disk one batch at a time, so memory does not grow with the folder. Each artifact's
+top-5 predictions go to ``OUT/predictions/<artifact>.npy`` as it runs (saved every few batches and when
+it finishes); a rerun with the same checkpoint, folder and options resumes where it stopped. Results:
+``OUT/accuracy.{json,csv,md,png}``.
+
+Without ``--weights`` it is the demo (``make bench-accuracy``): MobileViT fine-tuned on scikit-learn's
+handwritten digits (``mobilevit.train``, reused if ``artifacts/finetune/model.pt`` exists), the whole
+target x precision matrix, results in ``benchmarks/results/accuracy.*`` (the README's table).
+Artifacts that fail export validation are still measured (an int8 model's accuracy is reported even
+when it drops).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
+import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from export import TARGETS
 
+from .stats import paired_delta_ci, proportion_ci
+
 RESULTS = Path(__file__).parent / "results"
+DEFAULT_OUT = Path("artifacts/accuracy")  # a user run's outputs (the demo writes RESULTS)
 MATRIX = {name: t.precisions for name, t in TARGETS.items()}  # every precision of every registered target
+TOP_K = 5
+CLASSES_LISTED = 5  # classes that lost most, per artifact
+FLIPS_LISTED = 20  # file names of right -> wrong flips kept per artifact in the JSON
+SAVE_EVERY = 8  # batches between two saves of an artifact's partial predictions
+STATE = "run.json"  # OUT/predictions/run.json: what the saved predictions are of, for resuming
+EXIT_BAD_INPUT = 2
+
+
+class AccuracyConfigError(ValueError):
+    """Options that cannot be honoured (an unknown target or precision, an output folder in use)."""
 
 
 def _say(msg):
     print(f"[accuracy] {msg}", file=sys.stderr, flush=True)
 
 
-def export_all(model, size: int, calib: np.ndarray, work: Path) -> list[tuple[str, str, Path | str]]:
-    """(target, precision, artifact path or 'error: ...') for the whole matrix."""
+@dataclass(frozen=True)
+class Artifact:
+    target: str  # "pytorch" or a registered target
+    precision: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.target}_{self.precision}"
+
+
+PYTORCH = Artifact("pytorch", "fp32")
+
+
+def plan(targets: list[str] | None = None, precisions: list[str] | None = None) -> list[Artifact]:
+    """PyTorch first, then every requested target x precision the target offers (registry order)."""
+    targets = list(MATRIX) if targets is None else targets
+    unknown = [t for t in targets if t not in MATRIX]
+    if unknown:
+        raise AccuracyConfigError(f"unknown target(s) {', '.join(unknown)}: choose from {', '.join(MATRIX)}")
+    if precisions is not None:
+        offered = {p for t in targets for p in MATRIX[t]}
+        missing = [p for p in precisions if p not in offered]
+        if missing:
+            raise AccuracyConfigError(
+                f"no requested target offers {', '.join(missing)}: "
+                + "; ".join(f"{t}: {', '.join(MATRIX[t])}" for t in targets))
+    return [PYTORCH] + [Artifact(t, p) for t in targets for p in MATRIX[t] if precisions is None or p in precisions]
+
+
+# ------------------------------------------------------------------------------------ metrics
+def top_k(logits: np.ndarray, k: int = TOP_K) -> np.ndarray:
+    """``[B, k]`` class indices, best first."""
+    k = min(k, logits.shape[1])
+    part = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(logits, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1).astype(np.int32)
+
+
+def score(pred: np.ndarray, reference: np.ndarray, labels: np.ndarray, class_names: list[str],
+          names: list[str] | None = None, resamples: int = 2000, seed: int = 0) -> dict:
+    """Accuracy figures of ``pred`` (``[N, k]`` top-k, -1 rows: not scored) against ``labels`` and against
+    the ``reference`` predictions (PyTorch's) on the same images."""
+    ok = (pred[:, 0] >= 0) & (reference[:, 0] >= 0)
+    p, r, y = pred[ok], reference[ok], labels[ok]
+    n = int(ok.sum())
+    if n == 0:
+        raise ValueError("no image was scored")
+    right, ref_right = p[:, 0] == y, r[:, 0] == y
+    lost, gained = right < ref_right, right > ref_right  # right -> wrong, wrong -> right against PyTorch
+    top5 = (p == y[:, None]).any(1)
+    ref_top5 = (r == y[:, None]).any(1)
+    per_class = []
+    for c in np.unique(y):
+        sel = y == c
+        delta = int(right[sel].sum()) - int(ref_right[sel].sum())
+        if delta < 0:
+            per_class.append({"class": int(c), "name": class_names[c], "images": int(sel.sum()), "lost": -delta})
+    per_class.sort(key=lambda d: (-d["lost"], d["class"]))
+    lo, hi = proportion_ci(int(right.sum()), n, resamples=resamples, seed=seed)
+    dlo, dhi = paired_delta_ci(int(gained.sum()), int(lost.sum()), n, resamples=resamples, seed=seed)
+    flipped = [names[i] for i in np.flatnonzero(ok)[lost]][:FLIPS_LISTED] if names else []
+    return {"images": n, "top1": float(right.mean()), "top1_ci95": [lo, hi], "top5": float(top5.mean()),
+            "delta_top1": float(right.mean() - ref_right.mean()), "delta_top1_ci95": [dlo, dhi],
+            "delta_top5": float(top5.mean() - ref_top5.mean()),
+            "agreement_top1": float((p[:, 0] == r[:, 0]).mean()), "changed": int((p[:, 0] != r[:, 0]).sum()),
+            "right_to_wrong": int(lost.sum()), "wrong_to_right": int(gained.sum()),
+            "classes_lost": per_class[:CLASSES_LISTED], "right_to_wrong_files": flipped}
+
+
+# ------------------------------------------------------------------------------------ running
+class Predictions:
+    """One artifact's top-k predictions ``[N, k]`` (-1: not yet, or unreadable), saved as it goes."""
+
+    def __init__(self, folder: Path | None, artifact: Artifact, n: int):
+        self.path = folder / f"{artifact.name}.npy" if folder else None
+        self.top = np.full((n, TOP_K), -1, np.int32)
+        self.done = 0  # files [0, done) are predicted (or unreadable)
+        if self.path and self.path.exists():
+            try:  # a save cut between its two files: start this artifact over
+                saved = np.load(self.path)
+                done = int(json.loads(self.path.with_suffix(".json").read_text())["done"])
+            except (OSError, ValueError, KeyError):
+                return
+            if saved.shape == self.top.shape:
+                self.top, self.done = saved, done
+
+    @property
+    def complete(self) -> bool:
+        return self.done >= len(self.top)
+
+    def save(self) -> None:
+        if not self.path:
+            return
+        _atomic(self.path, lambda f: np.save(f, self.top))
+        _atomic(self.path.with_suffix(".json"), lambda f: f.write(json.dumps({"done": self.done}).encode()))
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _atomic(path: Path, write: Callable) -> None:
+    """Write ``path`` through a temporary file in the same folder and ``os.replace``: whole or not at all."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+Source = Callable[[int, set], Iterator[tuple[np.ndarray, np.ndarray, list[int]]]]
+
+
+def predict(fn: Callable[[np.ndarray], np.ndarray], source: Source, preds: Predictions, unreadable: set[int],
+            batch: int, label: str, progress: bool = True) -> None:
+    """Fill ``preds`` from ``preds.done`` on, batch by batch, saving every ``SAVE_EVERY`` batches."""
+    from tqdm import tqdm
+
+    n = len(preds.top)
+    bar = tqdm(total=n, initial=preds.done, desc=label, unit="img", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True, leave=False)
+    try:
+        for step, (idx, x, bad) in enumerate(source(preds.done, unreadable), 1):
+            unreadable.update(bad)
+            if len(idx):
+                preds.top[idx] = top_k(fn(x))
+            preds.done = min(n, preds.done + batch)  # each batch covers ``batch`` files (fewer at the end)
+            bar.update(preds.done - bar.n)
+            if step % SAVE_EVERY == 0:
+                preds.save()
+    finally:  # interrupted or failed: keep what is done, a rerun resumes from there
+        bar.close()
+        preds.save()
+
+
+def _torch_fn(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    def fn(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+    return fn
+
+
+def _convert(model, target: str, precisions: list[str], size: int, calib: np.ndarray, work: Path,
+             state: dict | None) -> dict[str, Path | str]:
+    """``{precision: artifact path or 'error: ...'}``, reusing the artifacts of an interrupted run."""
     from export import convert_all, target_config, with_target_defaults
 
-    out = []
-    for target, precisions in MATRIX.items():
-        _say(f"{target} {', '.join(precisions)} ...")
-        try:
-            made = convert_all(with_target_defaults(model, target), target, precisions, work / target, size=size,
-                               calibration=calib, **target_config(target).logits_options)
-            out += [(target, p, path) for p, path in made.items()]
-        except Exception as e:
-            out += [(target, p, f"error: {e}") for p in precisions]
-    return out
+    made = (state or {}).get("artifacts", {}).get(target, {})
+    if all(p in made and Path(made[p]).exists() for p in precisions):
+        return {p: Path(made[p]) for p in precisions}
+    _say(f"converting {target} {', '.join(precisions)} ...")
+    try:
+        paths = convert_all(with_target_defaults(model, target), target, precisions, work / target, size=size,
+                            calibration=calib, **target_config(target).logits_options)
+    except Exception as e:  # a conversion that fails is a row with its error, not the end of the run
+        return {p: f"error: {type(e).__name__}: {e}" for p in precisions}
+    if state is not None:
+        state.setdefault("artifacts", {}).setdefault(target, {}).update({p: str(v) for p, v in paths.items()})
+    return dict(paths)
 
 
-def run(checkpoint: Path, out: Path, train_if_missing: bool = True, limit: int | None = None) -> dict:
+def evaluate(model: torch.nn.Module, source: Source, labels: np.ndarray, class_names: list[str],
+             artifacts: list[Artifact], size: int, calib: np.ndarray, work: Path, *, batch: int = 32,
+             threads: int = 2, names: list[str] | None = None, store: Path | None = None,
+             state: dict | None = None, save_state: Callable[[], None] = lambda: None,
+             progress: bool = True) -> tuple[list[dict], list[int]]:
+    """Every artifact on every image: ``(rows, unreadable file indices)``. PyTorch runs first: its
+    predictions are the reference, and its pass finds the unreadable files the others then skip."""
     from export.runners import make_runner
+
+    n = len(labels)
+    unreadable = set((state or {}).get("unreadable", []))
+    ref = Predictions(store, PYTORCH, n)
+    try:
+        if not ref.complete:
+            predict(_torch_fn(model), source, ref, unreadable, batch, "pytorch fp32", progress)
+    finally:
+        if state is not None:
+            state["unreadable"] = sorted(unreadable)
+            save_state()
+    rows = [_row(PYTORCH, f"torch {torch.__version__}", ref.top, ref.top, labels, class_names, names)]
+    _say(f"pytorch fp32: top-1 {rows[0]['top1']:.2%}")
+    by_target: dict[str, list[str]] = {}
+    for a in artifacts:
+        if a != PYTORCH:
+            by_target.setdefault(a.target, []).append(a.precision)
+    for target, precisions in by_target.items():
+        stored = [Predictions(store, Artifact(target, p), n) for p in precisions]
+        todo = [p for p, s in zip(precisions, stored) if not s.complete]
+        paths = _convert(model, target, todo, size, calib, work, state) if todo else {}
+        save_state()
+        for p, preds in zip(precisions, stored):
+            a, runtime, error = Artifact(target, p), (state or {}).get("runtimes", {}).get(f"{target}_{p}", ""), ""
+            if not preds.complete:
+                path = paths[p]
+                if isinstance(path, str):
+                    error = path
+                else:
+                    try:
+                        runner = make_runner(path, threads=threads)
+                        runtime = f"{runner.runtime} {runner.version}"
+                        predict(runner, source, preds, set(unreadable), batch, f"{target} {p}", progress)
+                    except Exception as e:
+                        error = f"{type(e).__name__}: {e}"
+                if state is not None and not error:
+                    state.setdefault("runtimes", {})[a.name] = runtime
+                    save_state()
+            row = (_row(a, runtime, preds.top, ref.top, labels, class_names, names) if not error
+                   else {"target": target, "precision": p, "artifact": a.name, "runtime": runtime, "error": error})
+            _say(f"{target} {p}: " + (f"top-1 {row['top1']:.2%}, {row['changed']} changed" if not error else error))
+            rows.append(row)
+    return rows, sorted(unreadable)
+
+
+def _row(a: Artifact, runtime: str, pred, ref, labels, class_names, names) -> dict:
+    return {"target": a.target, "precision": a.precision, "artifact": a.name, "runtime": runtime, "error": "",
+            **score(pred, ref, labels, class_names, names)}
+
+
+# ------------------------------------------------------------------------------ user folders
+def _run_key(ckpt, files, size: int, limit: int | None, skip_bad: bool) -> str:
+    """What a run's predictions depend on; a rerun with the same key resumes."""
+    h = hashlib.sha256(json.dumps({"weights": ckpt.sha256, "variant": ckpt.variant, "size": size, "limit": limit,
+                                   "skip_bad": skip_bad, "layout": files.layout}).encode())
+    for name, label in zip(files.names, files.labels.tolist()):
+        h.update(f"{name}\t{label}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def run_folder(weights: str | Path, images: str | Path, *, labels: str | Path | None = None,
+               targets: list[str] | None = None, precisions: list[str] | None = None, limit: int | None = None,
+               batch: int = 32, out: Path = DEFAULT_OUT, size: int | None = None, variant: str | None = None,
+               threads: int = 2, skip_bad: bool = False, force: bool = False, seed: int = 0,
+               calibration: str | Path | None = None, progress: bool = True) -> dict:
+    """The command on a user's checkpoint and labelled folder; everything is checked before any work."""
+    from export.convert import calibration_photos
+    from mobilevit import get_config
+    from mobilevit.checkpoints import load_checkpoint, load_model
+    from mobilevit.datasets import DatasetError
+    from mobilevit.folders import batches, scan
+
+    artifacts = plan(targets, precisions)
+    if batch < 1:
+        raise AccuracyConfigError(f"--batch {batch}: give a batch of at least 1 image")
+    if limit is not None and limit < 1:
+        raise AccuracyConfigError(f"--limit {limit}: give at least 1 image, or leave it out for all")
+    ckpt = load_checkpoint(weights, variant)
+    cfg = get_config(ckpt.variant, num_classes=ckpt.num_classes)
+    size = int(size or ckpt.extra.get("eval_size") or cfg.preprocessing.crop_size)
+    if size % 32 or size < 64:
+        raise AccuracyConfigError(f"--size {size}: MobileViT takes multiples of 32 from 64 (e.g. 256)")
+    files = scan(images, ckpt.num_classes, ckpt.class_names, labels).balanced(limit, seed)
+    _say(f"{files.describe()}; checkpoint {ckpt.format} MobileViT {ckpt.variant} ({Path(weights).name})")
+    key = _run_key(ckpt, files, size, limit, skip_bad)
+    out = Path(out)
+    store = out / "predictions"
+    state_file = store / STATE
+    state = json.loads(state_file.read_text()) if state_file.exists() else None
+    if state and state.get("key") != key:
+        if not force:
+            raise AccuracyConfigError(
+                f"{out} holds the predictions of another run (other checkpoint, images or options): "
+                "choose another --out, or pass --force to replace them")
+        shutil.rmtree(store)
+        state = None
+    out_existed = out.exists()
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise AccuracyConfigError(f"cannot write to {out} ({e}): choose a writable --out") from e
+    fresh = state is None
+    if fresh:
+        state = {"key": key, "created": _now()}
+    else:
+        _say(f"resuming the run in {store} (same checkpoint, images and options)")
+
+    def save_state():
+        _atomic(state_file, lambda f: f.write(json.dumps(state, indent=1).encode()))
+
+    model = load_model(weights, ckpt.variant)
+    calib = calibration_photos(cfg, size, folder=calibration) if any(a.precision in ("int8", "w8a8")
+                                                                     for a in artifacts) else None
+
+    def source(start: int, skip: set) -> Iterator:
+        return batches(files.files, size, cfg, batch, skip=skip, start=start, skip_bad=skip_bad)
+
+    save_state()
+    try:
+        rows, unreadable = evaluate(model, source, files.labels, files.class_names, artifacts, size, calib,
+                                    store / "artifacts", batch=batch, threads=threads, names=files.names,
+                                    store=store, state=state, save_state=save_state, progress=progress)
+    except DatasetError:  # an unreadable image: bad input, so a fresh run leaves nothing behind
+        if fresh:
+            shutil.rmtree(store if out_existed else out, ignore_errors=True)
+        raise
+    result = {"meta": {**_meta(ckpt, weights, size, threads, batch, seed), "started": state["created"],
+                       "images_dir": str(files.root), "layout": files.layout, "labels_file": str(labels or ""),
+                       "images": len(files), "limit": limit,
+                       "unreadable": [files.names[i] for i in unreadable],
+                       "calibration": str(calibration) if calibration else "photos shipped with the packages",
+                       "dataset": files.root.name},
+              "rows": rows}
+    write(result, out)
+    return result
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _meta(ckpt, weights, size: int, threads: int, batch: int, seed: int) -> dict:
+    from mobilevit import get_config
+
+    pre = get_config(ckpt.variant).preprocessing
+    return {"created": _now(), "checkpoint": str(weights), "checkpoint_sha256": ckpt.sha256, "origin": ckpt.origin,
+            "format": ckpt.format, "variant": ckpt.variant, "num_classes": ckpt.num_classes, "size": size,
+            "preprocessing": {**pre.describe(), "short_side": pre.short_side(size), "crop": size},
+            "threads": threads, "batch": batch, "seed": seed, "bootstrap_resamples": 2000}
+
+
+# ------------------------------------------------------------------------------- digits demo
+def run(checkpoint: Path, out: Path, train_if_missing: bool = True, limit: int | None = None,
+        progress: bool = False) -> dict:
+    """The demo: the fine-tuned digits checkpoint on its validation split, the whole matrix."""
     from mobilevit.checkpoints import load_checkpoint, load_model
     from mobilevit.datasets import load
     from mobilevit.train import TrainConfig, train
@@ -58,103 +403,191 @@ def run(checkpoint: Path, out: Path, train_if_missing: bool = True, limit: int |
         train(TrainConfig(out=str(checkpoint.parent)))
     ckpt = load_checkpoint(checkpoint)
     model = load_model(checkpoint)
-    extra = torch.load(checkpoint, map_location="cpu", weights_only=True).get("extra", {})
-    size = int(extra.get("eval_size", 64))
-    cfg = extra.get("train_config", {})
+    size = int(ckpt.extra.get("eval_size", 64))
+    cfg = ckpt.extra.get("train_config", {})
     data = load(cfg.get("dataset", "digits"), size, seed=int(cfg.get("seed", 0)))
-    x = data.val.images.numpy()
-    y = data.val.labels.numpy()
+    x, y = data.val.images.numpy(), data.val.labels.numpy()
     if limit:
         x, y = x[:limit], y[:limit]
-    calib = data.train.images[:64].numpy()
-    with torch.no_grad():
-        torch_pred = np.concatenate([model(torch.from_numpy(x[i:i + 128])).argmax(1).numpy()
-                                     for i in range(0, len(x), 128)])
-    torch_top1 = float((torch_pred == y).mean())
-    rows = [{"target": "pytorch", "precision": "fp32", "runtime": f"torch {torch.__version__}",
-             "top1": torch_top1, "delta": 0.0, "changed": 0, "error": ""}]
+    batch = 64
+
+    def source(start: int, skip: set) -> Iterator:
+        for lo in range(start, len(x), batch):
+            yield np.arange(lo, min(lo + batch, len(x))), x[lo:lo + batch], []
+
     with tempfile.TemporaryDirectory(prefix="acc-") as tmp:
-        for target, precision, path in export_all(model, size, calib, Path(tmp)):
-            row = {"target": target, "precision": precision, "runtime": "", "top1": None, "delta": None,
-                   "changed": None, "error": ""}
-            if isinstance(path, str):
-                row["error"] = path
-            else:
-                try:
-                    runner = make_runner(path, threads=2)
-                    row["runtime"] = f"{runner.runtime} {runner.version}"
-                    pred = np.concatenate([runner(x[i:i + 64]).argmax(1) for i in range(0, len(x), 64)])
-                    row.update(top1=float((pred == y).mean()), changed=int((pred != torch_pred).sum()))
-                    row["delta"] = row["top1"] - torch_top1
-                except Exception as e:
-                    row["error"] = f"{type(e).__name__}: {e}"
-            _say(f"{target} {precision}: top-1 {row['top1']} ({row['error'] or 'ok'})")
-            rows.append(row)
-    result = {"meta": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                       "checkpoint": str(checkpoint), "checkpoint_sha256": ckpt.sha256, "origin": ckpt.origin,
-                       "variant": ckpt.variant, "dataset": data.name, "val_images": int(len(y)),
-                       "size": size},
+        rows, _ = evaluate(model, source, y, data.class_names, plan(), size, data.train.images[:64].numpy(),
+                           Path(tmp), batch=batch, progress=progress)
+    result = {"meta": {**_meta(ckpt, checkpoint, size, 2, batch, 0), "dataset": data.name, "layout": "in-memory",
+                       "preprocessing": f"{data.name} validation split, already {size}x{size} in memory "
+                                        "(mobilevit.datasets)", "images": int(len(y)), "unreadable": []},
               "rows": rows}
     write(result, out)
     return result
 
 
+# ------------------------------------------------------------------------------------ reports
+def _pct(v: float) -> str:
+    return f"{100 * v:.2f}%"
+
+
+def _pt(v: float) -> str:
+    return f"{100 * v:+.2f}"
+
+
 def render(result: dict) -> str:
     m = result["meta"]
-    lines = [f"Accuracy drift: MobileViT {m['variant']} {m['origin']}, {m['val_images']} validation images "
-             f"at {m['size']}x{m['size']} ({m['created']}).", "",
-             "| target | precision | runtime | top-1 | vs PyTorch | predictions changed |",
-             "|---|---|---|---|---|---|"]
+    scored = next((r["images"] for r in result["rows"] if not r["error"]), 0)
+    lines = [f"Accuracy drift: MobileViT {m['variant']} ({m['origin']}, {m['num_classes']} classes) on "
+             f"{m['dataset']}: {scored} images ({m['layout']} layout) at {m['size']}x{m['size']}"
+             + (f", {len(m['unreadable'])} unreadable skipped" if m["unreadable"] else "") + f" ({m['created']}).",
+             "Intervals: bootstrap 95% (the change against PyTorch is paired: same images).", "",
+             "| artifact | runtime | top-1 [95% CI] | top-5 | top-1 vs PyTorch, pt [95% CI] | agrees with PyTorch "
+             "| right -> wrong | wrong -> right | classes that lost most |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        if r["top1"] is None:
-            lines.append(f"| {r['target']} | {r['precision']} | {r['runtime']} | — | — | {r['error'][:80]} |")
+        name = f"{r['target']} {r['precision']}"
+        if r["error"]:
+            lines.append(f"| {name} | {r['runtime']} | — | — | — | — | — | — | {r['error'][:80]} |")
             continue
-        lines.append(f"| {r['target']} | {r['precision']} | {r['runtime']} | {r['top1']:.2%} | "
-                     f"{r['delta'] * 100:+.2f} pt | {r['changed']} |")
+        lo, hi = r["top1_ci95"]
+        dlo, dhi = r["delta_top1_ci95"]
+        lost = ", ".join(f"{c['name']} (-{c['lost']}/{c['images']})" for c in r["classes_lost"][:3]) or "none"
+        lines.append(f"| {name} | {r['runtime']} | {_pct(r['top1'])} [{_pct(lo)}, {_pct(hi)}] | {_pct(r['top5'])} | "
+                     f"{_pt(r['delta_top1'])} [{_pt(dlo)}, {_pt(dhi)}] | {_pct(r['agreement_top1'])} | "
+                     f"{r['right_to_wrong']} | {r['wrong_to_right']} | {lost} |")
     return "\n".join(lines) + "\n"
 
 
-def write(result: dict, out: Path, stem: str = "accuracy") -> None:
-    import csv
+CSV_FIELDS = ("target", "precision", "artifact", "runtime", "images", "top1", "top1_ci95_low", "top1_ci95_high",
+              "top5", "delta_top1", "delta_top1_ci95_low", "delta_top1_ci95_high", "delta_top5", "agreement_top1",
+              "changed", "right_to_wrong", "wrong_to_right", "classes_lost", "error")
 
+
+def csv_rows(result: dict) -> list[dict]:
+    """One flat row per artifact: intervals as two columns, lost classes as ``name:-k`` pairs."""
+    out = []
+    for r in result["rows"]:
+        flat = {k: r.get(k, "") for k in CSV_FIELDS}
+        if not r["error"]:
+            flat.update(top1_ci95_low=r["top1_ci95"][0], top1_ci95_high=r["top1_ci95"][1],
+                        delta_top1_ci95_low=r["delta_top1_ci95"][0], delta_top1_ci95_high=r["delta_top1_ci95"][1],
+                        classes_lost="; ".join(f"{c['name']}:-{c['lost']}" for c in r["classes_lost"]))
+        out.append(flat)
+    return out
+
+
+def plot(result: dict, path: Path) -> None:
+    """Top-1 per artifact with its interval (PyTorch's as a line); flips per artifact."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    with open(out / f"{stem}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(result["rows"][0]))
-        w.writeheader()
-        w.writerows(result["rows"])
-    (out / f"{stem}.md").write_text(render(result))
-    rows = [r for r in result["rows"] if r["top1"] is not None]
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.5))
-    ax.barh([f"{r['target']} {r['precision']}" for r in rows], [100 * r["top1"] for r in rows],
-            color="#1f77b4")
-    ax.invert_yaxis()
-    lo = min(100 * r["top1"] for r in rows)
-    ax.set_xlim(max(0, lo - 5), 100)
-    ax.set_xlabel("validation top-1, %")
-    ax.set_title(f"MobileViT {result['meta']['variant']} fine-tuned on {result['meta']['dataset']}: "
-                 "accuracy per artifact")
+    rows = [r for r in result["rows"] if not r["error"]]
+    labels = [f"{r['target']} {r['precision']}" for r in rows]
+    y = np.arange(len(rows))
+    fig, (acc, flips) = plt.subplots(1, 2, figsize=(11, 0.32 * len(rows) + 1.8), sharey=True)
+    top1 = np.array([100 * r["top1"] for r in rows])
+    err = np.array([[100 * (r["top1"] - r["top1_ci95"][0]), 100 * (r["top1_ci95"][1] - r["top1"])] for r in rows]).T
+    acc.barh(y, top1, xerr=err, capsize=2, color=["#999999" if r["target"] == "pytorch" else "#1f77b4" for r in rows])
+    acc.axvline(top1[0], color="#999999", lw=0.8, ls="--")
+    acc.set_xlim(max(0.0, float((top1 - err[0]).min()) - 5), min(100.0, float((top1 + err[1]).max()) + 2))
+    acc.set_yticks(y, labels)
+    acc.invert_yaxis()
+    acc.set_xlabel("top-1, % (bars: bootstrap 95% CI; dashed: PyTorch)")
+    flips.barh(y - 0.2, [r["right_to_wrong"] for r in rows], height=0.4, color="#d62728", label="right -> wrong")
+    flips.barh(y + 0.2, [r["wrong_to_right"] for r in rows], height=0.4, color="#2ca02c", label="wrong -> right")
+    most = max([1] + [max(r["right_to_wrong"], r["wrong_to_right"]) for r in rows])
+    flips.set_xlim(0, most * 1.15)
+    flips.xaxis.get_major_locator().set_params(integer=True)
+    if most == 1 and not any(r["right_to_wrong"] or r["wrong_to_right"] for r in rows):
+        flips.text(0.5, 0.5, "no prediction flipped", transform=flips.transAxes, ha="center", color="#555555")
+    flips.set_xlabel("predictions flipped against PyTorch")
+    flips.legend(loc="lower right", fontsize=8)
+    m = result["meta"]
+    fig.suptitle(f"MobileViT {m['variant']} on {m['dataset']} ({rows[0]['images']} images): accuracy per artifact")
     fig.tight_layout()
-    fig.savefig(out / f"{stem}.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    import os
+def write(result: dict, out: Path, stem: str = "accuracy") -> dict[str, Path]:
+    """JSON, CSV, markdown and PNG, each written whole (temporary file, then rename)."""
+    import csv
+    import io
 
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {ext: out / f"{stem}.{ext}" for ext in ("json", "csv", "md", "png")}
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(csv_rows(result))
+    _atomic(paths["json"], lambda f: f.write((json.dumps(result, indent=1) + "\n").encode()))
+    _atomic(paths["csv"], lambda f: f.write(buf.getvalue().encode()))
+    _atomic(paths["md"], lambda f: f.write(render(result).encode()))
+    _atomic(paths["png"], lambda f: plot(result, f))
+    return paths
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def _list(value: str | None) -> list[str] | None:
+    """``a,b`` -> ``["a", "b"]``; ``none`` -> ``[]`` (PyTorch alone); unset -> None (everything)."""
+    if value is None:
+        return None
+    return [] if value.strip() == "none" else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def main(argv=None) -> int:
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     p = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, default=Path("artifacts/finetune/model.pt"))
-    p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N validation images")
+    p.add_argument("--weights", help="your checkpoint (any public format, or a Hugging Face model folder)")
+    p.add_argument("--images", help="labelled images: DIR/<synset>/*, DIR/<class name>/*, or flat with --labels")
+    p.add_argument("--labels", help="labels of a flat folder: filename,class_index CSV, or one label per line "
+                                    "(class index or synset id) in sorted file order")
+    p.add_argument("--targets", help=f"comma-separated, default all: {','.join(MATRIX)}; none: PyTorch alone")
+    p.add_argument("--precisions", help="comma-separated, default every precision of each target")
+    p.add_argument("--limit", type=int, help="a class-balanced subset of N images")
+    p.add_argument("--batch", type=int, default=32, help="images decoded and run per batch (default 32)")
+    p.add_argument("--out", type=Path, help=f"output folder (default {DEFAULT_OUT}; the demo: {RESULTS})")
+    p.add_argument("--size", type=int, help="input size (default: the checkpoint's, 256 for public weights)")
+    p.add_argument("--variant", help="refuse a checkpoint of any other variant")
+    p.add_argument("--threads", type=int, default=2, help="runtime threads (default 2)")
+    p.add_argument("--calibration", help="folder of images that calibrate int8 (default: photos the packages ship)")
+    p.add_argument("--skip-bad", action="store_true", help="count and list unreadable images instead of stopping")
+    p.add_argument("--force", action="store_true", help="replace another run's predictions in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--checkpoint", type=Path, default=Path("artifacts/finetune/model.pt"),
+                   help="the demo's fine-tuned checkpoint (without --weights)")
+    p.add_argument("--render", type=Path, metavar="DIR", help="only rewrite DIR/accuracy.{csv,md,png} from its JSON")
     a = p.parse_args(argv)
-    result = run(a.checkpoint, a.out, limit=a.limit)
+    if a.render:
+        result = json.loads((a.render / "accuracy.json").read_text())
+        write(result, a.render)
+        print(render(result))
+        return 0
+    from mobilevit.checkpoints import CheckpointError
+    from mobilevit.config import UnknownVariantError
+    from mobilevit.datasets import DatasetError
+
+    try:
+        if a.weights or a.images:
+            if not (a.weights and a.images):
+                raise AccuracyConfigError("give both --weights CKPT and --images DIR (or neither, for the demo)")
+            result = run_folder(a.weights, a.images, labels=a.labels, targets=_list(a.targets),
+                                precisions=_list(a.precisions), limit=a.limit, batch=a.batch,
+                                out=a.out or DEFAULT_OUT, size=a.size, variant=a.variant, threads=a.threads,
+                                skip_bad=a.skip_bad, force=a.force, calibration=a.calibration,
+                                progress=not a.no_progress)
+        else:
+            result = run(a.checkpoint, a.out or RESULTS, limit=a.limit)
+    except (AccuracyConfigError, DatasetError, CheckpointError, UnknownVariantError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        _say("interrupted: rerun the same command to resume")
+        return 130
     print(render(result))
     return 0
 

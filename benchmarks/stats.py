@@ -107,3 +107,37 @@ def verdict(low: float, high: float, limit: float, direction: str) -> str:
 def gflops(macs: int, median_ms: float) -> float:
     """Achieved GFLOP/s, counting 2 FLOPs per multiply-accumulate."""
     return 2.0 * macs / (median_ms * 1e-3) / 1e9
+
+
+def proportion_ci(hits: int, n: int, *, confidence: float = 0.95, resamples: int = 2000,
+                  seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of an accuracy ``hits / n``.
+
+    Resampling ``n`` images with replacement only changes how many hits are drawn, which is binomial:
+    drawing the count directly is the same bootstrap in O(resamples) memory, whatever ``n`` is.
+    """
+    if n <= 0:
+        raise ValueError("no images")
+    lo_q, hi_q = _tails(confidence)
+    draws = np.random.default_rng(seed).binomial(n, hits / n, size=resamples) / n
+    lo, hi = np.percentile(draws, [lo_q, hi_q])
+    return float(lo), float(hi)
+
+
+def paired_delta_ci(gained: int, lost: int, n: int, *, confidence: float = 0.95, resamples: int = 2000,
+                    seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap interval of an accuracy change ``(gained - lost) / n`` measured on the same images.
+
+    Paired: each image contributes +1 (wrong -> right), -1 (right -> wrong) or 0, so a resample of the ``n``
+    images is a multinomial draw of those three counts (O(resamples) memory for 50,000 images). No flips
+    gives the degenerate interval ``(0, 0)``: on these images the two models are equally accurate.
+    """
+    if n <= 0:
+        raise ValueError("no images")
+    if gained < 0 or lost < 0 or gained + lost > n:
+        raise ValueError(f"{gained} gained + {lost} lost flips among {n} images")
+    lo_q, hi_q = _tails(confidence)
+    counts = np.random.default_rng(seed).multinomial(n, [gained / n, lost / n, (n - gained - lost) / n],
+                                                     size=resamples)
+    lo, hi = np.percentile((counts[:, 0] - counts[:, 1]) / n, [lo_q, hi_q])
+    return float(lo), float(hi)

@@ -581,6 +581,23 @@ def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def huggingface_class_names(path: Path, num_classes: int) -> list[str] | None:
+    """``id2label`` from the ``config.json`` beside a Hugging Face checkpoint, unless it is absent or the
+    placeholder ``LABEL_i`` names transformers writes when none were given."""
+    import json
+
+    config = path.parent / "config.json"
+    try:
+        id2label = json.loads(config.read_text()).get("id2label") or {}
+        names = [str(id2label[str(i)]) for i in range(num_classes)]
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None
+    if names == [f"LABEL_{i}" for i in range(num_classes)]:
+        return None
+    seen = {n: names.count(n) for n in names}  # ImageNet's id2label has "crane" twice: keep labels unique
+    return [n if seen[n] == 1 else f"{n} ({i})" for i, n in enumerate(names)]
+
+
 # ----------------------------------------------------------------------------------- loading
 @dataclass
 class LoadedCheckpoint:
@@ -606,6 +623,8 @@ def load_checkpoint(path: str | Path, variant: str | None = None) -> LoadedCheck
     sd = _unwrap(raw, path)
     conv = convert_state_dict(sd, variant=variant, where=path.name)
     class_names = meta.get("class_names")
+    if conv.format == "huggingface":
+        class_names = huggingface_class_names(path, conv.num_classes)
     if meta and meta.get("variant") not in (None, conv.variant):
         raise VariantMismatchError(
             f"{path} says it holds {meta['variant']} but its tensors are {conv.variant}: "

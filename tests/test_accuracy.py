@@ -21,7 +21,7 @@ def test_every_target_and_precision_has_a_row(report):
     got = [(r["target"], r["precision"]) for r in result["rows"]]
     assert got[0] == ("pytorch", "fp32")
     assert sorted(got[1:]) == sorted((t, p) for t, ps in MATRIX.items() for p in ps)
-    assert result["meta"]["val_images"] == 96 and result["meta"]["dataset"] == "digits"
+    assert result["meta"]["images"] == 96 and result["meta"]["dataset"] == "digits"
 
 
 def test_accuracy_is_reported_even_when_it_drops(report):
@@ -30,8 +30,9 @@ def test_accuracy_is_reported_even_when_it_drops(report):
     assert torch_top1 > 0.3  # a real, if short, fine-tune: chance is 10%
     for r in result["rows"][1:]:
         assert r["error"] == "", r
-        assert 0.0 <= r["top1"] <= 1.0 and r["changed"] >= 0
-        assert r["delta"] == pytest.approx(r["top1"] - torch_top1)
+        assert 0.0 <= r["top1"] <= 1.0 and r["changed"] >= 0 and r["images"] == 96
+        assert r["delta_top1"] == pytest.approx(r["top1"] - torch_top1)
+        assert r["right_to_wrong"] - r["wrong_to_right"] == round(-r["delta_top1"] * 96)
         if r["precision"] == "fp32":
             assert r["changed"] <= 1  # fp32 artifacts compute what PyTorch computes
     int8 = [r for r in result["rows"] if r["precision"] in ("int8", "int8_dynamic", "w8a8")]

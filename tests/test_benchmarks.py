@@ -362,7 +362,7 @@ def test_readme_figures_are_the_committed_results_of_the_named_commands():
 
     readme = (ROOT / "README.md").read_text()
     blocks = {m.group("name"): m.group("body") for m in BLOCK.finditer(readme)}
-    assert set(blocks) == {"strategies", "bench", "accuracy", "quant", "int8"}
+    assert set(blocks) == {"strategies", "bench", "accuracy", "accuracy_memory", "quant", "int8"}
     for name, body in blocks.items():
         assert body.rstrip() == (ROOT / "benchmarks" / "results" / f"{name}.md").read_text().rstrip(), name
     bench = json.loads((ROOT / "benchmarks" / "results" / "bench.json").read_text())["meta"]

@@ -1,0 +1,312 @@
+"""``python -m benchmarks.accuracy --weights CKPT --images DIR``: a user's checkpoint on labelled folders.
+
+The checkpoint is a Hugging Face model folder written by ``transformers`` itself (``save_pretrained``);
+the images are photos from the installed packages, filed under ImageNet synsets. Expected figures come
+from transformers' own forward pass and the labels the test assigned, never from the module under test.
+Only one fixture converts (ONNX fp32 + int8_dynamic); every other run is PyTorch alone.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmarks.accuracy import AccuracyConfigError, csv_rows, main, run_folder, score
+from benchmarks.stats import paired_delta_ci, proportion_ci
+from mobilevit.checkpoints import load_checkpoint, save_checkpoint
+from mobilevit.folders import FolderError, LabelledFiles, UnreadableImageError, scan
+from mobilevit.labels import imagenet_synsets_and_names
+from tests.checkpoint_helpers import _their_state_dict, huggingface_folder
+
+N = 24
+TABLE = imagenet_synsets_and_names()
+
+
+@pytest.fixture(scope="session")
+def user(tmp_path_factory, synthetic_xxs):
+    """An HF checkpoint folder, 24 photos with labels (half the model's own top-1, half another class)
+    and transformers' logits for them."""
+    from mobilevit.images import photo_variants
+    from mobilevit.preprocess import preprocess
+
+    root = tmp_path_factory.mktemp("user")
+    hf = huggingface_folder(root / "hf", synthetic_xxs, {i: n for i, (_, n) in enumerate(TABLE)})
+    staged = []
+    for i, photo in enumerate(photo_variants(N, seed=3)):  # JPEG first: the figures are of the files' pixels
+        staged.append(root / f"photo_{i:03d}.JPEG")
+        Image.fromarray(photo).save(staged[-1], quality=92)
+    decoded = [np.asarray(Image.open(f).convert("RGB")) for f in staged]
+    with torch.no_grad():  # the peer's forward pass on the public eval crop (resize 288, crop 256, BGR / 255)
+        logits = hf(pixel_values=preprocess(decoded, synthetic_xxs.cfg)).logits.numpy()
+    top1 = logits.argmax(1)
+    labels = np.where(np.arange(N) % 2 == 0, top1, (top1 + 1) % 1000)
+    files = []
+    for f, label in zip(staged, labels):
+        d = root / "synset" / TABLE[label][0]
+        d.mkdir(parents=True, exist_ok=True)
+        files.append(Path(shutil.move(f, d / f.name)))
+    return {"root": root, "hf": root / "hf", "synset": root / "synset", "labels": labels, "logits": logits,
+            "files": files}
+
+
+def _pytorch_only(user, images, out, **kw):
+    return run_folder(user["hf"], images, targets=[], out=out, batch=8, progress=False, **kw)
+
+
+def _hand_figures(user, labels=None):
+    """top-1 and top-5 from transformers' logits and the assigned labels."""
+    labels = user["labels"] if labels is None else labels
+    top5 = np.argsort(-user["logits"], axis=1)[:, :5]
+    return float((top5[:, 0] == labels).mean()), float((top5 == labels[:, None]).any(1).mean())
+
+
+@pytest.fixture(scope="session")
+def converted(user, tmp_path_factory):
+    out = tmp_path_factory.mktemp("acc-onnx")
+    result = run_folder(user["hf"], user["synset"], targets=["onnx"], precisions=["fp32", "int8_dynamic"],
+                        out=out, batch=8, progress=False)
+    return result, out
+
+
+# ----------------------------------------------------------------------------- figures
+def test_pytorch_accuracy_equals_the_hand_count(user, tmp_path):
+    result = _pytorch_only(user, user["synset"], tmp_path / "out")
+    row = result["rows"][0]
+    top1, top5 = _hand_figures(user)
+    assert top1 == 0.5  # 12 labels are the peer's own top-1, 12 are not
+    assert (row["target"], row["images"], row["top1"], row["top5"]) == ("pytorch", N, top1, top5)
+    assert result["meta"]["layout"] == "synset" and result["meta"]["format"] == "huggingface"
+
+
+def test_a_planted_mislabel_costs_exactly_one_image(user, tmp_path):
+    images = tmp_path / "images"
+    shutil.copytree(user["synset"], images)
+    victim = next(i for i in range(N) if user["labels"][i] == user["logits"][i].argmax())  # a right one
+    wrong = (user["labels"][victim] + 7) % 1000
+    (images / TABLE[wrong][0]).mkdir(exist_ok=True)
+    shutil.move(images / user["files"][victim].relative_to(user["synset"]), images / TABLE[wrong][0])
+    before = _pytorch_only(user, user["synset"], tmp_path / "a")["rows"][0]["top1"]
+    after = _pytorch_only(user, images, tmp_path / "b")["rows"][0]["top1"]
+    assert after == pytest.approx(before - 1 / N, abs=1e-12)
+
+
+def test_three_layouts_give_the_same_figures(user, tmp_path):
+    synset = _pytorch_only(user, user["synset"], tmp_path / "s")["rows"]
+    names, flat = tmp_path / "names", tmp_path / "flat"
+    flat.mkdir()
+    lines = ["filename,class_index"]
+    for i, (f, label) in enumerate(zip(user["files"], user["labels"])):
+        short = TABLE[label][1].split(",")[0]
+        unique = sum(n.split(",")[0].strip().lower() == short.lower() for _, n in TABLE) == 1
+        d = names / (short if unique else TABLE[label][1])
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, d / f.name)
+        shutil.copy(f, flat / f"img_{i:03d}.JPEG")
+        lines.append(f"img_{i:03d}.JPEG,{label}")
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "ilsvrc.txt").write_text("".join(f"{label}\n" for label in user["labels"]))  # sorted file order
+    (tmp_path / "synsets.txt").write_text("".join(f"{TABLE[label][0]}\n" for label in user["labels"]))
+    runs = {"class-name": _pytorch_only(user, names, tmp_path / "n"),
+            "csv": _pytorch_only(user, flat, tmp_path / "c", labels=tmp_path / "labels.csv"),
+            "ilsvrc": _pytorch_only(user, flat, tmp_path / "i", labels=tmp_path / "ilsvrc.txt"),
+            "synset list": _pytorch_only(user, flat, tmp_path / "l", labels=tmp_path / "synsets.txt")}
+    assert runs["class-name"]["meta"]["layout"] == "class-name"
+    assert runs["csv"]["meta"]["layout"] == "flat+labels"
+    key = ("images", "top1", "top5", "top1_ci95")
+    for name, r in runs.items():
+        assert {k: r["rows"][0][k] for k in key} == {k: synset[0][k] for k in key}, name
+
+
+@pytest.mark.parametrize("fmt", ["mmpretrain", "cvnets", "timm"])
+def test_every_public_format_scores_the_same(user, tmp_path, synthetic_xxs, fmt):
+    """The same weights under mmpretrain's, ml-cvnets' and timm's real key names give the peer's figures."""
+    sd = _their_state_dict(fmt, "xx_small", synthetic_xxs)
+    torch.save({"state_dict": sd, "meta": {"epoch": 300}} if fmt == "mmpretrain" else sd, tmp_path / "model.pth")
+    result = run_folder(tmp_path / "model.pth", user["synset"], targets=[], out=tmp_path / "o", batch=8,
+                        progress=False)
+    assert result["meta"]["format"] == fmt
+    assert (result["rows"][0]["top1"], result["rows"][0]["top5"]) == _hand_figures(user)
+
+
+def test_huggingface_class_names_come_from_config_json(user):
+    ckpt = load_checkpoint(user["hf"])
+    assert ckpt.class_names[0] == "tench, Tinca tinca" and len(ckpt.class_names) == 1000
+    assert len(set(ckpt.class_names)) == 1000  # "crane" twice in ImageNet: made unique
+
+
+# --------------------------------------------------------------------------- artifacts
+def test_every_artifact_is_scored_and_written(user, converted):
+    result, out = converted
+    rows = {r["artifact"]: r for r in result["rows"]}
+    assert list(rows) == ["pytorch_fp32", "onnx_fp32", "onnx_int8_dynamic"]
+    assert all(r["error"] == "" for r in rows.values()), rows
+    assert rows["onnx_fp32"]["agreement_top1"] == 1.0 and rows["onnx_fp32"]["runtime"].startswith("onnxruntime")
+    order = sorted(range(N), key=lambda i: (user["files"][i].parent.name, user["files"][i].name))  # folder, file
+    labels = user["labels"][order]
+    for name, r in rows.items():  # the JSON's figures are those of the saved predictions
+        pred = np.load(out / "predictions" / f"{name}.npy")
+        assert pred.shape == (N, 5)
+        assert r["top1"] == float((pred[:, 0] == labels).mean())
+        reference = np.load(out / "predictions" / "pytorch_fp32.npy")
+        assert r["changed"] == int((pred[:, 0] != reference[:, 0]).sum())
+    assert json.loads((out / "accuracy.json").read_text()) == result
+    assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "accuracy.csv").read_text().splitlines()[0].startswith("target,precision,artifact")
+    assert len((out / "accuracy.csv").read_text().splitlines()) == 4
+    md = (out / "accuracy.md").read_text()
+    assert "| onnx int8_dynamic |" in md and "synset layout" in md
+
+
+def test_resume_after_an_interruption_gives_the_same_json(user, converted, tmp_path, monkeypatch):
+    import export.runners
+
+    real = export.runners.make_runner
+    calls = {"n": 0}
+
+    def interrupted(path, *a, **k):
+        runner = real(path, *a, **k)
+        if "int8_dynamic" in str(path):
+            run = runner.run
+
+            def ctrl_c_after_one_batch(feed):  # the artifact takes one image at a time: 8 images, then Ctrl-C
+                calls["n"] += 1
+                if calls["n"] > 8:
+                    raise KeyboardInterrupt
+                return run(feed)
+            runner.run = ctrl_c_after_one_batch
+        return runner
+
+    monkeypatch.setattr(export.runners, "make_runner", interrupted)
+    out = tmp_path / "out"
+    kw = dict(targets=["onnx"], precisions=["fp32", "int8_dynamic"], out=out, batch=8, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        run_folder(user["hf"], user["synset"], **kw)
+    assert json.loads((out / "predictions" / "onnx_int8_dynamic.json").read_text())["done"] == 8
+    assert not (out / "accuracy.json").exists()
+    monkeypatch.setattr(export.runners, "make_runner", real)
+    resumed = run_folder(user["hf"], user["synset"], **kw)
+    expected, _ = converted
+
+    def stable(r):
+        return {**r, "meta": {k: v for k, v in r["meta"].items() if k not in ("created", "started")}}
+    assert stable(resumed) == stable(expected)
+
+
+# --------------------------------------------------------------------------- bad input
+def _refused(capsys, *args) -> str:
+    assert main(list(args) + ["--no-progress", "--targets", "onnx"]) == 2
+    return capsys.readouterr().err
+
+
+def test_bad_input_is_refused_with_exit_2_and_nothing_written(user, tmp_path, capsys):
+    out = tmp_path / "out"
+    (tmp_path / "empty").mkdir()
+    err = _refused(capsys, "--weights", str(user["hf"]), "--images", str(tmp_path / "empty"), "--out", str(out))
+    assert "has no class folders with images" in err
+    err = _refused(capsys, "--weights", str(user["hf"]), "--images", str(user["synset"]), "--out", str(out),
+                   "--variant", "small")
+    assert "xx_small" in err and "small" in err
+    bad = tmp_path / "bad"
+    shutil.copytree(user["synset"], bad)
+    broken = bad / TABLE[user["labels"][0]][0] / "broken.JPEG"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    err = _refused(capsys, "--weights", str(user["hf"]), "--images", str(bad), "--out", str(out))
+    assert "broken.JPEG" in err and "--skip-bad" in err
+    assert not out.exists()  # refused before, or cleaned after: no half-written output
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, f in enumerate(user["files"]):
+        shutil.copy(f, flat / f"img_{i:03d}.JPEG")
+    (tmp_path / "range.csv").write_text("".join(f"img_{i:03d}.JPEG,{1000 if i == 3 else 1}\n" for i in range(N)))
+    err = _refused(capsys, "--weights", str(user["hf"]), "--images", str(flat), "--labels",
+                   str(tmp_path / "range.csv"), "--out", str(out))
+    assert "line 4" in err and "class index 1000 is out of range" in err
+    (tmp_path / "devkit.txt").write_text("".join(f"{1 + (i * 97) % 1000}\n" for i in range(N - 1)) + "1000\n")
+    err = _refused(capsys, "--weights", str(user["hf"]), "--images", str(flat), "--labels",
+                   str(tmp_path / "devkit.txt"), "--out", str(out))
+    assert "ILSVRC2012_validation_ground_truth" in err
+    assert not out.exists()
+
+
+def test_skip_bad_counts_and_lists_unreadable_images(user, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(user["synset"], bad)
+    folder = bad / TABLE[user["labels"][0]][0]
+    (folder / "broken.JPEG").write_bytes(b"not an image")
+    good = Image.open(user["files"][0])
+    good.save(folder / "cut.png")
+    (folder / "cut.png").write_bytes((folder / "cut.png").read_bytes()[:2000])  # truncated
+    with pytest.raises(UnreadableImageError, match="broken.JPEG"):
+        _pytorch_only(user, bad, tmp_path / "x")
+    result = _pytorch_only(user, bad, tmp_path / "y", skip_bad=True)
+    assert sorted(result["meta"]["unreadable"]) == sorted(f"{folder.name}/{n}" for n in ("broken.JPEG", "cut.png"))
+    assert result["meta"]["images"] == N + 2 and result["rows"][0]["images"] == N
+    assert result["rows"][0]["top1"] == _hand_figures(user)[0]
+
+
+def test_folders_that_do_not_match_the_head_are_refused(user, tmp_path, synthetic_xxs):
+    from mobilevit import MobileViT, get_config
+
+    ten = MobileViT(get_config("xx_small", num_classes=10)).eval()
+    names = [f"digit {i}" for i in range(10)]
+    save_checkpoint(ten, tmp_path / "ten.pt", class_names=names)
+    with pytest.raises(FolderError, match=r"synset folders .* 1000-class head, but the checkpoint's head has 10 "
+                                          r"classes \('digit 0'"):
+        scan(user["synset"], 10, names)
+    odd = tmp_path / "odd"
+    for name in ("digit 1", "cat"):
+        (odd / name).mkdir(parents=True)
+        shutil.copy(user["files"][0], odd / name / "a.JPEG")
+    with pytest.raises(FolderError, match=r"match no class .* 'cat'; the head's classes are 'digit 0'"):
+        scan(odd, 10, names)
+    many = tmp_path / "many"
+    for i in range(3):
+        (many / f"c{i}").mkdir(parents=True)
+        shutil.copy(user["files"][0], many / f"c{i}" / "a.JPEG")
+    with pytest.raises(FolderError, match="3 class folders but the checkpoint's head has 2 classes"):
+        scan(many, 2, ["c0", "c1"])
+    with pytest.raises(AccuracyConfigError, match="no requested target offers fp64"):
+        run_folder(tmp_path / "ten.pt", odd, targets=["onnx"], precisions=["fp64"], out=tmp_path / "o")
+
+
+# ------------------------------------------------------------------------------- pieces
+def test_bootstrap_intervals_match_a_brute_force_bootstrap():
+    rng = np.random.default_rng(0)
+    n, gained, lost = 200, 10, 4
+    diffs = np.array([1] * gained + [-1] * lost + [0] * (n - gained - lost))
+    brute = [diffs[rng.integers(0, n, n)].mean() for _ in range(4000)]
+    lo, hi = paired_delta_ci(gained, lost, n, resamples=4000)
+    assert abs(lo - np.percentile(brute, 2.5)) <= 0.006 and abs(hi - np.percentile(brute, 97.5)) <= 0.006
+    hits = np.array([1] * 150 + [0] * 50)
+    brute = [hits[rng.integers(0, n, n)].mean() for _ in range(4000)]
+    lo, hi = proportion_ci(150, n, resamples=4000)
+    assert abs(lo - np.percentile(brute, 2.5)) <= 0.01 and abs(hi - np.percentile(brute, 97.5)) <= 0.01
+    assert paired_delta_ci(0, 0, n) == (0.0, 0.0)
+
+
+def test_score_counts_flips_and_lost_classes_by_hand():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    ref = np.array([[0], [0], [1], [0], [2], [1]]).repeat(5, 1)
+    pred = np.array([[0], [1], [1], [1], [0], [2]]).repeat(5, 1)  # image 1, 4 lost; 3, 5 gained
+    pred[:, 1:] = -2
+    r = score(pred, ref, labels, ["a", "b", "c"], names=[f"f{i}" for i in range(6)])
+    assert (r["right_to_wrong"], r["wrong_to_right"], r["changed"]) == (2, 2, 4)
+    assert r["top1"] == 4 / 6 and r["delta_top1"] == 0.0 and r["agreement_top1"] == 2 / 6
+    assert r["classes_lost"] == [{"class": 0, "name": "a", "images": 2, "lost": 1}]  # c: one lost, one gained
+    assert r["right_to_wrong_files"] == ["f1", "f4"]
+    flat = csv_rows({"rows": [{**r, "target": "t", "precision": "p", "artifact": "t_p", "runtime": "", "error": ""}]})
+    assert flat[0]["classes_lost"] == "a:-1"
+
+
+def test_limit_takes_a_class_balanced_subset(tmp_path):
+    labels = np.array([0] * 10 + [1] * 3 + [2] * 7)
+    files = LabelledFiles(tmp_path, [tmp_path / f"{i}.jpg" for i in range(20)], labels, "synset", ["a", "b", "c"], 3)
+    sub = files.balanced(8)
+    assert sorted(np.bincount(sub.labels).tolist()) == [2, 3, 3]
+    assert files.balanced(8).files == sub.files  # seeded
+    assert files.balanced(None) is files
