@@ -34,34 +34,32 @@ def _run(prog, tmp_path, target=ct.target.iOS16, **inputs):
 
 
 # -------------------------------------------------------------------------------------- ops
-@pytest.mark.parametrize("pad_type,stride,groups,dil", [
-    ("same", 2, 1, 1), ("valid", 1, 1, 1), ("same", 1, 4, 1), ("same_lower", 2, 1, 1), ("custom", 2, 2, 2),
-    ("same", 2, 8, 1)])
-def test_conv_matches_torch(tmp_path, pad_type, stride, groups, dil):
-    x = RNG.standard_normal((1, 8, 7, 9)).astype(np.float32)
+# Input [1, 8, 8, 9], 3x3 kernel. Explicit pads (left, right, top, bottom), worked out by hand from the MIL spec's
+# "same": out = ceil(in / stride), total = max((out - 1) * stride + (k - 1) * dil + 1 - in, 0), the smaller half
+# first ("same_lower": the larger half first). Stride 2, dil 1: H (3 + 3 - 8 = 1) -> 0 + 1, W (8 + 3 - 9 = 2) -> 1 + 1.
+# Stride 1: H (7 + 3 - 8) = 2, W (8 + 3 - 9) = 2 -> 1 + 1 each. Stride 2, dil 2 (k 5): H (6 + 5 - 8 = 3) -> 1 + 2,
+# W (8 + 5 - 9 = 4) -> 2 + 2. Custom pad [top 1, bottom 2, left 0, right 1] -> (0, 1, 1, 2).
+@pytest.mark.parametrize("pad_type,stride,groups,dil,torch_pad", [
+    ("same", 2, 1, 1, (1, 1, 0, 1)), ("valid", 1, 1, 1, (0, 0, 0, 0)), ("same", 1, 4, 1, (1, 1, 1, 1)),
+    ("same_lower", 2, 1, 1, (1, 1, 1, 0)), ("custom", 2, 2, 2, (0, 1, 1, 2)), ("same", 2, 8, 1, (1, 1, 0, 1)),
+    ("same", 2, 1, 2, (2, 2, 1, 2)), ("same_lower", 2, 1, 2, (2, 2, 2, 1))])
+def test_conv_matches_torch(tmp_path, pad_type, stride, groups, dil, torch_pad):
+    """MIL conv against torch conv2d on the input padded explicitly by the pads written above."""
+    x = RNG.standard_normal((1, 8, 8, 9)).astype(np.float32)
     w = RNG.standard_normal((8, 8 // groups, 3, 3)).astype(np.float32)
     b = RNG.standard_normal(8).astype(np.float32)
-    pad = [1, 2, 0, 1]
 
     @mb.program(input_specs=[mb.TensorSpec(shape=x.shape)], opset_version=ct.target.iOS16)
     def prog(x):
-        kw = {"pad": pad} if pad_type == "custom" else {}
+        kw = {"pad": [1, 2, 0, 1]} if pad_type == "custom" else {}
         return mb.conv(x=x, weight=w, bias=b, strides=[stride, stride], pad_type=pad_type, groups=groups,
                        dilations=[dil, dil], **kw)
 
     (got,) = _run(prog, tmp_path, x=x)
-    xt = torch.from_numpy(x)
-    if pad_type == "custom":
-        xt = F.pad(xt, (pad[2], pad[3], pad[0], pad[1]))
-    elif pad_type in ("same", "same_lower"):
-        eff = 2 * dil + 1
-        pads = []
-        for size in (9, 7):  # W then H, as F.pad wants
-            total = max((-(-size // stride) - 1) * stride + eff - size, 0)
-            lo, hi = total // 2, total - total // 2
-            pads += [lo, hi] if pad_type == "same" else [hi, lo]
-        xt = F.pad(xt, pads)
+    xt = F.pad(torch.from_numpy(x), torch_pad)
     want = F.conv2d(xt, torch.from_numpy(w), torch.from_numpy(b), stride=stride, groups=groups, dilation=dil)
+    if pad_type.startswith("same"):
+        assert got.shape[2:] == (-(-8 // stride), -(-9 // stride))  # "same" keeps ceil(in / stride)
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-5)
 
 
@@ -308,33 +306,46 @@ def test_corrupted_weight_is_detected(xxs_package, tmp_path, photos_xxs):
     assert not np.isfinite(diff).all() or diff.max() > 1e-3
 
 
-def test_wrong_transpose_perm_is_detected(xxs_package, tmp_path, photos_xxs):
-    model, path = xxs_package
-    pkg = _copy(path, tmp_path)
-    consts = {op.outputs[0].name: op for op in CoreMLReference(path).block.operations if op.type == "const"}
+def _plant_perm(pkg, rank, edit):
+    """Rewrite the perm of the first transpose of ``rank``; returns (old, new) so a test can see they differ."""
+    seen = []
 
-    def swap(block):
+    def change(block):
         for op in block.operations:
-            if op.type == "transpose":
-                perm_name = op.inputs["perm"].arguments[0].name
-                target = next(o for o in block.operations if o.outputs and o.outputs[0].name == perm_name)
-                vals = target.attributes["val"].immediateValue.tensor.ints.values
-                if list(vals) == [0, 2, 1]:  # k -> k^T in split attention; swapping makes it a no-op
-                    vals[1], vals[2] = 2, 1
-                    return
-                if len(vals) == 4:
-                    vals[2], vals[3] = vals[3], vals[2]
-                    return
-        raise AssertionError("no transpose found")
+            if op.type != "transpose":
+                continue
+            perm_name = op.inputs["perm"].arguments[0].name
+            target = next(o for o in block.operations if o.outputs and o.outputs[0].name == perm_name)
+            vals = target.attributes["val"].immediateValue.tensor.ints.values
+            if len(vals) == rank:
+                seen.extend([list(vals), edit(list(vals))])
+                vals[:] = seen[1]
+                return
+        raise AssertionError(f"no rank-{rank} transpose found")
 
-    assert consts  # the executor reads consts from the spec, so an edited spec must change the result
-    _edit_spec(pkg, swap)
-    try:
-        out = _outputs(pkg, photos_xxs[:1])
-    except CoreMLReferenceError:
-        return  # shape no longer fits: detected too
-    diff = np.abs(out - _outputs(path, photos_xxs[:1]))
-    assert not np.isfinite(diff).all() or diff.max() > 1e-3
+    _edit_spec(pkg, change)
+    return seen
+
+
+def test_wrong_transpose_perm_changes_the_output(xxs_package, tmp_path, photos_xxs):
+    """Tokens -> patches [0, 2, 3, 1] becomes [0, 2, 1, 3]: the reshape after it still fits, the values do not."""
+    _, path = xxs_package
+    pkg = _copy(path, tmp_path)
+    old, new = _plant_perm(pkg, 4, lambda v: [v[0], v[1], v[3], v[2]])
+    assert (old, new) == ([0, 2, 3, 1], [0, 2, 1, 3])  # the fault is really planted
+    want = _outputs(path, photos_xxs[:1])
+    got = _outputs(pkg, photos_xxs[:1])  # no exception: the executor must compute a (wrong) result
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() > 1e-3 * np.abs(want).max()
+
+
+def test_wrong_transpose_perm_is_a_named_shape_mismatch(xxs_package, tmp_path, photos_xxs):
+    """k -> k^T [0, 2, 1] made the identity: the q @ k^T matmul that follows gets [B, N, d] and says so."""
+    pkg = _copy(xxs_package[1], tmp_path)
+    old, new = _plant_perm(pkg, 3, lambda v: sorted(v))
+    assert (old, new) == ([0, 2, 1], [0, 1, 2])
+    with pytest.raises(CoreMLReferenceError, match=r"matmul at op #\d+ .*mismatch in its core dimension"):
+        _outputs(pkg, photos_xxs[:1])
 
 
 def test_unknown_op_names_the_op(xxs_package, tmp_path, photos_xxs):
