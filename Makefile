@@ -14,7 +14,7 @@ OUT ?= artifacts
 EXPORT_ARGS = $(if $(VARIANT),--variant $(VARIANT)) --out $(OUT) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
 	$(if $(PRECISION),--precision $(PRECISION)) $(if $(PATCHES),--patches $(PATCHES)) $(if $(FORCE),--force)
 
-.PHONY: setup test lint export-coreml export-onnx export-tflite export-executorch export-all bench bench-full readme strategies \
+.PHONY: setup test test-fast lint export-coreml export-onnx export-tflite export-executorch export-all bench bench-full readme strategies \
 	finetune bench-accuracy bench-accuracy-memory quant bench-int8 clean
 
 setup: $(STAMP)
@@ -32,6 +32,10 @@ $(STAMP): requirements-torch.lock requirements.lock constraints.txt requirements
 
 test: setup
 	$(PYTHON) -m pytest -q tests
+
+# the development loop: everything but conversions and training (README gives its time); make test runs all
+test-fast: setup
+	$(PYTHON) -m pytest -q -m "not slow" tests
 
 lint: setup
 	$(BIN)/ruff check mobilevit export benchmarks tests

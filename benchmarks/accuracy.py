@@ -452,7 +452,8 @@ def render(result: dict) -> str:
             continue
         lo, hi = r["top1_ci95"]
         dlo, dhi = r["delta_top1_ci95"]
-        lost = ", ".join(f"{c['name']} (-{c['lost']}/{c['images']})" for c in r["classes_lost"][:3]) or "none"
+        lost = ", ".join(f"{c['name'].split(',')[0]} (-{c['lost']}/{c['images']})"  # "tench, Tinca tinca": tench
+                         for c in r["classes_lost"][:3]) or "none"
         lines.append(f"| {name} | {r['runtime']} | {_pct(r['top1'])} [{_pct(lo)}, {_pct(hi)}] | {_pct(r['top5'])} | "
                      f"{_pt(r['delta_top1'])} [{_pt(dlo)}, {_pt(dhi)}] | {_pct(r['agreement_top1'])} | "
                      f"{r['right_to_wrong']} | {r['wrong_to_right']} | {lost} |")

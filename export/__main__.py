@@ -60,6 +60,8 @@ def parser() -> argparse.ArgumentParser:
                    help="Core ML output: classifier with class names (default) or raw logits")
     p.add_argument("--dynamic-hw", action="store_true", help="ONNX: symbolic height/width (multiples of 64)")
     p.add_argument("--images", default=None, help="folder of your own photos for validation/calibration")
+    p.add_argument("--verbose", action="store_true",
+                   help="show the converters' and runtimes' own output (warnings, logs, progress bars)")
     p.add_argument("--float-kinds", default=None,
                    help="int8 precisions: comma-separated layer kinds to keep in float, replacing the target's "
                         f"measured recipe ('' = none); kinds: {', '.join(KINDS)}")
@@ -88,11 +90,21 @@ def _kinds(text: str | None) -> tuple[str, ...] | None:
         raise ExportConfigError(f"--float-kinds: {e}") from None
 
 
+# Heavy modules per target, imported once up front with their import-time noise silenced (export.quiet).
+PRELOAD = {"coreml": ("coremltools",), "onnx": ("onnxruntime", "onnxscript"),
+           "tflite": ("tensorflow", "onnx2tf", "ai_edge_litert.interpreter"),
+           "executorch": ("torchao", "executorch.exir", "executorch.runtime")}
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    from .quiet import configure
+
+    configure(args.verbose, tuple(m for t, mods in PRELOAD.items() if args.target in (t, "all") for m in mods))
     from mobilevit import InputSizeError
     from mobilevit.checkpoints import CheckpointError
     from mobilevit.config import UnknownVariantError
+    from mobilevit.datasets import DatasetError
     from mobilevit.patches import UnknownPatchStrategyError
 
     from .config import TARGETS
@@ -101,7 +113,7 @@ def main(argv=None) -> int:
     from .request import destination
 
     bad_request = (ExportConfigError, OutputError, InputSizeError, UnknownVariantError, UnknownPatchStrategyError,
-                   CheckpointError, FileNotFoundError)
+                   CheckpointError, FileNotFoundError, DatasetError)
     targets = list(TARGETS) if args.target == "all" else [args.target]
     try:  # every request is resolved before any work, so a bad one writes nothing
         precisions = tuple(p.strip() for p in args.precision.split(",")) if args.precision else ()

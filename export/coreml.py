@@ -30,6 +30,7 @@ TENSOR_INPUT = "input"
 LOGITS_OUTPUT = "logits"
 PROBS_OUTPUT = "classLabel_probs"
 LABEL_OUTPUT = "classLabel"
+PREVIEW_TYPE = "com.apple.coreml.model.preview.type"  # user metadata key Xcode reads for its Preview tab
 
 
 # Which layers w8a8 keeps in float is the recipe in export.config.INT8_RECIPES (the sensitivity analysis,
@@ -84,8 +85,29 @@ def convert(model: torch.nn.Module, precisions: tuple[str, ...], workdir: Path, 
     for precision in precisions:
         path = Path(workdir) / f"model_{precision}.mlpackage"
         convert_coreml(model, precision, sizes, options, calibration=calibration).save(str(path))
-        out[precision] = path
+        out[precision] = normalise_package(path)
     return out
+
+
+def normalise_package(path: Path) -> Path:
+    """Give the ``.mlpackage``'s ``Manifest.json`` entries identifiers derived from their paths.
+
+    coremltools draws a random UUID for each item (weights, model spec) on every save, so two identical
+    exports differed in this one file. A name-based UUID (uuid5 of the item's path) is just as unique
+    inside the package and makes the artifact byte-identical from one run to the next.
+    """
+    import json
+    import uuid
+
+    manifest = path / "Manifest.json"
+    data = json.loads(manifest.read_text())
+    renamed = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, f"mobilevit-export:{entry['path']}"))
+               for old, entry in data["itemInfoEntries"].items()}
+    data["itemInfoEntries"] = {renamed[old]: entry for old, entry in sorted(data["itemInfoEntries"].items(),
+                                                                            key=lambda kv: kv[1]["path"])}
+    data["rootModelIdentifier"] = renamed[data["rootModelIdentifier"]]
+    manifest.write_text(json.dumps(data, indent=4) + "\n")
+    return path
 
 
 class _Probabilities(torch.nn.Module):
@@ -415,6 +437,8 @@ def _describe(mlmodel, opts: CoreMLOptions, sizes: tuple[int, ...], classifier: 
         f"Colour image, {listed} ({pre['resize']}); Core ML feeds it in {pre['channel_order']} order, "
         f"{pre['scale']}." if opts.input_kind == "image" else
         f"Float tensor [1, 3, H, W] for H = W in ({listed}): {pre['channel_order']} channels, {pre['scale']}.")
+    if classifier and opts.input_kind == "image":  # Xcode's Preview tab: drop a photo, see the classes
+        mlmodel.user_defined_metadata[PREVIEW_TYPE] = "imageClassifier"
     if classifier:
         mlmodel.output_description[PROBS_OUTPUT] = "Probability of each class (softmax of the logits)"
         mlmodel.output_description[LABEL_OUTPUT] = "Most likely class"

@@ -7,7 +7,7 @@ TorchScript exporter at opset 17, no simplification): the benchmarks' baseline r
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,8 @@ class OnnxOptions:
     exporter: str = "ours"  # ours: torch.export, opset 18, onnxsim | as-is: TorchScript exporter, opset 17
     # int8: mobilevit.layers kinds kept in float; None = the recipe in export.config.INT8_RECIPES
     float_kinds: tuple[str, ...] | None = None
+    labels: tuple[str, ...] | None = None  # class names, written to metadata_props["labels"] (JSON list)
+    metadata: dict[str, str] = field(default_factory=dict)  # more metadata_props (preprocessing, provenance)
 
     def __post_init__(self):
         check_exporter(self.exporter)
@@ -67,9 +69,28 @@ def convert(model: torch.nn.Module, precisions: tuple[str, ...], workdir: Path, 
         fp32 = export_fp32(model, Path(scratch) / "fp32.onnx", size=sizes[0], exporter=options.exporter,
                            dynamic_batch=options.dynamic_batch, dynamic_hw=options.dynamic_hw)
         layers = int8_layers(model, fp32, options.float_kinds) if "int8" in precisions else None
-        return {p: convert_onnx_precision(fp32, workdir / f"model_{p}.onnx", p, calibration=calibration,
+        made = {p: convert_onnx_precision(fp32, workdir / f"model_{p}.onnx", p, calibration=calibration,
                                           int8_nodes=layers)
                 for p in precisions}
+    if options.labels or options.metadata:
+        for path in made.values():
+            write_metadata(path, options.labels, options.metadata)
+    return made
+
+
+def write_metadata(path: Path, labels: tuple[str, ...] | None, metadata: dict[str, str]) -> None:
+    """Set the model's ``metadata_props`` (what onnxruntime's ``get_modelmeta().custom_metadata_map`` returns):
+    ``labels`` as a JSON list, index = class id, and every ``metadata`` field as a string."""
+    import json
+
+    import onnx
+
+    model = onnx.load(str(path))
+    props = {**({"labels": json.dumps(list(labels))} if labels else {}), **{k: str(v) for k, v in metadata.items()}}
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
 
 
 def int8_layers(model: torch.nn.Module, fp32_path: Path, float_kinds: tuple[str, ...] | None) -> list[str]:

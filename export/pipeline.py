@@ -7,6 +7,7 @@ end names both.
 """
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from . import publish
 from .convert import convert_all
 from .errors import ValidationError
 from .graph import inspect
+from .quiet import silenced
 from .request import (
     ExportRequest,
     calibration,
@@ -53,25 +55,32 @@ def run_export(req: ExportRequest) -> list[ExportResult]:
     calib = calibration(req, model.cfg)
     options = req.target_options()
     classifier = req.target == "coreml" and req.output_kind == "classifier"
-    if classifier:
-        options["labels"] = tuple(names)
-        options["metadata"] = {
-            "variant": model.cfg.name, "weights_origin": weights.origin, "synthetic": str(weights.synthetic).lower(),
+    card = {"variant": model.cfg.name, "weights_origin": weights.origin, "synthetic": str(weights.synthetic).lower(),
             "patch_strategy": req.patches, "attention_layout": req.attention, "sizes": ",".join(map(str, req.sizes)),
             "preprocessing": model.cfg.preprocessing.describe()["resize"]}
+    if classifier:
+        options["labels"] = tuple(names)
+        options["metadata"] = card
+    if req.target == "onnx":  # metadata_props: labels, preprocessing and provenance, for onnxruntime's get_modelmeta
+        pre = model.cfg.preprocessing.describe()
+        options["labels"] = tuple(names)
+        options["metadata"] = {**card, "preprocessing": json.dumps(pre), "input_layout": "NCHW float32",
+                               "weights_sha256": weights.sha256 or "", "num_classes": str(model.cfg.num_classes)}
     published: list[ExportResult] = []
     failed: list[ValidationError] = []
     with tempfile.TemporaryDirectory(prefix=".build-", dir=req.out) as work:
         start = time.time()
         say(f"{req.target} {', '.join(req.precisions)}: converting MobileViT {model.cfg.name} "
             f"(patches={req.patches}, attention={req.attention}, sizes={list(req.sizes)}) ...")
-        made = convert_all(model, req.target, req.precisions, work, size=req.sizes, calibration=calib, **options)
+        with silenced():  # the converters' own logs and bars (C++ included); --verbose shows them
+            made = convert_all(model, req.target, req.precisions, work, size=req.sizes, calibration=calib, **options)
         seconds = (time.time() - start) / len(made)
         for precision, artifact in made.items():
             artifact = artifact.rename(artifact.with_name(f"mobilevit_{model.cfg.name}_{precision}{artifact.suffix}"))
             say(f"{req.target} {precision}: validating on {len(next(iter(val.values())))} real photos "
                 f"at {', '.join(f'{s}x{s}' for s in val)} ...")
-            report = validate_artifact(artifact, req.target, precision, torch_reference(model, classifier), val)
+            with silenced():
+                report = validate_artifact(artifact, req.target, precision, torch_reference(model, classifier), val)
             for line in report.skipped:
                 say(f"{req.target} {precision}: {line}")
             if report.problems:

@@ -24,6 +24,23 @@ __all__ = ["OutputError", "check_destination", "staging", "sha256_path", "tool_v
            "manifest", "publish"]
 
 
+# What the manifest says about getting this artifact_sha256 again (tests/test_reproducible.py checks the first part).
+REPRODUCIBILITY = {
+    "same_machine": "the same request (target, precisions, options, weights, photos) gives byte-identical "
+                    "artifacts for Core ML, ONNX and TFLite",
+    "may_differ": ["tool_versions and machine above: other converter versions, or CPU kernels whose float "
+                   "rounding differs, change calibrated int8 ranges and converter constant folding",
+                   "TFLite: asking for int8/int8_dynamic in the same request changes onnx2tf's flags and so the "
+                   "bytes of the fp32/fp16 files"],
+}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_destination(dest: Path, force: bool) -> None:
     """Refuse an existing destination (unless ``force``) or an unwritable parent, before any work."""
     parent = dest.parent
@@ -46,6 +63,7 @@ def staging(dest: Path, force: bool = False):
     for stale in dest.parent.glob(f".partial-{dest.name}-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".partial-{dest.name}-", dir=dest.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a published folder is an ordinary one
     try:
         yield tmp
     except BaseException:
@@ -116,6 +134,7 @@ def manifest(artifact: Path, *, target: str, precision: str, model, weights: dic
         "tool_versions": tool_versions(),
         "machine": {"system": platform.system(), "machine": platform.machine(),
                     "python": platform.python_version()},
+        "reproducibility": REPRODUCIBILITY,
         "export_seconds": round(seconds, 2),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -99,6 +99,10 @@ def resolve(req: ExportRequest) -> ExportRequest:
 
     req = replace(req, precisions=precisions, patches=patches, attention=attention, sizes=sizes, out=Path(req.out))
     target_options(req.target, req.target_options())  # refuses bad option values now, not after loading
+    if req.images:  # an unreadable photo is bad input: refuse it now, naming the file, before any work
+        from mobilevit.images import load_folder
+
+        load_folder(req.images, limit=VALIDATION_IMAGES + CALIBRATION_IMAGES)
     return req
 
 

@@ -52,6 +52,7 @@ OUR_FORMAT = "mobilevit-export"
 OUR_FORMAT_VERSION = 1
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 MAX_LISTED = 8  # keys named in an error message before "... (+N more)"
+MAX_ABS_WEIGHT = 1e6  # no trained MobileViT tensor comes near this (BatchNorm variances stay below ~1e3)
 
 
 # ------------------------------------------------------------------------------------- errors
@@ -93,6 +94,10 @@ class ShapeMismatchError(CheckpointError):
 
 class VariantMismatchError(CheckpointError):
     """The checkpoint holds another variant than the one asked for."""
+
+
+class CorruptWeightsError(CheckpointError):
+    """Tensors holding NaN/Inf or absurd magnitudes: a diverged run or a damaged file."""
 
 
 class CheckpointWriteError(CheckpointError, OSError):
@@ -598,6 +603,24 @@ def huggingface_class_names(path: Path, num_classes: int) -> list[str] | None:
     return [n if seen[n] == 1 else f"{n} ({i})" for i, n in enumerate(names)]
 
 
+def check_finite(sd: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse the first floating-point tensor (in file order) that holds NaN/Inf or absurd values."""
+    for key, t in sd.items():
+        if not t.is_floating_point() or t.numel() == 0:
+            continue
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            raise CorruptWeightsError(
+                f"{where}: tensor {key} holds {bad} NaN/Inf value(s) of {t.numel()}; these weights come from a "
+                "diverged training run or a damaged file: use an earlier checkpoint or download it again")
+        peak = float(t.abs().max())
+        if peak > MAX_ABS_WEIGHT:
+            raise CorruptWeightsError(
+                f"{where}: tensor {key} holds a value of magnitude {peak:.3g} (more than {MAX_ABS_WEIGHT:.0e}, far "
+                "beyond any trained MobileViT); the file is damaged or not these weights: download it again")
+
+
 # ----------------------------------------------------------------------------------- loading
 @dataclass
 class LoadedCheckpoint:
@@ -621,6 +644,7 @@ def load_checkpoint(path: str | Path, variant: str | None = None) -> LoadedCheck
             f"{path} is format version {meta['format_version']} of {OUR_FORMAT}; this toolkit reads up to "
             f"{OUR_FORMAT_VERSION}: update the toolkit")
     sd = _unwrap(raw, path)
+    check_finite(sd, str(path))
     conv = convert_state_dict(sd, variant=variant, where=path.name)
     class_names = meta.get("class_names")
     if conv.format == "huggingface":

@@ -91,7 +91,10 @@ def photo_variants(count: int, seed: int = 0, min_side: int = 160, pool: str = "
 
 
 def load_folder(folder: str | Path, limit: int | None = None) -> list[np.ndarray]:
-    """Every readable image under ``folder`` (sorted), as uint8 RGB arrays."""
+    """The first ``limit`` images under ``folder`` (sorted), as uint8 RGB arrays; a file that cannot be
+    decoded raises :class:`mobilevit.folders.UnreadableImageError` naming it (bad input, not a crash)."""
+    from .folders import decode
+
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
@@ -99,4 +102,4 @@ def load_folder(folder: str | Path, limit: int | None = None) -> list[np.ndarray
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts)
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(sorted(exts))}) found under {folder}")
-    return [np.asarray(Image.open(p).convert("RGB")) for p in files[:limit]]
+    return [decode(p) for p in files[:limit]]

@@ -38,13 +38,15 @@ def test_unknown_strategy_is_refused_by_argparse(capsys):
 
 
 def test_existing_output_needs_force(tmp_path, capsys):
+    """Refused before any work (no export is needed to reach the check); --force lets it through."""
+    from export.publish import check_destination
+
     out = tmp_path / "out"
-    args = ["onnx", "--variant", "xx_small", "--out", str(out)]
-    assert main(args) == 0
-    code, err = _run(args, capsys)
+    (out / "mobilevit_xx_small_onnx_fp32").mkdir(parents=True)
+    code, err = _run(["onnx", "--variant", "xx_small", "--out", str(out)], capsys)
     assert code == EXIT_BAD_REQUEST and "already exists: pass --force" in err
-    assert main(args + ["--force"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["mobilevit_xx_small_onnx_fp32"]
+    check_destination(out / "mobilevit_xx_small_onnx_fp32", force=True)  # what --force changes: no refusal
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere; permission bits do not bind")
@@ -113,7 +115,7 @@ def test_help_explains_choices(capsys):
 
 
 def _hf_checkpoint(tmp_path, variant="xx_small"):
-    from tests.test_checkpoints import _their_state_dict
+    from tests.checkpoint_helpers import _their_state_dict
 
     path = tmp_path / "pytorch_model.bin"
     torch.save(_their_state_dict("huggingface", variant), path)
@@ -145,3 +147,75 @@ def test_bad_checkpoint_file(tmp_path, capsys):
     bad.write_text("not weights")
     code, err = _run(["coreml", "--weights", str(bad), "--out", str(tmp_path / "out")], capsys)
     assert code == EXIT_BAD_REQUEST and "is not a checkpoint" in err
+
+
+@pytest.mark.parametrize("poison,message", [(float("nan"), "holds 1 NaN/Inf value"),
+                                            (float("inf"), "holds 1 NaN/Inf value"),
+                                            (3e9, "magnitude 3e+09")])
+def test_corrupt_weights_are_refused_on_load_naming_the_key(tmp_path, capsys, poison, message):
+    """A NaN, an Inf or an absurd value in one tensor: exit 2 before any conversion, naming that tensor."""
+    from mobilevit.checkpoints import save_checkpoint
+    from mobilevit.synthetic import synthetic_model
+
+    model = synthetic_model("xx_small")
+    with torch.no_grad():
+        model.stages[2][1].transformer[0].attn.qkv.weight[5, 7] = poison
+    key = "stages.2.1.transformer.0.attn.qkv.weight"
+    assert key in model.state_dict()
+    ckpt = save_checkpoint(model, tmp_path / "model.pt")
+    out = tmp_path / "out"
+    code, err = _run(["onnx", "--weights", str(ckpt), "--out", str(out)], capsys)
+    assert code == EXIT_BAD_REQUEST and key in err and message in err
+    assert not out.exists()
+
+
+def test_an_unreadable_image_in_images_exits_2_naming_it(tmp_path, capsys):
+    """A corrupt JPEG among --images is bad input (exit 2, the file named), refused before any conversion."""
+    from PIL import Image
+
+    from mobilevit.images import photo_variants
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, p in enumerate(photo_variants(3)):
+        Image.fromarray(p).save(photos / f"{i}.jpg")
+    (photos / "3.jpg").write_bytes((photos / "0.jpg").read_bytes()[:300])  # a truncated JPEG
+    out = tmp_path / "out"
+    code, err = _run(["onnx", "--variant", "xx_small", "--images", str(photos), "--out", str(out)], capsys)
+    assert code == EXIT_BAD_REQUEST and "3.jpg" in err and "cannot read image" in err
+    assert not out.exists()
+
+
+def test_default_export_prints_only_our_own_lines(tmp_path):
+    """`make export-coreml` as a new user runs it: stderr holds [export] lines and nothing else."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "export", "coreml", "--variant", "xx_small", "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=root, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stderr.splitlines()
+    foreign = [line for line in lines if not line.startswith("[export]")]
+    assert foreign == [], foreign[:20]
+    assert any("validating on 16 real photos" in line for line in lines)
+    assert done.stdout.strip().endswith(".mlpackage")
+
+
+def test_silenced_blocks_c_level_output_unless_verbose(capfd):
+    """What TensorFlow's C++ logging does (a raw write to fd 2) is dropped by default and shown with --verbose."""
+    from export import quiet
+
+    before = quiet.VERBOSE
+    try:
+        quiet.VERBOSE = False
+        with quiet.silenced():
+            os.write(2, b"noise from C++\n")
+        assert "noise from C++" not in capfd.readouterr().err
+        quiet.VERBOSE = True
+        with quiet.silenced():
+            os.write(2, b"shown when verbose\n")
+        assert "shown when verbose" in capfd.readouterr().err
+    finally:
+        quiet.VERBOSE = before

@@ -47,6 +47,7 @@ def test_default_artifact_is_an_xcode_ready_classifier(root):
     meta = spec.description.metadata
     assert "SYNTHETIC" in meta.shortDescription and meta.author and meta.license and meta.versionString
     assert meta.userDefined["variant"] == "xx_small" and meta.userDefined["synthetic"] == "true"
+    assert meta.userDefined["com.apple.coreml.model.preview.type"] == "imageClassifier"  # Xcode's Preview tab
     assert spec.description.input[0].shortDescription
     manifest = json.loads((res.folder / "manifest.json").read_text())
     assert manifest["precision"] == "fp16" and manifest["patch_strategy"] == "pixel_shuffle"

@@ -129,3 +129,29 @@ def test_int8_without_float_exceptions_is_refused_naming_the_kinds_to_blame(tmp_
     # the committed sensitivity table (benchmarks/results/quant.json) names the worst kinds, by measurement
     assert "blames depthwise (cosine" in message and "--float-kinds" in message
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_metadata_props_carry_labels_preprocessing_and_provenance(root):
+    """What an app reads with onnxruntime's get_modelmeta(): class names, the preprocessing, the weights."""
+    import onnxruntime as ort
+
+    for precision, res in exported(root, "onnx", "xx_small", ("fp32", "fp16", "int8", "int8_dynamic")).items():
+        meta = ort.InferenceSession(str(res.artifact), providers=["CPUExecutionProvider"]).get_modelmeta()
+        props = meta.custom_metadata_map
+        labels = json.loads(props["labels"])
+        assert len(labels) == 1000 and labels[0] == "tench" and labels[999] == "toilet tissue", precision
+        pre = json.loads(props["preprocessing"])
+        assert pre["channel_order"] == "BGR" and pre["pixel_scale"] == 1 / 255 and pre["mean"] == 0.0
+        assert props["variant"] == "xx_small" and props["synthetic"] == "true" and props["num_classes"] == "1000"
+        assert props["weights_origin"] == "synthetic-calibrated" and props["input_layout"] == "NCHW float32"
+
+
+def test_published_folders_have_ordinary_permissions(root):
+    """Folders are created 0700 by mkdtemp; published ones get what the umask allows (0755 under 022)."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    res = exported(root, "onnx", "xx_small", ("fp32", "fp16", "int8", "int8_dynamic"))["fp32"]
+    assert res.folder.stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (res.folder / "manifest.json").stat().st_mode & 0o777 == 0o666 & ~mask
