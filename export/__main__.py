@@ -96,6 +96,20 @@ PRELOAD = {"coreml": ("coremltools",), "onnx": ("onnxruntime", "onnxscript"),
            "executorch": ("torchao", "executorch.exir", "executorch.runtime")}
 
 
+def summary(results) -> list[str]:
+    """A table of what was written where, with each artifact's worst-case validation figures."""
+    if not results:
+        return []
+    lines = ["summary: | target | precision | worst cosine | top-1 agreement | written to |"]
+    for r in results:
+        sizes = r.manifest["validation"]["by_size"].values()
+        cosine = min(d["cosine_min"] for d in sizes)
+        agree = min(d["top1_agreement"] for d in sizes)
+        lines.append(f"summary: | {r.manifest['target']} | {r.manifest['precision']} | {cosine:.6f} | {agree:.0%} "
+                     f"| {r.folder} |")
+    return lines
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     from .quiet import configure
@@ -130,12 +144,15 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_REQUEST
     written: list[str] = []
+    results = []
     missing: list[str] = []
     errors: list[tuple[int, str]] = []
     for req in requests:
         done: list[str] = []
         try:
-            done = [str(r.artifact) for r in run_export(req)]
+            made = run_export(req)
+            results += made
+            done = [str(r.artifact) for r in made]
         except bad_request as e:
             errors.append((EXIT_BAD_REQUEST, f"{req.target}: {e}"))
         except ValidationError as e:
@@ -156,6 +173,8 @@ def main(argv=None) -> int:
             print("Not published: " + ", ".join(missing), file=sys.stderr)
         else:
             print("Nothing was written.", file=sys.stderr)
+    for line in summary(results):
+        print(f"[export] {line}", file=sys.stderr)
     for path in written:
         print(path)
     return max(code for code, _ in errors) if errors else EXIT_OK

@@ -200,6 +200,8 @@ def test_default_export_prints_only_our_own_lines(tmp_path):
     foreign = [line for line in lines if not line.startswith("[export]")]
     assert foreign == [], foreign[:20]
     assert any("validating on 16 real photos" in line for line in lines)
+    assert any(line.startswith("[export] summary: | coreml | fp16 |") and "mobilevit_xx_small_coreml_fp16" in line
+               for line in lines)
     assert done.stdout.strip().endswith(".mlpackage")
 
 
