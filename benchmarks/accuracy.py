@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from export import TARGETS
+from export.publish import current_umask
 
 from .stats import paired_delta_ci, proportion_ci
 
@@ -161,17 +162,13 @@ class Predictions:
         _atomic(self.path.with_suffix(".json"), lambda f: f.write(json.dumps({"done": self.done}).encode()))
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
 def _atomic(path: Path, write: Callable) -> None:
     """Write ``path`` through a temporary file in the same folder and ``os.replace``: whole or not at all."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; results are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -260,7 +257,8 @@ def evaluate(model: torch.nn.Module, source: Source, labels: np.ndarray, class_n
         paths = _convert(model, target, todo, size, calib, work, state) if todo else {}
         save_state()
         for p, preds in zip(precisions, stored):
-            a, runtime, error = Artifact(target, p), (state or {}).get("runtimes", {}).get(f"{target}_{p}", ""), ""
+            a, error = Artifact(target, p), ""
+            runtime = (state or {}).get("runtimes", {}).get(a.name, "")  # an artifact finished in an earlier run
             if not preds.complete:
                 path = paths[p]
                 if isinstance(path, str):

@@ -35,7 +35,8 @@ REPRODUCIBILITY = {
 }
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so it is put straight back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -63,7 +64,7 @@ def staging(dest: Path, force: bool = False):
     for stale in dest.parent.glob(f".partial-{dest.name}-*"):
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".partial-{dest.name}-", dir=dest.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a published folder is an ordinary one
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a published folder is an ordinary one
     try:
         yield tmp
     except BaseException:

@@ -93,13 +93,13 @@ def photo_variants(count: int, seed: int = 0, min_side: int = 160, pool: str = "
 def load_folder(folder: str | Path, limit: int | None = None) -> list[np.ndarray]:
     """The first ``limit`` images under ``folder`` (sorted), as uint8 RGB arrays; a file that cannot be
     decoded raises :class:`mobilevit.folders.UnreadableImageError` naming it (bad input, not a crash)."""
+    from .datasets import IMAGE_EXTS
     from .folders import decode
 
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
-    exts = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(exts))}) found under {folder}")
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) found under {folder}")
     return [decode(p) for p in files[:limit]]
