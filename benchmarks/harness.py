@@ -213,6 +213,8 @@ def measure_drift(entries: list[Entry], model: MobileViT, images: np.ndarray) ->
 def measure_latency(entries: list[Entry], threads_list: list[int], repeats: int, warmup: int,
                     x: np.ndarray, block: int = BLOCK, seed: int = 0) -> dict:
     """Shuffled rounds of blocks per thread count; fills ``results["latency"]``; returns the orders used."""
+    from export.quiet import progress
+
     rng = np.random.default_rng(seed)
     orders = {}
     for threads in threads_list:
@@ -227,7 +229,9 @@ def measure_latency(entries: list[Entry], threads_list: list[int], repeats: int,
         names = list(runners)
         samples: dict[str, list[float]] = {name: [] for name in names}
         orders[str(threads)] = []
-        for _ in range(-(-repeats // block)):
+        rounds = progress(range(-(-repeats // block)), desc=f"latency @ {threads} thread(s)", unit="round",
+                          prefix="bench")  # with ETA, on a terminal only
+        for _ in rounds:
             order = [names[i] for i in rng.permutation(len(names))]
             orders[str(threads)].append(order)
             for name in order:

@@ -175,7 +175,8 @@ register(TargetConfig(
     converter="export.tflite:convert", options="export.tflite:TFLiteOptions",
     runner="export.runners:LiteRTRunner", inspector="export.graph:inspect_tflite",
     calibrated=("fp32", "fp16", "int8_dynamic", "int8"),
-    notes="via onnx2tf; NHWC input; int8_dynamic = dynamic-range weights, "
+    notes="via onnx2tf; NHWC RGB input (the stem's input channels reversed), MediaPipe image-classifier metadata "
+          "with labels; int8_dynamic = dynamic-range weights, "
           "int8 = integer kernels for the int8 recipe's layers (INT8_RECIPES; TensorFlow's quantizer on onnx2tf's "
           "SavedModel, calibrated on real photos), float I/O."))
 register(TargetConfig(

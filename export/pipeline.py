@@ -17,7 +17,7 @@ from . import publish
 from .convert import convert_all
 from .errors import ValidationError
 from .graph import inspect
-from .quiet import silenced
+from .quiet import silenced, ticking
 from .request import (
     ExportRequest,
     calibration,
@@ -58,21 +58,25 @@ def run_export(req: ExportRequest) -> list[ExportResult]:
     card = {"variant": model.cfg.name, "weights_origin": weights.origin, "synthetic": str(weights.synthetic).lower(),
             "patch_strategy": req.patches, "attention_layout": req.attention, "sizes": ",".join(map(str, req.sizes)),
             "preprocessing": model.cfg.preprocessing.describe()["resize"]}
+    provenance = {**card, "weights_sha256": weights.sha256 or "", "num_classes": str(model.cfg.num_classes)}
     if classifier:
         options["labels"] = tuple(names)
         options["metadata"] = card
-    if req.target == "onnx":  # metadata_props: labels, preprocessing and provenance, for onnxruntime's get_modelmeta
-        pre = model.cfg.preprocessing.describe()
+    if req.target == "tflite":  # MediaPipe image-classifier metadata with labels.txt, and provenance in our entry
         options["labels"] = tuple(names)
-        options["metadata"] = {**card, "preprocessing": json.dumps(pre), "input_layout": "NCHW float32",
-                               "weights_sha256": weights.sha256 or "", "num_classes": str(model.cfg.num_classes)}
+        options["metadata"] = provenance
+    if req.target == "onnx":  # metadata_props: labels, preprocessing and provenance, for onnxruntime's get_modelmeta
+        options["labels"] = tuple(names)
+        options["metadata"] = {**provenance, "preprocessing": json.dumps(model.cfg.preprocessing.describe()),
+                               "input_layout": "NCHW float32"}
     published: list[ExportResult] = []
     failed: list[ValidationError] = []
     with tempfile.TemporaryDirectory(prefix=".build-", dir=req.out) as work:
         start = time.time()
         say(f"{req.target} {', '.join(req.precisions)}: converting MobileViT {model.cfg.name} "
             f"(patches={req.patches}, attention={req.attention}, sizes={list(req.sizes)}) ...")
-        with silenced():  # the converters' own logs and bars (C++ included); --verbose shows them
+        # the converters' own logs and bars (C++ included) are silenced; --verbose shows them
+        with ticking(f"{req.target} {', '.join(req.precisions)}: converting"), silenced():
             made = convert_all(model, req.target, req.precisions, work, size=req.sizes, calibration=calib, **options)
         seconds = (time.time() - start) / len(made)
         for precision, artifact in made.items():
@@ -95,10 +99,15 @@ def run_export(req: ExportRequest) -> list[ExportResult]:
             for size, d in report.by_size.items():
                 say(f"{req.target} {precision} {size}x{size}: max abs {d.max_abs:.3g} (rel {d.max_abs_rel:.2g}), "
                     f"cosine {d.cosine_min:.6f}, top-1 agreement {d.top1_agreement:.0%} [{report.runtime}]")
+            preprocessing = model.cfg.preprocessing.describe()
+            if req.target == "tflite":  # its input channel order is its own (RGB by default)
+                from .tflite_metadata import read_json
+
+                preprocessing.update(read_json(artifact.read_bytes()).get("preprocessing", {}))
             manifest = publish.manifest(
                 artifact, target=req.target, precision=precision, model=model, weights=weights.to_dict(),
                 options={k: v for k, v in options.items() if k not in ("labels", "metadata")},
-                preprocessing=model.cfg.preprocessing.describe(), sizes=req.sizes,
+                preprocessing=preprocessing, sizes=req.sizes,
                 graph=inspect(artifact).to_dict(), validation=report.to_dict(), seconds=seconds)
             final = publish.publish(artifact, dests[precision], manifest, names, req.force)
             say(f"{req.target} {precision}: wrote {final}")

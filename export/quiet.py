@@ -9,6 +9,9 @@ Three layers, because the noise comes from three places:
   converters draw; a no-op in verbose mode;
 * ``configure()``: environment and logger levels set before the heavy imports (TensorFlow reads
   ``TF_CPP_MIN_LOG_LEVEL`` once, when it loads), then those imports done inside ``silenced()``.
+
+Our own progress bars (``progress``, ``ticking``) draw on the terminal kept aside before any silencing,
+so they show while a converter is silenced; only when that terminal is a TTY (a log file gets none).
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import io
 import logging
 import os
 import sys
+import threading
 import warnings
 
 VERBOSE = False  # set by configure(); --verbose on the command lines
@@ -44,6 +48,48 @@ def quiet(*, stdout: bool = False, stderr: bool = False):
             logging.disable(previous)
 
 
+_TERMINAL = None  # a duplicate of the stderr the user sees, taken before fd 2 is silenced
+
+
+def terminal():
+    """The user's stderr as a file, kept aside from the first call on (before :func:`silenced` redirects fd 2)."""
+    global _TERMINAL
+    if _TERMINAL is None:
+        _TERMINAL = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+    return _TERMINAL
+
+
+def progress(iterable=None, *, total: int | None = None, desc: str = "", unit: str = "it", prefix: str = "export",
+             enabled: bool | None = None, **kwargs):
+    """A tqdm bar with ETA on the user's terminal (``[prefix] desc``); off unless that is a TTY or ``enabled``."""
+    from tqdm import tqdm
+
+    out = terminal()
+    show = out.isatty() if enabled is None else enabled
+    return tqdm(iterable, total=total, desc=f"[{prefix}] {desc}", unit=unit, file=out, disable=not show,
+                leave=False, dynamic_ncols=True, **kwargs)
+
+
+@contextlib.contextmanager
+def ticking(desc: str, *, prefix: str = "export", enabled: bool | None = None):
+    """An elapsed-time bar for one long call with no steps of its own to count (a converter run)."""
+    bar = progress(desc=desc, prefix=prefix, enabled=enabled, bar_format="{desc}: {elapsed}")
+    stop = threading.Event()
+
+    def tick():
+        while not stop.wait(1.0):
+            bar.refresh()
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+        yield bar
+    finally:
+        stop.set()
+        thread.join()
+        bar.close()
+
+
 @contextlib.contextmanager
 def silenced():
     """Point file descriptors 1 and 2 at ``/dev/null`` for the block (unless verbose); Python-level
@@ -52,6 +98,7 @@ def silenced():
     if VERBOSE:
         yield
         return
+    terminal()  # keep the user's stderr for our progress bars before it is pointed away
     sys.stdout.flush()
     sys.stderr.flush()
     saved = (os.dup(1), os.dup(2))

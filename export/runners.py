@@ -98,7 +98,10 @@ class OnnxRuntimeRunner(Runner):
 
 
 class LiteRTRunner(Runner):
-    """TFLite through ai-edge-litert (XNNPACK); NHWC input unless the model says NCHW."""
+    """TFLite through ai-edge-litert (XNNPACK); NHWC input unless the model says NCHW.
+
+    A model whose metadata (``export.tflite_metadata``) says it takes RGB where its PyTorch reference took
+    BGR gets the batch's channels reversed, as an app would hand it an RGB image."""
 
     runtime = "litert"
 
@@ -113,6 +116,10 @@ class LiteRTRunner(Runner):
         shape = list(self.inp["shape"])
         self.nhwc = shape[-1] == 3 and shape[1] != 3
         self.fixed_batch = shape[0] == 1
+        from .tflite_metadata import read_json
+
+        meta = read_json(self.path.read_bytes())
+        self.reverse_channels = meta.get("channel_order", "") != meta.get("reference_channel_order", "")
 
     @property
     def version(self) -> str:
@@ -125,6 +132,8 @@ class LiteRTRunner(Runner):
         return {"threads": self.threads, "delegate": "XNNPACK (default)"}
 
     def prepare(self, x: np.ndarray):
+        if self.reverse_channels:
+            x = x[:, ::-1]  # [B, 3, H, W]: the reference's BGR -> the artifact's RGB
         if self.nhwc:
             x = x.transpose(0, 2, 3, 1)  # [B, 3, H, W] -> [B, H, W, 3]
         dtype = self.inp["dtype"]

@@ -1,4 +1,9 @@
-"""TFLite export through onnx2tf: fp32, fp16, dynamic-range int8 and full int8, NHWC input.
+"""TFLite export through onnx2tf: fp32, fp16, dynamic-range int8 and full int8, NHWC RGB input.
+
+Every ``.tflite`` takes an NHWC image in RGB order by default (the stem's input channels are reversed,
+``mobilevit.rewrites.reverse_input_channels``), as Android bitmaps and MediaPipe deliver it, and carries
+metadata (``export.tflite_metadata``): our JSON entry (channel order, preprocessing, provenance) and, given
+labels, MediaPipe's image-classifier metadata with ``labels.txt``, so MediaPipe Tasks can load it.
 
 onnx2tf has traps (see ../shared/NOTES.md) that this module handles in one place:
 
@@ -10,12 +15,14 @@ onnx2tf has traps (see ../shared/NOTES.md) that this module handles in one place
 """
 from __future__ import annotations
 
+import copy
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +37,7 @@ OUTPUT_SUFFIX = {
     "int8": "_full_integer_quant.tflite",
 }
 CALIBRATION_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
+CHANNEL_ORDERS = ("RGB", "model")
 
 
 class TFLiteConversionError(ConversionError):
@@ -43,11 +51,19 @@ class TFLiteOptions:
     exporter: str = "ours"  # the ONNX step: ours (torch.export, opset 18, onnxsim) | as-is (see export.onnx)
     # int8: mobilevit.layers kinds kept in float; None = the recipe in export.config.INT8_RECIPES
     float_kinds: tuple[str, ...] | None = None
+    # RGB: the artifact takes RGB (the stem's input channels reversed), what apps hold and MediaPipe's metadata
+    # can say | model: the checkpoint's own order (BGR for the public weights). The as-is exporter keeps the model's.
+    channel_order: str = "RGB"
+    labels: tuple[str, ...] | None = None  # class names: MediaPipe image-classifier metadata with labels.txt
+    metadata: dict[str, str] = field(default_factory=dict)  # more fields of our JSON entry (provenance)
 
     def __post_init__(self):
         from .onnx import check_exporter
 
         check_exporter(self.exporter)
+        if self.channel_order not in CHANNEL_ORDERS:
+            raise ExportConfigError(f"unknown TFLite channel_order {self.channel_order!r}; "
+                                    f"choose one of: {', '.join(CHANNEL_ORDERS)}")
         if self.float_kinds is not None:
             from mobilevit.layers import check_kinds
 
@@ -64,6 +80,7 @@ def convert(model, precisions: tuple[str, ...], workdir: Path, *, sizes: tuple[i
     from .onnx import export_fp32
 
     workdir = Path(workdir)
+    model, calibration, channels = with_channel_order(model, calibration, options)
     with tempfile.TemporaryDirectory(prefix="tflite-onnx-", dir=workdir) as tmp:
         onnx_path = export_fp32(model, Path(tmp) / "model.onnx", size=sizes[0], exporter=options.exporter,
                                 dynamic_batch=False)
@@ -80,7 +97,51 @@ def convert(model, precisions: tuple[str, ...], workdir: Path, *, sizes: tuple[i
                                        float_ops=recipe.float_ops, saved_model=saved)
             else:
                 results[p] = Path(shutil.move(str(made[p]), workdir / made[p].name))
-        return results
+    for p, path in results.items():
+        write_metadata(path, model, channels, options, precision=p)
+    return results
+
+
+def with_channel_order(model, calibration: np.ndarray | None, options: TFLiteOptions):
+    """``(model, calibration, channels)`` as the artifact will take its input; ``channels`` is
+    ``{"channel_order": artifact's, "reference_channel_order": the given model's}``.
+
+    RGB: a copy of a MobileViT with its stem's input channels reversed (its ``cfg`` says RGB) and the
+    calibration photos ``[N, 3, H, W]`` flipped to match. Anything else (``model``, the as-is exporter, a model
+    that is not ours) is left as it is."""
+    pre = getattr(getattr(model, "cfg", None), "preprocessing", None)
+    given = pre.channel_order if pre is not None else "model"
+    channels = {"channel_order": given, "reference_channel_order": given}
+    if pre is None or options.channel_order == "model" or options.exporter != "ours" or given == options.channel_order:
+        return model, calibration, channels
+    from mobilevit.rewrites import reverse_input_channels
+
+    flipped = reverse_input_channels(copy.deepcopy(model))
+    flipped.cfg = replace(model.cfg, preprocessing=replace(pre, channel_order=options.channel_order))
+    if calibration is not None:
+        calibration = np.ascontiguousarray(calibration[:, ::-1])  # [N, 3, H, W]: BGR <-> RGB
+    return flipped, calibration, {**channels, "channel_order": options.channel_order}
+
+
+def write_metadata(path: Path, model, channels: dict, options: TFLiteOptions, precision: str) -> None:
+    """Our JSON entry (always; the runners read the channel orders), then MediaPipe's image-classifier
+    metadata if ``options.labels`` are given. ``model`` is the one converted (its ``cfg`` says its order)."""
+    from . import tflite_metadata as md
+
+    cfg = getattr(model, "cfg", None)
+    pre = cfg.preprocessing.describe() if cfg is not None else {}
+    entry = {**options.metadata, **channels, "input_layout": "NHWC float32", "precision": precision,
+             **({"preprocessing": pre} if pre else {})}  # ours last: the caller's fields cannot hide them
+    buf = md.add_entry(path.read_bytes(), md.ENTRY, json.dumps(entry, sort_keys=True).encode())
+    if options.labels:
+        if channels["channel_order"] != "RGB":
+            raise ExportConfigError("MediaPipe metadata can only describe RGB input: export with "
+                                    "channel_order='RGB', or without labels")
+        buf = md.image_classifier(buf, list(options.labels), name=f"MobileViT {cfg.name}",
+                                  pixel_scale=cfg.preprocessing.pixel_scale,
+                                  description=f"MobileViT image classifier, {len(options.labels)} classes; "
+                                              "outputs logits (no softmax)")
+    path.write_bytes(buf)
 
 
 def _nhwc(images: np.ndarray) -> np.ndarray:

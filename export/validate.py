@@ -144,8 +144,11 @@ def torch_reference(model: torch.nn.Module, softmax: bool = False) -> Callable[[
 
 
 def validate_artifact(path: Path, target: str, precision: str, reference: Callable[[np.ndarray], np.ndarray],
-                      batches: dict[int, np.ndarray]) -> ValidationReport:
-    """Run ``path`` in its runtime on each size's photos and compare with ``reference``."""
+                      batches: dict[int, np.ndarray], progress: bool | None = None) -> ValidationReport:
+    """Run ``path`` in its runtime on each size's photos and compare with ``reference``.
+
+    A progress bar counts the photos (``export.quiet.progress``; ``progress=None``: when stderr is a TTY)."""
+    from .quiet import progress as bar
     from .runners import make_runner
 
     report = ValidationReport(tolerance(target, precision))
@@ -155,13 +158,20 @@ def validate_artifact(path: Path, target: str, precision: str, reference: Callab
         report.skipped.append(f"skipped: {e}")
         return report
     report.runtime = f"{runner.runtime} {runner.version}"
+    counter = bar(total=sum(len(x) for x in batches.values()), desc=f"{target} {precision} validation",
+                  unit="photo", enabled=progress)
     for size, x in batches.items():
         try:
-            out = runner(x)
+            out = []
+            for i in range(len(x)):
+                out.append(runner(x[i:i + 1]))  # one photo at a time, so the bar moves
+                counter.update(1)
+            out = np.concatenate(out)
         except Exception as e:  # a runtime that cannot run the artifact is a validation failure
             report.problems.append(f"{size}x{size}: {runner.runtime} could not run it: {type(e).__name__}: {e}")
             continue
         d = drift(reference(x), out)
         report.by_size[size] = d
         report.problems += failures(d, report.tolerance, f"{size}x{size}")
+    counter.close()
     return report

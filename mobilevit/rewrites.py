@@ -104,6 +104,24 @@ def pool_keepdim(model: nn.Module) -> nn.Module:
     return model
 
 
+def reverse_input_channels(model: nn.Module) -> nn.Module:
+    """The stem conv's input channels in reverse order: a model taking BGR then takes RGB (and back).
+
+    before: x [B, 3, H, W] in (B, G, R) -> conv(x, W)
+    after:  x [B, 3, H, W] in (R, G, B) -> conv(x, W.flip(1))   the same sum over channels, reordered
+
+    It changes what the model takes, so it is not among the registered rewrites (which keep the interface)
+    and is not idempotent: a target applies it once, to a copy, and records the new order
+    (``export.tflite``). The stem is the only layer that sees the input channels.
+    """
+    stem = model.stem[0]  # ConvNormAct: [conv, norm, act]
+    if not (isinstance(stem, nn.Conv2d) and stem.in_channels == 3 and stem.groups == 1):
+        raise ValueError(f"expected a 3-channel stem conv, got {stem}")
+    with torch.no_grad():
+        stem.weight.copy_(stem.weight.flip(1))  # [C, 3, k, k]: input channel i -> 2 - i
+    return model
+
+
 @dataclass(frozen=True)
 class Rewrite:
     """A named model transform, with a one-line reason it exists."""

@@ -186,23 +186,87 @@ def test_an_unreadable_image_in_images_exits_2_naming_it(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_default_export_prints_only_our_own_lines(tmp_path):
-    """`make export-coreml` as a new user runs it: stderr holds [export] lines and nothing else."""
+def _run_in_terminal(cmd: list[str], cwd, timeout: float) -> tuple[int, str, str]:
+    """Run ``cmd`` with stderr on a pseudo-terminal 120 columns wide, as a user's shell gives it;
+    ``(exit code, stdout, stderr)``. stdout stays a pipe (what the CLI prints there is the paths written)."""
+    import fcntl
+    import pty
+    import struct
     import subprocess
+    import termios
+    import threading
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    chunks: list[bytes] = []
+
+    def drain():  # keep reading, or the child blocks once the terminal's buffer is full
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, cwd=cwd)
+    os.close(slave)
+    out, _ = proc.communicate(timeout=timeout)
+    reader.join(10)
+    os.close(master)
+    return proc.returncode, out.decode(), b"".join(chunks).decode(errors="replace")
+
+
+def test_default_export_prints_only_our_own_lines(tmp_path):
+    """`make export-coreml` as a new user runs it, in a terminal: everything on stderr is ours, the
+    [export] lines and our progress bars (conversion time, validation photos with ETA), nothing else."""
+    import re
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-m", "export", "coreml", "--variant", "xx_small", "--out", str(tmp_path)],
-                          capture_output=True, text=True, cwd=root, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = done.stderr.splitlines()
-    foreign = [line for line in lines if not line.startswith("[export]")]
+    code, stdout, stderr = _run_in_terminal(
+        [sys.executable, "-m", "export", "coreml", "--variant", "xx_small", "--out", str(tmp_path)], root, 600)
+    assert code == 0, stderr[-3000:]
+    shown = [s for s in re.split(r"[\r\n]+", stderr) if s.strip()]  # lines, and each redraw of a bar
+    foreign = [s for s in shown if not s.startswith("[export]")]
     assert foreign == [], foreign[:20]
-    assert any("validating on 16 real photos" in line for line in lines)
-    assert any(line.startswith("[export] summary: | coreml | fp16 |") and "mobilevit_xx_small_coreml_fp16" in line
-               for line in lines)
-    assert done.stdout.strip().endswith(".mlpackage")
+    assert any("validating on 16 real photos" in s for s in shown)
+    assert any(s.startswith("[export] coreml fp16: converting: 00:0") for s in shown)  # the elapsed-time bar
+    bars = [s for s in shown if s.startswith("[export] coreml fp16 validation:")]
+    assert any("16/16" in s for s in bars) and any("<" in s for s in bars), bars[-3:]  # done, and an ETA shown
+    assert any(s.startswith("[export] summary: | coreml | fp16 |") and "mobilevit_xx_small_coreml_fp16" in s
+               for s in shown)
+    assert stdout.strip().endswith(".mlpackage")
+
+
+def test_progress_bars_stay_out_of_logs():
+    """Our bars draw only on a terminal: written to a file (a CI log), they print nothing."""
+    import io
+
+    from export import quiet
+
+    class Terminal(io.StringIO):
+        def __init__(self, tty: bool):
+            super().__init__()
+            self.tty = tty
+
+        def isatty(self):
+            return self.tty
+
+    before = quiet._TERMINAL
+    try:
+        for tty in (True, False):
+            quiet._TERMINAL = Terminal(tty)
+            for _ in quiet.progress(range(3), desc="photos", unit="photo"):
+                pass
+            text = quiet._TERMINAL.getvalue()
+            assert ("[export] photos:   0%" in text and "0/3 [00:00<?" in text) if tty else text == ""
+    finally:
+        quiet._TERMINAL = before
 
 
 def test_silenced_blocks_c_level_output_unless_verbose(capfd):

@@ -1,4 +1,5 @@
 """TFLite exports through onnx2tf: xx_small in every precision, small in fp32/fp16, x_small fp32."""
+import numpy as np
 import pytest
 
 from export.graph import inspect_tflite
@@ -62,3 +63,31 @@ def test_small_fp32_fp16(root):
 def test_x_small_fp32_fp16(root):
     for res in exported(root, "tflite", "x_small", ("fp32", "fp16")).values():
         assert res.manifest["validation"]["passed"]
+
+
+def test_mediapipe_image_classifier_ranks_classes_as_pytorch_does(root, photos, synthetic_xxs):
+    """MediaPipe Tasks' ImageClassifier (the app-side API of Android, iOS and the web) loads the exported
+    .tflite from its metadata alone (RGB input, /255 normalisation, labels.txt) and returns PyTorch's top-5
+    classes on real photos. The photos are handed over already center-cropped to 256x256, so MediaPipe's
+    own resize (a stretch, no crop) has nothing to do and both sides see the same pixels."""
+    import mediapipe as mp
+    import torch
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    from export.tflite_metadata import LABELS_FILE, packed_files
+    from mobilevit.preprocess import resize_and_crop, to_tensor
+
+    res = exported(root, "tflite", "xx_small", PASSING)["fp32"]
+    labels = (res.artifact.parent / "labels.txt").read_text().splitlines()
+    assert packed_files(res.artifact.read_bytes())[LABELS_FILE].decode().splitlines() == labels
+    crops = [resize_and_crop(p, 256) for p in photos]  # uint8 RGB [256, 256, 3], what an app passes
+    with torch.no_grad():  # the exported weights, fed what the crops are in PyTorch's own order (BGR / 255)
+        logits = synthetic_xxs(to_tensor(crops, synthetic_xxs.cfg.preprocessing)).numpy()
+    opts = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(res.artifact)), max_results=5)
+    with vision.ImageClassifier.create_from_options(opts) as classifier:
+        for crop, row in zip(crops, logits):
+            got = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=crop)).classifications[0]
+            want = np.argsort(-row)[:5]  # PyTorch's top-5, best first
+            assert [c.index for c in got.categories] == want.tolist()
+            assert [c.category_name for c in got.categories] == [labels[i] for i in want]
+            np.testing.assert_allclose([c.score for c in got.categories], row[want], atol=1e-4)  # logits

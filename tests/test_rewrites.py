@@ -89,3 +89,22 @@ def test_features_only_model_takes_the_rewrites():
     m = build("xx_small", features_only=True)
     feats = apply_rewrites(copy.deepcopy(m), ALL)(torch.zeros(1, 3, 64, 64))
     assert [f.shape[1] for f in feats] == [16, 24, 48, 64, 80]
+
+
+def test_reversed_input_channels_take_rgb_where_the_model_took_bgr(model, photos):
+    """The TFLite target's interface rewrite: the copy fed the RGB crops gives the model's logits on the
+    BGR ones (the preprocessing written out by hand here: pixel / 255, channels reversed)."""
+    import numpy as np
+
+    from mobilevit.preprocess import resize_and_crop
+    from mobilevit.rewrites import reverse_input_channels
+
+    rgb = np.stack([resize_and_crop(p, 256) for p in photos[:2]]).astype(np.float32) / 255  # [2, 256, 256, 3]
+    rgb = torch.from_numpy(rgb).permute(0, 3, 1, 2)  # -> [2, 3, 256, 256], R G B
+    bgr = rgb[:, [2, 1, 0]]  # what the public weights expect
+    flipped = reverse_input_channels(copy.deepcopy(model))
+    with torch.no_grad():
+        ref = model(bgr)
+        torch.testing.assert_close(flipped(rgb), ref, rtol=0, atol=2e-5 * ref.abs().max().item())
+        assert (flipped(bgr) - ref).abs().max() > 100 * 2e-5 * ref.abs().max()  # the order matters to the model
+    assert torch.equal(reverse_input_channels(flipped).stem[0].weight, model.stem[0].weight)  # twice = undone
