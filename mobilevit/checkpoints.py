@@ -667,6 +667,9 @@ class LoadedCheckpoint:
     origin: str
     sha256: str
     extra: dict = field(default_factory=dict)  # our format's free-form metadata
+    # Architecture the file states but its tensors cannot show (SegmentationConfig fields such as
+    # output_stride and atrous_rates, from a Hugging Face config.json); empty for the public defaults' files.
+    architecture: dict = field(default_factory=dict)
 
 
 def load_checkpoint(path: str | Path, variant: str | None = None) -> LoadedCheckpoint:
@@ -775,7 +778,8 @@ def save_checkpoint(model, path: str | Path, *, class_names: list[str] | None = 
 # (``encoder.*``; ``seg_head.aspp.aspp_layer.convs``, ``.convs.4.aspp_pool.conv_1x1``, ``.project``,
 # ``seg_head.classifier.block.conv``). transformers' ``convert_mlcvnets_to_pytorch.py`` maps the one onto the other
 # (``seg_head.`` -> ``segmentation_head.``, drops ``.aspp_layer.`` / ``.aspp_pool.``) and drops
-# ``seg_head.aux_head.*``, the auxiliary training head of Apple's files, which inference does not use.
+# ``seg_head.aux_head.*``, the auxiliary training head of ml-cvnets recipes with ``use_aux_head``, which
+# inference does not use (the released deeplabv3_mobilevit_*.yaml do not set it).
 
 
 def _seg_units(cfg: SegmentationConfig):
@@ -953,18 +957,48 @@ def from_cvnets_segmentation(sd: dict[str, torch.Tensor], variant: str | None = 
     return _from_segmentation("cvnets", sd, variant)
 
 
+def huggingface_segmentation_architecture(path: Path) -> dict:
+    """``output_stride`` and ``atrous_rates`` from the ``config.json`` beside a Hugging Face checkpoint.
+
+    No tensor shape depends on them, yet they change the output: transformers' default ``output_stride``
+    is 32, the public deeplabv3-mobilevit configs say 8. Empty when there is no readable config.
+    """
+    import json
+
+    try:
+        config = json.loads((path.parent / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(config, dict):
+        return {}
+    out = {}
+    if "output_stride" in config:
+        out["output_stride"] = int(config["output_stride"])
+    if "atrous_rates" in config:
+        out["atrous_rates"] = tuple(int(r) for r in config["atrous_rates"])
+    return out
+
+
 def load_segmentation_checkpoint(path: str | Path, variant: str | None = None) -> LoadedCheckpoint:
     """Read a DeepLabV3-MobileViT checkpoint (file or Hugging Face folder), detect format and variant, remap.
 
-    Class names come from a Hugging Face folder's ``config.json`` (``id2label``) when it has real ones.
+    From a Hugging Face folder's ``config.json`` come the class names (``id2label``, when real ones) and
+    the output stride and atrous rates (``architecture``; files without a config get the public models').
     """
     path = resolve_path(path)
     sd = _unwrap(read_file(path), path)
     check_finite(sd, str(path))
     conv = convert_segmentation_state_dict(sd, variant=variant, where=path.name)
-    class_names = huggingface_class_names(path, conv.num_classes) if conv.format == "huggingface" else None
+    class_names, architecture = None, {}
+    if conv.format == "huggingface":
+        class_names = huggingface_class_names(path, conv.num_classes)
+        architecture = huggingface_segmentation_architecture(path)
+        try:
+            get_segmentation_config(conv.variant, **architecture)
+        except ValueError as e:
+            raise CheckpointError(f"{path.parent / 'config.json'}: {e}") from e
     return LoadedCheckpoint(conv.state_dict, conv.format, conv.variant, conv.num_classes, class_names,
-                            f"{conv.format}:{path.name}", sha256_file(path))
+                            f"{conv.format}:{path.name}", sha256_file(path), architecture=architecture)
 
 
 def load_segmentation_model(path: str | Path, variant: str | None = None, patches: str = "reference",
@@ -973,7 +1007,7 @@ def load_segmentation_model(path: str | Path, variant: str | None = None, patche
     from .segmentation import MobileViTSegmentation
 
     ckpt = load_segmentation_checkpoint(path, variant)
-    model = MobileViTSegmentation(get_segmentation_config(ckpt.variant, num_classes=ckpt.num_classes),
-                                  patches=patches, upsample=upsample)
+    cfg = get_segmentation_config(ckpt.variant, num_classes=ckpt.num_classes, **ckpt.architecture)
+    model = MobileViTSegmentation(cfg, patches=patches, upsample=upsample)
     model.load_state_dict(ckpt.state_dict, strict=True)
     return model.eval()

@@ -184,7 +184,8 @@ def dilate(cfg: MobileViTConfig, output_stride: int) -> MobileViTConfig:
     Each such stage's strided inverted residual gets stride 1, and its depthwise conv the dilation
     accumulated by the strides removed *before* it (ml-cvnets ``_make_mit_layer``: ``prev_dilation``;
     transformers ``MobileViTLayer``: ``dilation // 2``). The MobileViT blocks themselves stay undilated.
-    For output stride 8 on MobileViT v1: stage 3 gets stride 1 / dilation 1, stage 4 stride 1 / dilation 2.
+    On MobileViT v1, output stride 16 (the public models) gives stage 4 stride 1 / dilation 1, so no backbone
+    conv is actually dilated; output stride 8 also gives stage 3 stride 1 / dilation 1 and stage 4 dilation 2.
     """
     stride, dilation, stages = 2, 1, []  # the stem has stride 2
     for s in cfg.stages:
@@ -202,7 +203,7 @@ class SegmentationPublic:
     """Published PASCAL VOC 2012 val figures (512x512) and checkpoint names for a segmentation model."""
 
     params_m: float  # as the model cards and ml-cvnets round it
-    miou: float  # mean IoU (%): the paper (Table 4) and the Hugging Face model cards
+    miou: float  # mean IoU (%): the paper and the Hugging Face model cards
     miou_cvnets: float  # mean IoU (%) ml-cvnets reports for its released .pt (examples/README-mobilevit.md)
     checkpoints: dict[str, str] = field(default_factory=dict)  # format -> public file / model id
 
@@ -211,15 +212,19 @@ class SegmentationPublic:
 class SegmentationConfig:
     """DeepLabV3 on a MobileViT v1 backbone (the public ``deeplabv3-mobilevit-*`` models).
 
-    Defaults are those of the public models: ml-cvnets' ``deeplabv3_mobilevit_*.yaml`` and
-    transformers' ``MobileViTConfig`` (``output_stride=8``, ``aspp_out_channels=256``,
-    ``atrous_rates=[6, 12, 18]``, ``aspp_dropout_prob=0.1``, ``classifier_dropout_prob=0.1``).
+    Defaults are the public models': ml-cvnets ``config/segmentation/deeplabv3_mobilevit_{xx_small,x_small,
+    small}.yaml`` (@ d38a116f, released with the weights: ``output_stride: 16``, ``aspp_out_channels: 256``,
+    ``aspp_rates: [6, 12, 18]``, ``aspp_dropout: 0.1``, ``classifier_dropout: 0.1``, no auxiliary head), which
+    transformers' ``convert_mlcvnets_to_pytorch.py`` carries over (``config.output_stride = 16`` for
+    ``deeplabv3_*``; its integration test expects 32x32 logits from a 512x512 input). ml-cvnets' later recipe
+    ``config/segmentation/pascal_voc/deeplabv3_mobilevit.yaml`` (output stride 8, 512 ASPP channels, rates
+    12/24/36, auxiliary head) is another model, with no released weights named in this table.
     """
 
     name: str
     backbone: MobileViTConfig  # the classification variant; dilated to ``output_stride`` when built
     num_classes: int = len(VOC_CLASSES)
-    output_stride: int = 8  # logits come out at 1/output_stride of the input
+    output_stride: int = 16  # logits come out at 1/output_stride of the input (32x32 for 512x512)
     aspp_out_channels: int = 256  # width of every ASPP branch, of its projection and of the classifier input
     atrous_rates: tuple[int, int, int] = (6, 12, 18)  # dilations of the three 3x3 ASPP branches
     aspp_dropout: float = 0.1  # after the ASPP projection

@@ -9,9 +9,10 @@ Layout follows ml-cvnets (``cvnets/models/segmentation/enc_dec.py``, ``heads/dee
   conv + BatchNorm + ReLU to 256 channels; concatenated, projected by a 1x1 conv + BN + ReLU, dropout;
 * a 1x1 classifier conv with bias (after Dropout2d).
 
-The output is the logits at ``1/output_stride`` of the input (``[B, K, H/8, W/8]``), as transformers
-returns them; ``upsample=True`` resizes them to the input size (bilinear, ``align_corners=False``, as
-transformers' ``post_process_semantic_segmentation`` does), the form an exported per-pixel map needs.
+The output is the logits at ``1/output_stride`` of the input (``[B, K, H/16, W/16]`` for the public
+models), as transformers returns them; ``upsample=True`` resizes them to the input size (bilinear,
+``align_corners=False``, as transformers' ``post_process_semantic_segmentation`` does; ml-cvnets' head
+upsamples with ``align_corners=True``), the form an exported per-pixel map needs.
 """
 from __future__ import annotations
 
@@ -117,8 +118,8 @@ class MobileViTSegmentation(nn.Module):
         self.backbone.check_input(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (feats,) = self.backbone(x)  # [B, 3, H, W] -> [B, C5, H/8, W/8]
-        logits = self.head(feats)  # -> [B, K, H/8, W/8]
+        (feats,) = self.backbone(x)  # [B, 3, H, W] -> [B, C5, H/s, W/s], s = cfg.output_stride
+        logits = self.head(feats)  # -> [B, K, H/s, W/s]
         if self.upsample:
             return upsample_logits(logits, (x.shape[2], x.shape[3]))  # -> [B, K, H, W]
         return logits

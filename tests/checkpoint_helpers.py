@@ -293,12 +293,13 @@ def _hf_model(variant: str, num_labels: int = 1000):
     return _randomize_(hf)
 
 
-def _hf_segmentation_model(variant: str, num_labels: int = 21, id2label: dict[int, str] | None = None):
-    """transformers' ``MobileViTForSemanticSegmentation`` as the apple/deeplabv3-mobilevit-* configs build it
-    (``output_stride=8``; ASPP defaults 256 channels, rates 6/12/18), with random weights and statistics."""
+def _hf_segmentation_model(variant: str, num_labels: int = 21, id2label: dict[int, str] | None = None,
+                           **config_overrides):
+    """transformers' ``MobileViTForSemanticSegmentation`` as its converter builds apple/deeplabv3-mobilevit-*
+    (``output_stride=16``; ASPP defaults 256 channels, rates 6/12/18), with random weights and statistics."""
     from transformers import MobileViTConfig, MobileViTForSemanticSegmentation
 
-    config = MobileViTConfig(num_labels=num_labels, output_stride=8, **HF_CONFIGS[variant])
+    config = MobileViTConfig(num_labels=num_labels, **({"output_stride": 16} | HF_CONFIGS[variant] | config_overrides))
     if id2label is not None:
         config.id2label, config.label2id = dict(id2label), {v: k for k, v in id2label.items()}
     torch.manual_seed(0)

@@ -1,7 +1,7 @@
 """DeepLabV3-MobileViT: architecture, parameter counts and checkpoint import, against transformers and ml-cvnets.
 
 The peer is ``transformers.MobileViTForSemanticSegmentation`` built from the configuration of the
-apple/deeplabv3-mobilevit-* models (``output_stride=8``, ASPP 256 channels, rates 6/12/18), with random
+apple/deeplabv3-mobilevit-* models (``output_stride=16``, ASPP 256 channels, rates 6/12/18), with random
 unit-gain weights and random BatchNorm statistics (see ``checkpoint_helpers._randomize_``), written
 with its own ``save_pretrained`` and imported through our loader. ml-cvnets cannot be installed here:
 its segmentation state dict comes from a skeleton with the module names of
@@ -24,6 +24,7 @@ from torch import nn
 
 from mobilevit import InputSizeError, build, count_params
 from mobilevit.checkpoints import (
+    CheckpointError,
     KeyMismatchError,
     ShapeMismatchError,
     TaskMismatchError,
@@ -75,8 +76,8 @@ def _image(size, seed=0):
 
 # ------------------------------------------------------------------------------- architecture
 def test_dilation_is_what_transformers_and_cvnets_build():
-    """Output stride 8: stage 3 keeps stride 1 undilated, stage 4 stride 1 with dilation 2 (the dilation
-    removed before it); output stride 16 dilates stage 4 only; 32 is the classifier's backbone."""
+    """Output stride 16 (the public models): stage 4 keeps stride 1, undilated (the dilation removed before it
+    is 1); output stride 8: stage 3 too, and stage 4 gets dilation 2; 32 is the classifier's backbone."""
     cfg = get_config("small")
 
     def strides(c):
@@ -89,12 +90,14 @@ def test_dilation_is_what_transformers_and_cvnets_build():
         get_segmentation_config("small", output_stride=4)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_every_conv_has_transformers_geometry(variant):
+@pytest.mark.parametrize("variant,output_stride", [(v, 16) for v in VARIANTS] + [("small", 8)])
+def test_every_conv_has_transformers_geometry(variant, output_stride):
     """Both models register their convs in the same order; each pair agrees in channels, kernel, stride,
     padding, dilation, groups and bias (ASPP rates, dilated stages and the classifier included)."""
-    ours = [m for m in build_segmentation(variant).modules() if isinstance(m, nn.Conv2d)]
-    hf = [m for m in _hf_segmentation_model(variant).modules() if isinstance(m, nn.Conv2d)]
+    cfg = get_segmentation_config(variant, output_stride=output_stride)
+    ours = [m for m in build_segmentation(cfg).modules() if isinstance(m, nn.Conv2d)]
+    hf = [m for m in _hf_segmentation_model(variant, output_stride=output_stride).modules()
+          if isinstance(m, nn.Conv2d)]
     assert len(ours) == len(hf)
 
     def geometry(c):
@@ -102,7 +105,9 @@ def test_every_conv_has_transformers_geometry(variant):
                 c.bias is not None)
 
     assert [geometry(c) for c in ours] == [geometry(c) for c in hf]
-    assert {c.dilation for c in ours} == {(1, 1), (2, 2), (6, 6), (12, 12), (18, 18)}
+    backbone = {(2, 2)} if output_stride == 8 else set()  # stage 4's depthwise conv at output stride 8
+    assert {c.dilation for c in ours} == {(1, 1), (6, 6), (12, 12), (18, 18)} | backbone
+    assert sum(c.stride == (2, 2) for c in ours) == {16: 4, 8: 3}[output_stride]  # stem + strided stages
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -118,7 +123,7 @@ def test_parameter_counts_match_transformers_and_the_model_cards(variant):
 
 def test_defaults_are_the_public_models():
     cfg = get_segmentation_config("xx_small")
-    assert (cfg.num_classes, cfg.output_stride, cfg.aspp_out_channels, cfg.atrous_rates) == (21, 8, 256, (6, 12, 18))
+    assert (cfg.num_classes, cfg.output_stride, cfg.aspp_out_channels, cfg.atrous_rates) == (21, 16, 256, (6, 12, 18))
     assert (cfg.aspp_dropout, cfg.classifier_dropout, cfg.input_size) == (0.1, 0.1, 512)
     assert cfg.class_names == VOC_CLASSES and len(VOC_CLASSES) == 21
     assert VOC_CLASSES[0] == "background" and VOC_CLASSES[15] == "person" and VOC_CLASSES[20] == "tvmonitor"
@@ -142,6 +147,22 @@ def test_patch_strategies_attention_layouts_and_sizes():
             model(torch.zeros(1, 3, 250, 256))
 
 
+def test_synthetic_weights_are_calibrated_and_seeded():
+    """Calibrated synthetic weights (BatchNorm statistics from photographs, here at 128 for speed): logits
+    in a realistic range that use many classes, and the same model for the same seed."""
+    from mobilevit.preprocess import sample_batch
+    from mobilevit.synthetic import synthetic_segmentation_model
+
+    a, b = (synthetic_segmentation_model("xx_small", size=128, seed=3) for _ in range(2))
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert not torch.allclose(a.head.aspp.project.bn.running_var, torch.ones(256))
+    x = sample_batch(a.cfg, count=1, size=256, seed=9)
+    with torch.no_grad():
+        y = a(x)
+    assert torch.isfinite(y).all() and 0.1 < y.std().item() < 10
+    assert y.argmax(1).unique().numel() > 3
+
+
 # --------------------------------------------------------------------------------- Hugging Face
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_huggingface_peer_logits_match(tmp_path, variant):
@@ -158,7 +179,7 @@ def test_huggingface_peer_logits_match(tmp_path, variant):
             x = _image(size)
             expected = hf(pixel_values=x).logits
             got = model(x)
-            assert got.shape == (1, 21, size[0] // 8, size[1] // 8) == expected.shape
+            assert got.shape == (1, 21, size[0] // 16, size[1] // 16) == expected.shape
             err = (got - expected).abs().max().item()
             assert err < TOL, (variant, size, err)
             assert err / expected.abs().max().item() < TOL
@@ -168,6 +189,27 @@ def test_huggingface_peer_logits_match(tmp_path, variant):
         full = model(x)
         assert full.shape == (1, 21, *SIZES[1])
         assert (full - upsample_logits(hf(pixel_values=x).logits, SIZES[1])).abs().max().item() < TOL
+
+
+def test_output_stride_and_rates_come_from_the_huggingface_config(tmp_path):
+    """No tensor shows them: a folder saying output_stride 8 and other rates is built that way, like transformers;
+    one saying 4 (which no MobileViT stage can give) is refused."""
+    hf = _hf_segmentation_model("xx_small", num_labels=4, output_stride=8, atrous_rates=[3, 5, 7])
+    with torch.no_grad():
+        hf.save_pretrained(tmp_path, safe_serialization=True)
+    ckpt = load_segmentation_checkpoint(tmp_path)
+    assert ckpt.architecture == {"output_stride": 8, "atrous_rates": (3, 5, 7)} and ckpt.class_names is None
+    model = load_segmentation_model(tmp_path)
+    for size in (256, 512):
+        x = _image((size, size))
+        with torch.no_grad():
+            expected, got = hf(pixel_values=x).logits, model(x)
+        assert got.shape == expected.shape == (1, 4, size // 8, size // 8)
+        assert (got - expected).abs().max().item() < TOL
+    config = tmp_path / "config.json"
+    config.write_text(config.read_text().replace('"output_stride": 8', '"output_stride": 4'))
+    with pytest.raises(CheckpointError, match="config.json: output_stride 4 is not supported"):
+        load_segmentation_checkpoint(tmp_path)
 
 
 def test_remaps_are_pure_and_return_early():
@@ -187,8 +229,9 @@ def _cv_classifier(cin, n):
     return _named(block=nn.Sequential(OrderedDict(conv=nn.Conv2d(cin, n, 1, bias=True))))
 
 
-def cvnets_segmentation_skeleton(mode: str, num_classes: int = 21) -> nn.Module:
-    """``SegEncoderDecoder(encoder=MobileViT(mode), seg_head=DeeplabV3)`` with the auxiliary head of Apple's files."""
+def cvnets_segmentation_skeleton(mode: str, num_classes: int = 21, aux_head: bool = False) -> nn.Module:
+    """``SegEncoderDecoder(encoder=MobileViT(mode), seg_head=DeeplabV3)``; ``aux_head``: as recipes with
+    ``use_aux_head`` train it (the released yaml files do not set it)."""
     encoder = cvnets_skeleton(mode)
     del encoder.conv_1x1_exp, encoder.classifier  # SegEncoderDecoder sets both to None (use_level5_exp False)
     c4, c5 = (encoder.get_submodule(f"layer_{i}.0.block.red_1x1.block.conv").out_channels for i in (4, 5))
@@ -199,7 +242,7 @@ def cvnets_segmentation_skeleton(mode: str, num_classes: int = 21) -> nn.Module:
                                                        conv_1x1=_cv_conv_layer(c5, 256, 1))))]),
         project=_cv_conv_layer(5 * 256, 256, 1), dropout_layer=nn.Dropout2d())
     seg_head = _named(aux_head=nn.Sequential(_cv_conv_layer(c4, aux_inner, 3), nn.Dropout2d(),
-                                             _cv_classifier(aux_inner, num_classes)),
+                                             _cv_classifier(aux_inner, num_classes)) if aux_head else None,
                       aspp=_named(aspp_layer=aspp), classifier=_cv_classifier(256, num_classes))
     return _named(encoder=encoder, seg_head=seg_head)
 
@@ -208,7 +251,7 @@ def _cvnets_state_dict(model) -> dict[str, torch.Tensor]:
     """``model``'s tensors under ml-cvnets' names, placed by position (shapes asserted at each), plus a random
     auxiliary head; independent of the remap code under test."""
     with torch.device("meta"):
-        theirs = {k: v.shape for k, v in cvnets_segmentation_skeleton(model.cfg.name, model.cfg.num_classes)
+        theirs = {k: v.shape for k, v in cvnets_segmentation_skeleton(model.cfg.name, model.cfg.num_classes, True)
                   .state_dict().items()}
     aux = {k: s for k, s in theirs.items() if k.startswith("seg_head.aux_head.")}
     main = [(k, s) for k, s in theirs.items() if k not in aux]
@@ -226,7 +269,7 @@ def _cvnets_state_dict(model) -> dict[str, torch.Tensor]:
 def test_cvnets_head_names_are_the_converters():
     """Apply transformers' convert_mlcvnets_to_pytorch renames to the skeleton's head keys: transformers' own keys."""
     with torch.device("meta"):
-        cv = cvnets_segmentation_skeleton("xx_small").state_dict()
+        cv = cvnets_segmentation_skeleton("xx_small", aux_head=True).state_dict()
     renamed = set()
     for k in cv:
         if k.startswith("seg_head.aux_head."):
