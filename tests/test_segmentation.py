@@ -1,7 +1,8 @@
 """DeepLabV3-MobileViT: architecture, parameter counts and checkpoint import, against transformers and ml-cvnets.
 
 The peer is ``transformers.MobileViTForSemanticSegmentation`` built from the configuration of the
-apple/deeplabv3-mobilevit-* models (``output_stride=16``, ASPP 256 channels, rates 6/12/18), with random
+apple/deeplabv3-mobilevit-* models as transformers' converter writes it (``output_stride=16``, as ml-cvnets'
+released ``deeplabv3_mobilevit_*.yaml``; ASPP 256 channels, rates 6/12/18; output stride 8 is checked too), with random
 unit-gain weights and random BatchNorm statistics (see ``checkpoint_helpers._randomize_``), written
 with its own ``save_pretrained`` and imported through our loader. ml-cvnets cannot be installed here:
 its segmentation state dict comes from a skeleton with the module names of
@@ -51,9 +52,10 @@ from tests.checkpoint_helpers import (
 )
 
 VARIANTS = ("xx_small", "x_small", "small")
-# transformers' MobileViTForSemanticSegmentation with the apple/deeplabv3-mobilevit-* configs, counted once by hand
+# transformers' MobileViTForSemanticSegmentation with the apple/deeplabv3-mobilevit-* configs: its parameter count,
+# written down once (the test also recounts it live)
 HF_PARAMS = {"xx_small": 1_854_853, "x_small": 2_944_069, "small": 6_357_941}
-# Hugging Face model cards / the paper (Table 4): parameters (M), PASCAL VOC 2012 val mIoU (%)
+# Hugging Face model cards / the paper: parameters (M), PASCAL VOC 2012 val mIoU (%)
 MODEL_CARDS = {"xx_small": (1.9, 73.6), "x_small": (2.9, 77.1), "small": (6.4, 79.1)}
 # ml-cvnets examples/README-mobilevit.md (@ d38a116f): mIoU of its released deeplabv3_mobilevit_*.pt
 CVNETS_README_MIOU = {"xx_small": 72.8, "x_small": 77.1, "small": 79.3}
@@ -310,6 +312,15 @@ def test_cvnets_checkpoint_loads_exactly(tmp_path):
     x = _image((256, 256))
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+
+
+def test_our_own_state_dict_loads_as_is(tmp_path):
+    model = _randomize_(build_segmentation("x_small", num_classes=3))
+    path = tmp_path / "ours.pt"
+    torch.save(model.state_dict(), path)
+    ckpt = load_segmentation_checkpoint(path)
+    assert (ckpt.format, ckpt.variant, ckpt.num_classes) == ("ours", "x_small", 3)
+    assert all(torch.equal(ckpt.state_dict[k], v) for k, v in model.state_dict().items())
 
 
 # --------------------------------------------------------------------------------------- errors
