@@ -24,6 +24,10 @@ Where the layouts come from (module attribute names and ``nn.Sequential`` indice
 * Hugging Face: ``transformers/models/mobilevit/modeling_mobilevit.py``; its attention has separate
   query/key/value Linears, which are concatenated into our fused ``qkv`` (q rows first).
 
+Segmentation (DeepLabV3-MobileViT, Hugging Face and ml-cvnets) reuses each library's backbone layout under
+its prefix and adds the head's names: see the segmentation section at the end; :func:`load_segmentation_checkpoint`
+is its entry point, and a classification checkpoint given there raises :class:`TaskMismatchError`.
+
 None of the formats has attention masks or relative-position buffers; BatchNorm
 ``num_batches_tracked`` is optional (stripped files get zeros) and the classifier lives at
 ``head.fc`` (mmpretrain, timm), ``classifier.fc`` (ml-cvnets) or ``classifier`` (Hugging Face).
@@ -46,7 +50,17 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from .config import VARIANTS, MobileViTConfig, StageKind, UnknownVariantError, get_config
+from .config import (
+    SEGMENTATION_VARIANTS,
+    VARIANTS,
+    VOC_CLASSES,
+    MobileViTConfig,
+    SegmentationConfig,
+    StageKind,
+    UnknownVariantError,
+    get_config,
+    get_segmentation_config,
+)
 
 OUR_FORMAT = "mobilevit-export"
 OUR_FORMAT_VERSION = 1
@@ -94,6 +108,10 @@ class ShapeMismatchError(CheckpointError):
 
 class VariantMismatchError(CheckpointError):
     """The checkpoint holds another variant than the one asked for."""
+
+
+class TaskMismatchError(CheckpointError):
+    """A checkpoint for another task: e.g. classification weights given where a segmentation model is loaded."""
 
 
 class CorruptWeightsError(CheckpointError):
@@ -325,8 +343,13 @@ def remap(sd: dict[str, torch.Tensor], fmt_name: str, cfg: MobileViTConfig) -> R
         out.update(sd)  # zeros only where the file has no num_batches_tracked
         missing = [k for k in want if k not in out]
         return Remapped(out, missing, [k for k in sd if k not in want], {k: k for k in sd})
+    return _apply_key_map(sd, key_map(FORMATS[fmt_name], cfg))
+
+
+def _apply_key_map(sd: dict[str, torch.Tensor], kmap: dict[str, str | tuple[str, ...]]) -> Remapped:
+    """Pure: rename (and fuse HF's q/k/v) by ``kmap`` (ours -> theirs), listing what is missing or left over."""
     out, sources, used, missing = {}, {}, set(), []
-    for ours, theirs in key_map(FORMATS[fmt_name], cfg).items():
+    for ours, theirs in kmap.items():
         keys = theirs if isinstance(theirs, tuple) else (theirs,)
         absent = [k for k in keys if k not in sd]
         if absent:
@@ -386,36 +409,48 @@ def convert_state_dict(sd: dict[str, torch.Tensor], fmt_name: str | None = None,
     """
     fmt_name = fmt_name or detect_format(sd)
     asked = _resolve_variant(variant)
-    where = f"{where}: " if where else ""
     # All variants share one key layout (2/4/3 transformer layers); shapes tell them apart.
     results = {name: remap(sd, fmt_name, VARIANTS[name]) for name in VARIANTS}
-    first = results[asked or next(iter(VARIANTS))]
+    name = _choose_variant(results, _shape_problems, asked, fmt_name, where, "MobileViT v1", "MobileViT",
+                           "pass a complete MobileViT v1 classification checkpoint (not v2, not a backbone-only "
+                           "or detection/segmentation model)")
+    ours = results[name].state_dict
+    return Converted(ours, fmt_name, name, _num_classes(ours))
+
+
+def _choose_variant(results: dict[str, Remapped], shape_problems: Callable[[Remapped, str], list[str]],
+                    asked: str | None, fmt_name: str, where: str, model: str, family: str, keys_hint: str) -> str:
+    """The variant whose key layout and shapes the checkpoint fits (``asked`` if given), or the typed error.
+
+    ``results``: the checkpoint remapped for each variant; ``shape_problems(remapped, variant)`` lists
+    its shape mismatches against that variant (asked only once the keys fit). ``model`` names the
+    architecture (``MobileViT v1``), ``family`` its variants (``MobileViT`` x_small).
+    """
+    where = f"{where}: " if where else ""
+    first = results[asked or next(iter(results))]
     if first.missing or first.unexpected:
-        parts = [f"{where}the {fmt_name} checkpoint does not fit MobileViT v1"]
+        parts = [f"{where}the {fmt_name} checkpoint does not fit {model}"]
         if first.missing:
             parts.append(f"missing keys: {_cap(first.missing)}")
         if first.unexpected:
             parts.append(f"unexpected keys: {_cap(first.unexpected)}")
-        parts.append("pass a complete MobileViT v1 classification checkpoint (not v2, not a backbone-only or "
-                     "detection/segmentation model)")
+        parts.append(keys_hint)
         raise KeyMismatchError("; ".join(parts), first.missing, first.unexpected)
-    problems = {name: _shape_problems(r, name) for name, r in results.items()}
+    problems = {name: shape_problems(r, name) for name, r in results.items()}
     fits = [name for name, p in problems.items() if not p]
     if asked is not None and asked not in fits and fits:
         raise VariantMismatchError(
-            f"{where}the checkpoint holds MobileViT {fits[0]} weights ({fmt_name} format), not {asked}: "
-            f"pass --variant {fits[0]} (or no variant, it is detected)")
+            f"{where}the checkpoint holds {family} {fits[0]} weights ({fmt_name} format), "
+            f"not {asked}: pass --variant {fits[0]} (or no variant, it is detected)")
     if not fits:
         closest = min(problems, key=lambda k: len(problems[k]))
         name = asked or closest
         raise ShapeMismatchError(
-            f"{where}the {fmt_name} checkpoint matches no MobileViT v1 variant; "
+            f"{where}the {fmt_name} checkpoint matches no {model} variant; "
             f"it looks most like {closest}. "
             f"{len(problems[name])} shape mismatches against {name}: {_cap(problems[name])}. "
-            "Check that the file is an unmodified MobileViT v1 checkpoint")
-    name = asked or fits[0]
-    ours = results[name].state_dict
-    return Converted(ours, fmt_name, name, _num_classes(ours))
+            f"Check that the file is an unmodified {model} checkpoint")
+    return asked or fits[0]
 
 
 def _from(fmt_name: str, sd: dict[str, torch.Tensor], variant: str | None) -> dict[str, torch.Tensor]:
@@ -632,6 +667,9 @@ class LoadedCheckpoint:
     origin: str
     sha256: str
     extra: dict = field(default_factory=dict)  # our format's free-form metadata
+    # Architecture the file states but its tensors cannot show (SegmentationConfig fields such as
+    # output_stride and atrous_rates, from a Hugging Face config.json); empty for the public defaults' files.
+    architecture: dict = field(default_factory=dict)
 
 
 def load_checkpoint(path: str | Path, variant: str | None = None) -> LoadedCheckpoint:
@@ -729,3 +767,247 @@ def save_checkpoint(model, path: str | Path, *, class_names: list[str] | None = 
         if tmp is not None:  # failed after the temporary file was created
             Path(tmp).unlink(missing_ok=True)
     return path
+
+
+# ------------------------------------------------------------------------------ segmentation
+# DeepLabV3-MobileViT checkpoints: the backbone keeps the classifier's layout of its format (under a prefix),
+# the head adds four roles: ("aspp", i) for the 1x1 (i = 0) and the atrous (i = 1..3) branches,
+# ("aspp_pool", i) for the image-pooling branch (the i-th of ASPP's convs), ("aspp_project",), ("seg_classifier",).
+# Sources: transformers ``MobileViTForSemanticSegmentation`` (``mobilevit.*``; ``segmentation_head.aspp.convs``,
+# ``.convs.4.conv_1x1``, ``.project``, ``segmentation_head.classifier.convolution``), ml-cvnets ``SegEncoderDecoder``
+# (``encoder.*``; ``seg_head.aspp.aspp_layer.convs``, ``.convs.4.aspp_pool.conv_1x1``, ``.project``,
+# ``seg_head.classifier.block.conv``). transformers' ``convert_mlcvnets_to_pytorch.py`` maps the one onto the other
+# (``seg_head.`` -> ``segmentation_head.``, drops ``.aspp_layer.`` / ``.aspp_pool.``) and drops
+# ``seg_head.aux_head.*``, the auxiliary training head of ml-cvnets recipes with ``use_aux_head``, which
+# inference does not use (the released deeplabv3_mobilevit_*.yaml do not set it).
+
+
+def _seg_units(cfg: SegmentationConfig):
+    """Yield (our head module, role) in our model's order."""
+    n = 1 + len(cfg.atrous_rates)
+    for i in range(n):
+        yield f"head.aspp.convs.{i}", ("aspp", i)
+    yield "head.aspp.pool.proj", ("aspp_pool", n)
+    yield "head.aspp.project", ("aspp_project",)
+    yield "head.classifier", ("seg_classifier",)
+
+
+def _huggingface_seg_head(role) -> str:
+    match role:
+        case ("aspp", i):
+            return f"segmentation_head.aspp.convs.{i}"
+        case ("aspp_pool", i):
+            return f"segmentation_head.aspp.convs.{i}.conv_1x1"
+        case ("aspp_project",):
+            return "segmentation_head.aspp.project"
+        case ("seg_classifier",):
+            return "segmentation_head.classifier.convolution"
+
+
+def _cvnets_seg_head(role) -> str:
+    match role:
+        case ("aspp", i):
+            return f"seg_head.aspp.aspp_layer.convs.{i}"
+        case ("aspp_pool", i):
+            return f"seg_head.aspp.aspp_layer.convs.{i}.aspp_pool.conv_1x1"
+        case ("aspp_project",):
+            return "seg_head.aspp.aspp_layer.project"
+        case ("seg_classifier",):
+            return "seg_head.classifier.block.conv"
+
+
+@dataclass(frozen=True)
+class SegmentationFormat:
+    """A public DeepLabV3-MobileViT checkpoint layout."""
+
+    name: str
+    backbone: Format  # the classifier layout of the same library, reused for every backbone module
+    backbone_prefix: str  # put before the backbone layout's names ("encoder." in ml-cvnets)
+    head: Callable  # head role -> module name
+    markers: tuple[str, ...]  # key infixes that only this format uses
+    ignored: tuple[str, ...]  # key prefixes of training-only modules, dropped before remapping
+    source: str
+
+
+SEGMENTATION_FORMATS: dict[str, SegmentationFormat] = {
+    "huggingface": SegmentationFormat(
+        "huggingface", FORMATS["huggingface"], "", _huggingface_seg_head, ("segmentation_head.aspp.",), (),
+        "huggingface/transformers src/transformers/models/mobilevit/modeling_mobilevit.py"),
+    "cvnets": SegmentationFormat(
+        "cvnets", FORMATS["cvnets"], "encoder.", _cvnets_seg_head, ("seg_head.aspp.aspp_layer.",),
+        ("seg_head.aux_head.",), "apple/ml-cvnets cvnets/models/segmentation/enc_dec.py, heads/deeplabv3.py"),
+}
+OUR_SEGMENTATION_MARKERS = ("head.aspp.pool.proj.", "backbone.stages.")
+
+
+def segmentation_key_map(fmt: SegmentationFormat, cfg: SegmentationConfig) -> dict[str, str | tuple[str, ...]]:
+    """Our segmentation state-dict key -> the format's key (a tuple of three keys for HF's separate q/k/v)."""
+    def prefixed(theirs):
+        if isinstance(theirs, tuple):
+            return tuple(fmt.backbone_prefix + t for t in theirs)
+        return fmt.backbone_prefix + theirs
+
+    out = {f"backbone.{ours}": prefixed(theirs) for ours, theirs in key_map(fmt.backbone, cfg.backbone).items()
+           if not ours.startswith(("conv_exp.", "head."))}  # a segmentation backbone has neither
+    for ours, role in _seg_units(cfg):
+        theirs = fmt.head(role)
+        if role == ("seg_classifier",):  # 1x1 conv with bias, no norm
+            out[f"{ours}.weight"], out[f"{ours}.bias"] = f"{theirs}.weight", f"{theirs}.bias"
+            continue
+        out[f"{ours}.conv.weight"] = f"{theirs}.{fmt.backbone.conv}.weight"
+        for p in BN_PARAMS:
+            out[f"{ours}.bn.{p}"] = f"{theirs}.{fmt.backbone.bn}.{p}"
+    return out
+
+
+@lru_cache(maxsize=None)
+def _expected_segmentation_shapes(variant: str, num_classes: int) -> dict[str, tuple[int, ...]]:
+    from .segmentation import MobileViTSegmentation
+
+    with torch.device("meta"):
+        model = MobileViTSegmentation(get_segmentation_config(variant, num_classes=num_classes))
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _segmentation_num_classes(sd: dict[str, torch.Tensor]) -> int:
+    w = sd.get("head.classifier.weight")
+    return int(w.shape[0]) if w is not None and w.dim() == 4 else len(VOC_CLASSES)
+
+
+def _segmentation_shape_problems(r: Remapped, variant: str) -> list[str]:
+    want = _expected_segmentation_shapes(variant, _segmentation_num_classes(r.state_dict))
+    return [f"{k} (checkpoint key {r.sources.get(k, k)}): checkpoint {tuple(v.shape)} vs model {want[k]}"
+            for k, v in r.state_dict.items() if k in want and tuple(v.shape) != want[k]]
+
+
+def detect_segmentation_format(sd: dict[str, torch.Tensor]) -> str:
+    """``ours`` or a key of :data:`SEGMENTATION_FORMATS`, from characteristic key names.
+
+    Raises :class:`TaskMismatchError` for a classification checkpoint (a format of :data:`FORMATS`
+    without any segmentation head) and :class:`UnknownFormatError` for anything else.
+    """
+    def hits(markers):
+        return sum(any(m in k for m in markers) for k in sd)
+
+    scores = {"ours": hits(OUR_SEGMENTATION_MARKERS)} | {n: hits(f.markers) for n, f in SEGMENTATION_FORMATS.items()}
+    best = max(scores, key=scores.get)
+    if scores[best]:
+        return best
+    try:
+        task_format = detect_format(sd)
+    except UnknownFormatError:
+        task_format = None
+    if task_format is not None:
+        raise TaskMismatchError(
+            f"this is a MobileViT classification checkpoint ({task_format} format), not a segmentation one: it has "
+            "no DeepLabV3 head (no ASPP keys). Load it as a classifier (load_checkpoint), or pass a "
+            "DeepLabV3-MobileViT checkpoint (ml-cvnets deeplabv3_mobilevit_*.pt, Hugging Face "
+            "apple/deeplabv3-mobilevit-*)")
+    raise UnknownFormatError(
+        f"unknown segmentation checkpoint format (first keys: {_cap(list(sd)[:5])}). Expected DeepLabV3-MobileViT "
+        "weights from ml-cvnets, Hugging Face (MobileViTForSemanticSegmentation) or this toolkit")
+
+
+def remap_segmentation(sd: dict[str, torch.Tensor], fmt_name: str, cfg: SegmentationConfig) -> Remapped:
+    """Pure: a segmentation state dict in ``fmt_name``'s naming -> ours (training-only keys dropped)."""
+    if fmt_name == "ours":
+        want = _expected_segmentation_shapes(cfg.name, cfg.num_classes)
+        out = {k: torch.tensor(0, dtype=torch.long) for k in want if k.endswith("num_batches_tracked")}
+        out.update(sd)
+        return Remapped(out, [k for k in want if k not in out], [k for k in sd if k not in want], {k: k for k in sd})
+    fmt = SEGMENTATION_FORMATS[fmt_name]
+    kept = {k: v for k, v in sd.items() if not k.startswith(fmt.ignored)} if fmt.ignored else sd
+    return _apply_key_map(kept, segmentation_key_map(fmt, cfg))
+
+
+def convert_segmentation_state_dict(sd: dict[str, torch.Tensor], fmt_name: str | None = None,
+                                    variant: str | None = None, where: str = "") -> Converted:
+    """Detect format (unless given) and variant (checked against ``variant`` if given); remap to ours.
+
+    Raises :class:`TaskMismatchError`, :class:`KeyMismatchError`, :class:`ShapeMismatchError` or
+    :class:`VariantMismatchError`.
+    """
+    fmt_name = fmt_name or detect_segmentation_format(sd)
+    asked = _resolve_variant(variant)
+    results = {name: remap_segmentation(sd, fmt_name, cfg) for name, cfg in SEGMENTATION_VARIANTS.items()}
+    name = _choose_variant(results, _segmentation_shape_problems, asked, fmt_name, where, "DeepLabV3-MobileViT",
+                           "DeepLabV3-MobileViT", "pass a complete DeepLabV3-MobileViT v1 checkpoint (ml-cvnets "
+                           "deeplabv3_mobilevit_*.pt or Hugging Face MobileViTForSemanticSegmentation)")
+    ours = results[name].state_dict
+    return Converted(ours, fmt_name, name, _segmentation_num_classes(ours))
+
+
+def _from_segmentation(fmt_name: str, sd: dict[str, torch.Tensor], variant: str | None) -> dict[str, torch.Tensor]:
+    found = detect_segmentation_format(sd)
+    if found == "ours":  # nothing to remap
+        return sd
+    if found != fmt_name:
+        raise UnknownFormatError(f"this is a {found} segmentation state dict, not {fmt_name}: use "
+                                 f"from_{found}_segmentation, or convert_segmentation_state_dict to detect the format")
+    return convert_segmentation_state_dict(sd, fmt_name, variant).state_dict
+
+
+def from_huggingface_segmentation(sd: dict[str, torch.Tensor], variant: str | None = None) -> dict[str, torch.Tensor]:
+    """transformers ``MobileViTForSemanticSegmentation`` state dict -> ours (q/k/v fused into qkv)."""
+    return _from_segmentation("huggingface", sd, variant)
+
+
+def from_cvnets_segmentation(sd: dict[str, torch.Tensor], variant: str | None = None) -> dict[str, torch.Tensor]:
+    """ml-cvnets DeepLabV3-MobileViT state dict (``encoder.*``, ``seg_head.*``; ``aux_head`` dropped) -> ours."""
+    return _from_segmentation("cvnets", sd, variant)
+
+
+def huggingface_segmentation_architecture(path: Path) -> dict:
+    """``output_stride`` and ``atrous_rates`` from the ``config.json`` beside a Hugging Face checkpoint.
+
+    No tensor shape depends on them, yet they change the output: transformers' default ``output_stride``
+    is 32, the public deeplabv3-mobilevit configs say 8. Empty when there is no readable config.
+    """
+    import json
+
+    try:
+        config = json.loads((path.parent / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(config, dict):
+        return {}
+    out = {}
+    if "output_stride" in config:
+        out["output_stride"] = int(config["output_stride"])
+    if "atrous_rates" in config:
+        out["atrous_rates"] = tuple(int(r) for r in config["atrous_rates"])
+    return out
+
+
+def load_segmentation_checkpoint(path: str | Path, variant: str | None = None) -> LoadedCheckpoint:
+    """Read a DeepLabV3-MobileViT checkpoint (file or Hugging Face folder), detect format and variant, remap.
+
+    From a Hugging Face folder's ``config.json`` come the class names (``id2label``, when real ones) and
+    the output stride and atrous rates (``architecture``; files without a config get the public models').
+    """
+    path = resolve_path(path)
+    sd = _unwrap(read_file(path), path)
+    check_finite(sd, str(path))
+    conv = convert_segmentation_state_dict(sd, variant=variant, where=path.name)
+    class_names, architecture = None, {}
+    if conv.format == "huggingface":
+        class_names = huggingface_class_names(path, conv.num_classes)
+        architecture = huggingface_segmentation_architecture(path)
+        try:
+            get_segmentation_config(conv.variant, **architecture)
+        except ValueError as e:
+            raise CheckpointError(f"{path.parent / 'config.json'}: {e}") from e
+    return LoadedCheckpoint(conv.state_dict, conv.format, conv.variant, conv.num_classes, class_names,
+                            f"{conv.format}:{path.name}", sha256_file(path), architecture=architecture)
+
+
+def load_segmentation_model(path: str | Path, variant: str | None = None, patches: str = "reference",
+                            upsample: bool = False):
+    """A :class:`~mobilevit.segmentation.MobileViTSegmentation` holding the checkpoint's weights, in eval mode."""
+    from .segmentation import MobileViTSegmentation
+
+    ckpt = load_segmentation_checkpoint(path, variant)
+    cfg = get_segmentation_config(ckpt.variant, num_classes=ckpt.num_classes, **ckpt.architecture)
+    model = MobileViTSegmentation(cfg, patches=patches, upsample=upsample)
+    model.load_state_dict(ckpt.state_dict, strict=True)
+    return model.eval()

@@ -5,7 +5,7 @@ Face checkpoints, so a newcomer finds the numbers next to the architecture they 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 # The input size of the public checkpoints (and every default in the toolkit): defined here only.
@@ -31,6 +31,7 @@ class StageConfig:
     transformer_dim: int = 0  # d, width of the tokens (VIT stages)
     ffn_dim: int = 0  # hidden width of the transformer FFN (VIT stages)
     num_layers: int = 0  # L, transformer layers in the MobileViT block (VIT stages)
+    dilation: int = 1  # of the first block's depthwise conv (> 1 only in a dilated backbone: see dilate)
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,114 @@ def get_config(name: str, **overrides) -> MobileViTConfig:
             f"unknown MobileViT variant {name!r}; choose one of: {', '.join(VARIANTS)}")
     cfg = VARIANTS[key]
     if overrides:
-        from dataclasses import replace
         cfg = replace(cfg, **overrides)
     return cfg
+
+
+# -------------------------------------------------------------------------------- segmentation
+# PASCAL VOC 2012: background + 20 object classes, in the order of the public 21-class heads
+# (ml-cvnets' VOC loader and the id2label of Hugging Face's apple/deeplabv3-mobilevit-* configs).
+VOC_CLASSES: tuple[str, ...] = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+
+# The input size of the public segmentation checkpoints (trained and evaluated on 512x512 VOC crops).
+SEGMENTATION_SIZE = 512
+
+
+def dilate(cfg: MobileViTConfig, output_stride: int) -> MobileViTConfig:
+    """``cfg`` with the stages past ``output_stride`` kept at that resolution, as DeepLab backbones do.
+
+    Each such stage's strided inverted residual gets stride 1, and its depthwise conv the dilation
+    accumulated by the strides removed *before* it (ml-cvnets ``_make_mit_layer``: ``prev_dilation``;
+    transformers ``MobileViTLayer``: ``dilation // 2``). The MobileViT blocks themselves stay undilated.
+    On MobileViT v1, output stride 16 (the public models) gives stage 4 stride 1 / dilation 1, so no backbone
+    conv is actually dilated; output stride 8 also gives stage 3 stride 1 / dilation 1 and stage 4 dilation 2.
+    """
+    stride, dilation, stages = 2, 1, []  # the stem has stride 2
+    for s in cfg.stages:
+        if stride * s.stride > output_stride:
+            stages.append(replace(s, stride=1, dilation=dilation))
+            dilation *= s.stride
+        else:
+            stride *= s.stride
+            stages.append(s)
+    return replace(cfg, stages=tuple(stages))
+
+
+@dataclass(frozen=True)
+class SegmentationPublic:
+    """Published PASCAL VOC 2012 val figures (512x512) and checkpoint names for a segmentation model."""
+
+    params_m: float  # as the model cards and ml-cvnets round it
+    miou: float  # mean IoU (%): the paper and the Hugging Face model cards
+    miou_cvnets: float  # mean IoU (%) ml-cvnets reports for its released .pt (examples/README-mobilevit.md)
+    checkpoints: dict[str, str] = field(default_factory=dict)  # format -> public file / model id
+
+
+@dataclass(frozen=True)
+class SegmentationConfig:
+    """DeepLabV3 on a MobileViT v1 backbone (the public ``deeplabv3-mobilevit-*`` models).
+
+    Defaults are the public models': ml-cvnets ``config/segmentation/deeplabv3_mobilevit_{xx_small,x_small,
+    small}.yaml`` (@ d38a116f, released with the weights: ``output_stride: 16``, ``aspp_out_channels: 256``,
+    ``aspp_rates: [6, 12, 18]``, ``aspp_dropout: 0.1``, ``classifier_dropout: 0.1``, no auxiliary head), which
+    transformers' ``convert_mlcvnets_to_pytorch.py`` carries over (``config.output_stride = 16`` for
+    ``deeplabv3_*``; its integration test expects 32x32 logits from a 512x512 input). ml-cvnets' later recipe
+    ``config/segmentation/pascal_voc/deeplabv3_mobilevit.yaml`` (output stride 8, 512 ASPP channels, rates
+    12/24/36, auxiliary head) is another model, with no released weights named in this table.
+    """
+
+    name: str
+    backbone: MobileViTConfig  # the classification variant; dilated to ``output_stride`` when built
+    num_classes: int = len(VOC_CLASSES)
+    output_stride: int = 16  # logits come out at 1/output_stride of the input (32x32 for 512x512)
+    aspp_out_channels: int = 256  # width of every ASPP branch, of its projection and of the classifier input
+    atrous_rates: tuple[int, int, int] = (6, 12, 18)  # dilations of the three 3x3 ASPP branches
+    aspp_dropout: float = 0.1  # after the ASPP projection
+    classifier_dropout: float = 0.1  # Dropout2d before the 1x1 classifier
+    # The model cards: 512x512 centre crop, pixels in [0, 1], BGR (the resize before the crop is taken to be
+    # the short side to 512, which cannot be checked offline).
+    preprocessing: Preprocessing = Preprocessing(resize_short_side=SEGMENTATION_SIZE, crop_size=SEGMENTATION_SIZE)
+    public: SegmentationPublic | None = None
+
+    def __post_init__(self):
+        if self.output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride {self.output_stride} is not supported; choose 8, 16 or 32 "
+                             "(only the three MobileViT-block stages can be dilated)")
+        if len(self.atrous_rates) != 3:
+            raise ValueError(f"ASPP takes 3 atrous rates, got {self.atrous_rates}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {self.num_classes}")
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocessing.crop_size
+
+    @property
+    def dilated_backbone(self) -> MobileViTConfig:
+        return dilate(self.backbone, self.output_stride)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """VOC's names for a 21-class head, ``class_i`` otherwise."""
+        if self.num_classes == len(VOC_CLASSES):
+            return VOC_CLASSES
+        return tuple(f"class_{i}" for i in range(self.num_classes))
+
+
+# ml-cvnets files live under https://docs-assets.developer.apple.com/ml-research/models/cvnets/segmentation/
+SEGMENTATION_VARIANTS: dict[str, SegmentationConfig] = {
+    "xx_small": SegmentationConfig("xx_small", VARIANTS["xx_small"], public=SegmentationPublic(1.9, 73.6, 72.8, {
+        "cvnets": "deeplabv3_mobilevit_xxs.pt", "huggingface": "apple/deeplabv3-mobilevit-xx-small"})),
+    "x_small": SegmentationConfig("x_small", VARIANTS["x_small"], public=SegmentationPublic(2.9, 77.1, 77.1, {
+        "cvnets": "deeplabv3_mobilevit_xs.pt", "huggingface": "apple/deeplabv3-mobilevit-x-small"})),
+    "small": SegmentationConfig("small", VARIANTS["small"], public=SegmentationPublic(6.4, 79.1, 79.3, {
+        "cvnets": "deeplabv3_mobilevit_s.pt", "huggingface": "apple/deeplabv3-mobilevit-small"})),
+}
+
+
+def get_segmentation_config(name: str, **overrides) -> SegmentationConfig:
+    """Look up a segmentation model by its backbone's name, e.g. ``get_segmentation_config("small", num_classes=5)``."""
+    base = SEGMENTATION_VARIANTS[get_config(name).name]  # same names, same error for a bad one
+    return replace(base, **overrides) if overrides else base

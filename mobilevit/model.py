@@ -22,24 +22,32 @@ class InputSizeError(ValueError):
 
 
 class ConvNormAct(nn.Sequential):
-    """Conv2d (no bias) + BatchNorm2d + optional SiLU."""
+    """Conv2d (no bias, 'same' padding for odd k, dilated or not) + BatchNorm2d + optional activation.
+
+    ``act``: True for SiLU (the backbone), False for none, or an activation class (``nn.ReLU`` in the
+    DeepLabV3 head).
+    """
 
     def __init__(self, cin: int, cout: int, k: int = 1, stride: int = 1, groups: int = 1,
-                 act: bool = True):
+                 act: bool | type[nn.Module] = True, dilation: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False)
+        self.conv = nn.Conv2d(cin, cout, k, stride, k // 2 * dilation, dilation=dilation, groups=groups,
+                              bias=False)
         self.bn = nn.BatchNorm2d(cout)
-        self.act = nn.SiLU() if act else nn.Identity()
+        self.act = (nn.SiLU() if act is True else nn.Identity() if act is False else act())
 
 
 class InvertedResidual(nn.Module):
-    """MobileNetV2 block: 1x1 expand (SiLU), 3x3 depthwise (SiLU), 1x1 project, residual."""
+    """MobileNetV2 block: 1x1 expand (SiLU), 3x3 depthwise (SiLU), 1x1 project, residual.
 
-    def __init__(self, cin: int, cout: int, stride: int, expand_ratio: int):
+    ``dilation`` dilates the depthwise conv (a DeepLab backbone's stage kept at stride 1).
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int, expand_ratio: int, dilation: int = 1):
         super().__init__()
         hidden = int(round(cin * expand_ratio))
         self.expand = ConvNormAct(cin, hidden, 1) if expand_ratio != 1 else nn.Identity()
-        self.dw = ConvNormAct(hidden, hidden, 3, stride, groups=hidden)
+        self.dw = ConvNormAct(hidden, hidden, 3, stride, groups=hidden, dilation=dilation)
         self.project = ConvNormAct(hidden, cout, 1, act=False)
         self.use_residual = stride == 1 and cin == cout
 
@@ -212,10 +220,11 @@ class GlobalAvgPool(nn.Module):
 def _build_stage(cin: int, stage, cfg: MobileViTConfig, patches: PatchStrategy, attention: str) -> nn.Sequential:
     if stage.kind is StageKind.MV2:
         blocks = [InvertedResidual(cin if i == 0 else stage.out_channels, stage.out_channels,
-                                   stage.stride if i == 0 else 1, stage.expand_ratio)
+                                   stage.stride if i == 0 else 1, stage.expand_ratio,
+                                   stage.dilation if i == 0 else 1)
                   for i in range(stage.num_blocks)]
     else:
-        blocks = [InvertedResidual(cin, stage.out_channels, stage.stride, stage.expand_ratio),
+        blocks = [InvertedResidual(cin, stage.out_channels, stage.stride, stage.expand_ratio, stage.dilation),
                   MobileViTBlock(stage.out_channels, stage.transformer_dim, stage.ffn_dim,
                                  stage.num_layers, cfg.num_heads, cfg.patch_size, patches, attention)]
     return nn.Sequential(*blocks)

@@ -17,14 +17,16 @@ import torch
 from torch import nn
 
 from .model import MobileViT
+from .segmentation import MobileViTSegmentation
 
 SYNTHETIC_ORIGIN = "synthetic-calibrated"
 
 
 @torch.no_grad()
-def calibrated_init_(model: MobileViT, seed: int = 0, images: torch.Tensor | None = None,
-                     passes: int = 2) -> MobileViT:
-    """Re-initialise ``model`` in place (seeded) and recompute BatchNorm statistics on images."""
+def calibrated_init_(model: MobileViT | MobileViTSegmentation, seed: int = 0, images: torch.Tensor | None = None,
+                     passes: int = 2) -> MobileViT | MobileViTSegmentation:
+    """Re-initialise ``model`` in place (seeded) and recompute BatchNorm statistics on images
+    (photographs at the model's input size unless ``images`` are given)."""
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -43,7 +45,8 @@ def calibrated_init_(model: MobileViT, seed: int = 0, images: torch.Tensor | Non
 
 
 @torch.no_grad()
-def recompute_batchnorm(model: MobileViT, images: torch.Tensor, batch: int = 64, passes: int = 1) -> MobileViT:
+def recompute_batchnorm(model: MobileViT | MobileViTSegmentation, images: torch.Tensor, batch: int = 64,
+                        passes: int = 1) -> MobileViT | MobileViTSegmentation:
     """Replace BatchNorm running statistics by their exact average over ``images`` ("precise BN").
 
     Also used after multi-scale training: running statistics averaged over several resolutions
@@ -67,3 +70,17 @@ def synthetic_model(variant: str = "small", patches: str = "reference", seed: in
     """A MobileViT with calibrated synthetic weights, in eval mode."""
     model = MobileViT(variant, patches=patches, **kwargs)
     return calibrated_init_(model, seed=seed)
+
+
+def synthetic_segmentation_model(variant: str = "small", patches: str = "reference", seed: int = 0,
+                                 size: int | None = None, **kwargs) -> MobileViTSegmentation:
+    """A DeepLabV3-MobileViT with calibrated synthetic weights, in eval mode.
+
+    BatchNorm statistics come from photographs at ``size`` (the public 512 by default; a smaller size
+    calibrates faster, and the statistics of these synthetic weights hardly depend on it).
+    """
+    from .preprocess import sample_batch
+
+    model = MobileViTSegmentation(variant, patches=patches, **kwargs)
+    images = sample_batch(model.cfg, count=16, size=size or model.cfg.input_size, seed=seed)
+    return calibrated_init_(model, seed=seed, images=images)

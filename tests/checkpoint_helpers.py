@@ -290,7 +290,26 @@ def _hf_model(variant: str, num_labels: int = 1000):
 
     torch.manual_seed(0)
     hf = MobileViTForImageClassification(MobileViTConfig(num_labels=num_labels, **HF_CONFIGS[variant])).eval()
-    g = torch.Generator().manual_seed(1)
+    return _randomize_(hf)
+
+
+def _hf_segmentation_model(variant: str, num_labels: int = 21, id2label: dict[int, str] | None = None,
+                           **config_overrides):
+    """transformers' ``MobileViTForSemanticSegmentation`` as its converter builds apple/deeplabv3-mobilevit-*
+    (``output_stride=16``; ASPP defaults 256 channels, rates 6/12/18), with random weights and statistics."""
+    from transformers import MobileViTConfig, MobileViTForSemanticSegmentation
+
+    config = MobileViTConfig(num_labels=num_labels, **({"output_stride": 16} | HF_CONFIGS[variant] | config_overrides))
+    if id2label is not None:
+        config.id2label, config.label2id = dict(id2label), {v: k for k, v in id2label.items()}
+    torch.manual_seed(0)
+    return _randomize_(MobileViTForSemanticSegmentation(config).eval())
+
+
+def _randomize_(hf: nn.Module, seed: int = 1) -> nn.Module:
+    """Unit-gain conv/linear weights (transformers' init decays into denormals), random biases, norm
+    affines and BatchNorm running statistics: every tensor matters, so a wrong mapping shows."""
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # non-trivial weights and BatchNorm statistics, so the comparison can fail
         for m in hf.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
