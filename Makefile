@@ -11,11 +11,12 @@ WEIGHTS ?=
 PRECISION ?=
 PATCHES ?=
 OUT ?= artifacts
-EXPORT_ARGS = $(if $(VARIANT),--variant $(VARIANT)) --out $(OUT) $(if $(WEIGHTS),--weights $(WEIGHTS)) \
+TASK ?=
+EXPORT_ARGS = $(if $(VARIANT),--variant $(VARIANT)) --out $(OUT) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(TASK),--task $(TASK)) \
 	$(if $(PRECISION),--precision $(PRECISION)) $(if $(PATCHES),--patches $(PATCHES)) $(if $(FORCE),--force)
 
 .PHONY: setup test test-fast lint export-coreml export-onnx export-tflite export-executorch export-all bench bench-full readme strategies \
-	finetune bench-accuracy bench-accuracy-memory quant bench-int8 clean
+	finetune bench-accuracy bench-accuracy-memory quant bench-int8 bench-segmentation clean
 
 setup: $(STAMP)
 
@@ -88,6 +89,10 @@ bench-int8: setup
 # int8 sensitivity: each layer kind quantized alone, per target (README "int8")
 quant: setup
 	$(PYTHON) -m benchmarks.quant
+
+# DeepLabV3-MobileViT xx_small at 512x512 on every runtime, 1 thread, and the masks figure (README "Segmentation")
+bench-segmentation: setup
+	$(PYTHON) -m benchmarks.segmentation
 
 readme: setup
 	$(PYTHON) -m benchmarks.readme

@@ -14,11 +14,12 @@ Timing method (numbers are kept raw in the JSON):
 """
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +29,7 @@ import torch
 from export import TARGETS, convert, convert_all, make_runner, target_config, with_target_defaults
 from export.config import TOLERANCES
 from export.validate import drift, failures
-from mobilevit import MobileViT, count_macs
+from mobilevit import DEFAULT_SIZE, MobileViT, count_macs
 
 from .peak import measure_peaks
 from .stats import gflops, summarize
@@ -107,9 +108,7 @@ class TorchRunner:
 
 
 def torch_entries(model: MobileViT) -> list[Entry]:
-    cl_model = MobileViT(model.cfg, patches=model.patches).eval()
-    cl_model.load_state_dict(model.state_dict())
-    cl_model = cl_model.set_attention(model.attention_layout).to(memory_format=torch.channels_last)
+    cl_model = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)  # same weights and layouts
     p, a, v = model.patches.name, model.attention_layout, torch.__version__
     return [Entry("pytorch fp32", "torch", "pytorch", "fp32", "ours", p, a, lambda t: TorchRunner(model, t), v),
             Entry("pytorch fp32 channels-last", "torch", "pytorch", "fp32-cl", "ours", p, a,
@@ -143,7 +142,7 @@ def _failed(target: str, precisions, source: str, labels, error: Exception, pref
 
 
 def build_entries(model: MobileViT, work: Path, targets: list[str], precisions: dict[str, tuple[str, ...]],
-                  calibration: np.ndarray, baseline: bool) -> list[Entry]:
+                  calibration: np.ndarray, baseline: bool, size: int = DEFAULT_SIZE) -> list[Entry]:
     """Export everything the matrix asks for into ``work`` through ``export.convert_all``; return the rows."""
     entries: list[Entry] = torch_entries(model) if "pytorch" in targets else []
     for target in (t for t in targets if t in TARGETS and precisions.get(t)):
@@ -151,7 +150,7 @@ def build_entries(model: MobileViT, work: Path, targets: list[str], precisions: 
         labels = (m.patches.name, m.attention_layout)
         _say(f"exporting {target} {', '.join(precisions[target])} ...")
         try:
-            made = convert_all(m, target, precisions[target], work / target, calibration=calibration,
+            made = convert_all(m, target, precisions[target], work / target, size=size, calibration=calibration,
                                **target_config(target).logits_options)
         except Exception as e:
             entries += _failed(target, precisions[target], "ours", labels, e)
@@ -190,7 +189,9 @@ def baseline_entries(model: MobileViT, work: Path, targets: list[str], calibrati
 
 
 # ---------------------------------------------------------------------------------- measuring
-def measure_drift(entries: list[Entry], model: MobileViT, images: np.ndarray) -> None:
+def measure_drift(entries: list[Entry], model: MobileViT, images: np.ndarray, task: str = "classification") -> None:
+    """Each row's drift from PyTorch fp32 on ``images``, judged by its tolerance row; segmentation rows are
+    compared by logits, pixel agreement and mean IoU (``export.tasks``)."""
     with torch.no_grad():
         reference = model(torch.from_numpy(images)).numpy()
     for e in entries:
@@ -200,6 +201,17 @@ def measure_drift(entries: list[Entry], model: MobileViT, images: np.ndarray) ->
             out = e.make_runner(2)(images)
         except Exception as ex:
             e.error = f"could not run: {type(ex).__name__}: {ex}"
+            continue
+        if task == "segmentation":
+            from export.config import SEGMENTATION_TOLERANCES
+            from export.tasks import segmentation_drift, segmentation_failures
+
+            d = segmentation_drift(reference, out, images.shape[2:])
+            e.results["drift"] = d.to_dict()
+            tol = SEGMENTATION_TOLERANCES.get((e.target, e.precision))
+            if tol is not None:
+                e.results["tolerance"] = asdict(tol)
+                e.results["within_tolerance"] = not segmentation_failures(d, tol, e.name)
             continue
         d = drift(reference, out)
         e.results["drift"] = d.to_dict()

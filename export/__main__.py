@@ -16,11 +16,13 @@ EXIT_OK, EXIT_BAD_REQUEST, EXIT_VALIDATION, EXIT_CONVERSION = 0, 2, 3, 4
 
 def parser() -> argparse.ArgumentParser:
     from mobilevit import DEFAULT_SIZE, STRATEGIES, VARIANTS
+    from mobilevit.config import SEGMENTATION_SIZE
     from mobilevit.layers import KINDS
     from mobilevit.model import ATTENTION_LAYOUTS
     from mobilevit.rewrites import REWRITES
 
     from .config import TARGETS
+    from .tasks import TASKS
 
     p = argparse.ArgumentParser(
         prog="python -m export", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -50,14 +52,20 @@ def parser() -> argparse.ArgumentParser:
                    help="attention layout: batched (public code, 4 transposes per layer), split "
                         "(heads as channel slices, 1 transpose per layer) or bmm (heads in the batch of "
                         "3-D batched matmuls); default: the target's best")
-    p.add_argument("--size", default=str(DEFAULT_SIZE),
-                   help="input size, or a comma list for a multi-size Core ML model (e.g. 192,256,320)")
+    p.add_argument("--size", default="",
+                   help=f"input size (default {DEFAULT_SIZE}; {SEGMENTATION_SIZE} for segmentation), or a comma list "
+                        "for a multi-size Core ML classifier (e.g. 192,256,320)")
     p.add_argument("--out", default="artifacts", help="output folder (default artifacts/)")
     p.add_argument("--force", action="store_true", help="replace an existing export")
     p.add_argument("--input", dest="input_kind", default="image", choices=["image", "tensor"],
                    help="Core ML input: an image (default) or a float tensor")
-    p.add_argument("--output", dest="output_kind", default="classifier", choices=["classifier", "logits"],
-                   help="Core ML output: classifier with class names (default) or raw logits")
+    p.add_argument("--output", dest="output_kind", default=None, choices=["classifier", "logits", "classmap"],
+                   help="classification: Core ML classifier with class names (default) or raw logits; "
+                        "segmentation, any target: logits at 1/16 of the input (default except Core ML) or classmap, "
+                        "the class index of every input pixel (Core ML's default)")
+    p.add_argument("--task", default="classification", choices=list(TASKS),
+                   help="classification (ImageNet MobileViT, default) or segmentation (DeepLabV3-MobileViT, "
+                        "PASCAL VOC's 21 classes, 512x512; Hugging Face and ml-cvnets checkpoints)")
     p.add_argument("--dynamic-hw", action="store_true", help="ONNX: symbolic height/width (multiples of 64)")
     p.add_argument("--images", default=None, help="folder of your own photos for validation/calibration")
     p.add_argument("--verbose", action="store_true",
@@ -100,12 +108,17 @@ def summary(results) -> list[str]:
     """A table of what was written where, with each artifact's worst-case validation figures."""
     if not results:
         return []
-    lines = ["summary: | target | precision | worst cosine | top-1 agreement | written to |"]
+    lines = ["summary: | target | precision | worst cosine | agreement with PyTorch | written to |"]
     for r in results:
-        sizes = r.manifest["validation"]["by_size"].values()
-        cosine = min(d["cosine_min"] for d in sizes)
-        agree = min(d["top1_agreement"] for d in sizes)
-        lines.append(f"summary: | {r.manifest['target']} | {r.manifest['precision']} | {cosine:.6f} | {agree:.0%} "
+        sizes = list(r.manifest["validation"]["by_size"].values())
+        cosines = [d["cosine_min"] for d in sizes if d.get("cosine_min") is not None]
+        cosine = f"{min(cosines):.6f}" if cosines else "-"  # a class map has no logits
+        if r.manifest.get("task") == "segmentation":
+            agree = (f"pixels {min(d['pixel_agreement'] for d in sizes):.2%}, "
+                     f"mIoU {min(d['miou'] for d in sizes):.4f}")
+        else:
+            agree = f"top-1 {min(d['top1_agreement'] for d in sizes):.0%}"
+        lines.append(f"summary: | {r.manifest['target']} | {r.manifest['precision']} | {cosine} | {agree} "
                      f"| {r.folder} |")
     return lines
 
@@ -137,7 +150,8 @@ def main(argv=None) -> int:
             precisions=precisions if args.target != "all" else (), patches=args.patches,
             attention=args.attention, sizes=sizes, out=Path(args.out), force=args.force,
             input_kind=args.input_kind if target == "coreml" else "image",
-            output_kind=args.output_kind if target == "coreml" else "classifier",
+            output_kind=args.output_kind if target == "coreml" or args.task == "segmentation" else None,
+            task=args.task,
             dynamic_hw=args.dynamic_hw, images=args.images,
             float_kinds=_kinds(args.float_kinds))) for target in targets]
     except bad_request as e:

@@ -63,6 +63,30 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
 
 
 @dataclass(frozen=True)
+class SegmentationTolerance:
+    """Limits for a segmentation artifact (``export.tasks``): its logits as a classifier's (max |diff| over
+    max |torch|, worst per-photo cosine of the flattened logits; not checked for a class-map output), and its
+    class map against PyTorch's at the input resolution: the worst photo's pixel agreement and the mean IoU."""
+
+    max_abs_rel: float
+    cosine_min: float
+    pixel_min: float
+    miou_min: float
+
+
+# (target, precision) -> segmentation tolerance; the precisions offered for segmentation are this table's.
+SEGMENTATION_TOLERANCES: dict[tuple[str, str], SegmentationTolerance] = {
+    ("coreml", "fp16"): SegmentationTolerance(5e-2, 0.999, 0.97, 0.9),
+    ("coreml", "fp32"): SegmentationTolerance(1e-4, 0.99999, 0.999, 0.99),
+    ("onnx", "fp32"): SegmentationTolerance(1e-4, 0.99999, 0.999, 0.99),
+    ("onnx", "fp16"): SegmentationTolerance(5e-2, 0.999, 0.97, 0.9),
+    ("tflite", "fp32"): SegmentationTolerance(1e-4, 0.99999, 0.999, 0.99),
+    ("tflite", "fp16"): SegmentationTolerance(5e-2, 0.999, 0.97, 0.9),
+    ("executorch", "fp32"): SegmentationTolerance(1e-4, 0.99999, 0.999, 0.99),
+}
+
+
+@dataclass(frozen=True)
 class Int8Recipe:
     """What an int8 artifact keeps in float, and how its activation ranges are calibrated.
 

@@ -34,6 +34,8 @@ CALIBRATION_SEED = 7
 def with_target_defaults(model: MobileViT, target: str) -> MobileViT:
     """A copy of ``model`` (same weights) with ``target``'s default patch strategy and attention layout."""
     cfg = target_config(target)
+    if not isinstance(model, MobileViT):  # a segmentation model (mobilevit.segmentation): its backbone's settings
+        return copy.deepcopy(model).eval().set_patches(cfg.default_patches).set_attention(cfg.default_attention)
     m = MobileViT(model.cfg, patches=cfg.default_patches, features_only=model.features_only,
                   out_indices=model.out_indices).eval()
     m.load_state_dict(model.state_dict())

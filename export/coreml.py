@@ -14,6 +14,7 @@ PyTorch modules' weight shapes.
 """
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ LOGITS_OUTPUT = "logits"
 PROBS_OUTPUT = "classLabel_probs"
 LABEL_OUTPUT = "classLabel"
 PREVIEW_TYPE = "com.apple.coreml.model.preview.type"  # user metadata key Xcode reads for its Preview tab
+PREVIEW_PARAMS = "com.apple.coreml.model.preview.params"  # its parameters (JSON): a segmenter's class labels
+CLASSMAP_OUTPUT = "classmap"
 
 
 # Which layers w8a8 keeps in float is the recipe in export.config.INT8_RECIPES (the sensitivity analysis,
@@ -38,7 +41,8 @@ PREVIEW_TYPE = "com.apple.coreml.model.preview.type"  # user metadata key Xcode 
 W8A8_TARGET = "iOS17"  # quantize / dequantize are iOS 17 ops
 
 INPUT_KINDS = ("image", "tensor")
-OUTPUT_KINDS = ("classifier", "logits")
+# classmap: a segmentation model's [1, H, W] int32 class per pixel (export.tasks.ClassMap computes it)
+OUTPUT_KINDS = ("classifier", "logits", "classmap")
 
 
 @dataclass(frozen=True)
@@ -170,7 +174,7 @@ def convert_coreml(model: torch.nn.Module, precision: str, sizes: tuple[int, ...
             raise ValueError("a classifier output needs class labels")
         kwargs["classifier_config"] = ct.ClassifierConfig(list(opts.labels), predicted_feature_name=LABEL_OUTPUT)
     else:
-        kwargs["outputs"] = [ct.TensorType(name=LOGITS_OUTPUT)]
+        kwargs["outputs"] = [ct.TensorType(name=CLASSMAP_OUTPUT if opts.output_kind == "classmap" else LOGITS_OUTPUT)]
     compute = ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16
     target = getattr(ct.target, W8A8_TARGET) if precision == "w8a8" else ct.target.iOS16
     mlmodel = ct.convert(traced, convert_to="mlprogram", inputs=inputs, compute_precision=compute,
@@ -421,8 +425,11 @@ def _describe(mlmodel, opts: CoreMLOptions, sizes: tuple[int, ...], classifier: 
     md = dict(opts.metadata)
     variant = md.get("variant", "?")
     synthetic = md.get("synthetic") == "true"
+    segmentation = md.get("task") == "segmentation"
+    what = (f"DeepLabV3-MobileViT {variant} semantic segmentation ({len(opts.labels or ())} classes)" if segmentation
+            else f"MobileViT v1 {variant} image classifier")
     mlmodel.short_description = (
-        f"MobileViT v1 {variant} image classifier (Mehta & Rastegari, ICLR 2022). "
+        f"{what} (Mehta & Rastegari, ICLR 2022). "
         + ("WARNING: calibrated SYNTHETIC weights, predictions are meaningless; export a real "
            "checkpoint with --weights." if synthetic else f"Weights: {md.get('weights_origin', '?')}."))
     mlmodel.author = md.pop("author", "mobilevit-export toolkit")
@@ -439,8 +446,18 @@ def _describe(mlmodel, opts: CoreMLOptions, sizes: tuple[int, ...], classifier: 
         f"Float tensor [1, 3, H, W] for H = W in ({listed}): {pre['channel_order']} channels, {pre['scale']}.")
     if classifier and opts.input_kind == "image":  # Xcode's Preview tab: drop a photo, see the classes
         mlmodel.user_defined_metadata[PREVIEW_TYPE] = "imageClassifier"
+    if opts.output_kind == "classmap" and opts.input_kind == "image":  # ... or see the mask, with class names
+        mlmodel.user_defined_metadata[PREVIEW_TYPE] = "imageSegmenter"
+        mlmodel.user_defined_metadata[PREVIEW_PARAMS] = json.dumps({"labels": list(opts.labels or ())})
+    if opts.labels and segmentation:
+        mlmodel.user_defined_metadata["labels"] = json.dumps(list(opts.labels))  # index = class id
     if classifier:
         mlmodel.output_description[PROBS_OUTPUT] = "Probability of each class (softmax of the logits)"
         mlmodel.output_description[LABEL_OUTPUT] = "Most likely class"
+    elif opts.output_kind == "classmap":
+        mlmodel.output_description[CLASSMAP_OUTPUT] = (
+            "Class index of every input pixel [1, H, W] (int32; the names are in the labels metadata, index = id)")
+    elif segmentation:
+        mlmodel.output_description[LOGITS_OUTPUT] = "Class logits [1, num_classes, H/16, W/16] (before softmax)"
     else:
         mlmodel.output_description[LOGITS_OUTPUT] = "Class logits [1, num_classes] (before softmax)"

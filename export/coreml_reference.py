@@ -392,6 +392,12 @@ def _classify(i, a, ctx):
     return classes[int(np.argmax(probs))], dict(zip(classes, probs.tolist()))
 
 
+def _reduce_argmax(i, a, ctx):
+    """MIL ``reduce_argmax``: int32 index of the largest value along ``axis`` (first on ties, as numpy)."""
+    out = np.argmax(np.asarray(i["x"]), axis=int(i["axis"])).astype(np.int32)
+    return np.expand_dims(out, int(i["axis"])) if bool(i.get("keep_dims", False)) else out
+
+
 def _binary(fn):
     return lambda i, a, ctx: fn(_f32(i["x"]) if np.asarray(i["x"]).dtype.kind == "f" else np.asarray(i["x"]),
                                 _f32(i["y"]) if np.asarray(i["y"]).dtype.kind == "f" else np.asarray(i["y"]))
@@ -421,6 +427,8 @@ OPS = {
     "shape": lambda i, a, ctx: np.asarray(np.shape(i["x"]), np.int32),
     "gather": lambda i, a, ctx: np.take(i["x"], np.asarray(i["indices"]).astype(np.int64), axis=int(i.get("axis", 0))),
     "identity": lambda i, a, ctx: i["x"],
+    "tile": lambda i, a, ctx: np.tile(i["x"], [int(r) for r in i["reps"]]),  # MIL tile: x repeated reps times per axis
+    "reduce_argmax": _reduce_argmax,
     "constexpr_affine_dequantize": _affine_dequantize, "constexpr_lut_to_dense": _lut_to_dense,
     "quantize": _quantize, "dequantize": _dequantize,
     "classify": _classify,
@@ -557,11 +565,13 @@ class CoreMLReference:
         return {desc.name: out[desc.name] for desc in self.spec.description.output if desc.name in out}
 
     def scores(self, inputs: dict) -> np.ndarray:
-        """The float scores vector: logits for a logits model, probabilities for a classifier."""
+        """The first output as float32: ``[1, K]`` logits, or probabilities for a classifier; a segmentation
+        output keeps its shape (``[1, K, h, w]`` logits, ``[1, H, W]`` class map)."""
         out = self.run(inputs)
         if self._last_probs is not None:
             return self._last_probs.astype(np.float32).reshape(1, -1)
-        return np.asarray(out[self.block.outputs[0]], np.float32).reshape(1, -1)
+        y = np.asarray(out[self.block.outputs[0]], np.float32)
+        return y if y.ndim > 2 else y.reshape(1, -1)
 
 
 class CoreMLReferenceRunner:

@@ -20,6 +20,7 @@ from .graph import inspect
 from .quiet import silenced, ticking
 from .request import (
     ExportRequest,
+    artifact_stem,
     calibration,
     destination,
     labels,
@@ -28,6 +29,7 @@ from .request import (
     say,
     validation_photos,
 )
+from .tasks import segmentation_output
 from .validate import int8_blame, torch_reference, validate_artifact
 
 __all__ = ["ExportRequest", "ExportResult", "run_export", "resolve"]
@@ -55,36 +57,49 @@ def run_export(req: ExportRequest) -> list[ExportResult]:
     calib = calibration(req, model.cfg)
     options = req.target_options()
     classifier = req.target == "coreml" and req.output_kind == "classifier"
-    card = {"variant": model.cfg.name, "weights_origin": weights.origin, "synthetic": str(weights.synthetic).lower(),
+    card = {"task": req.task, "variant": model.cfg.name, "weights_origin": weights.origin,
+            "synthetic": str(weights.synthetic).lower(),
             "patch_strategy": req.patches, "attention_layout": req.attention, "sizes": ",".join(map(str, req.sizes)),
             "preprocessing": model.cfg.preprocessing.describe()["resize"]}
     provenance = {**card, "weights_sha256": weights.sha256 or "", "num_classes": str(model.cfg.num_classes)}
     if classifier:
         options["labels"] = tuple(names)
         options["metadata"] = card
-    if req.target == "tflite":  # MediaPipe image-classifier metadata with labels.txt, and provenance in our entry
+    if req.segmentation:  # class names for Core ML's preview (a class map) and in ONNX / TFLite metadata
+        provenance["output"] = req.output_kind
+        if req.target == "coreml":
+            options["labels"] = tuple(names)
+            options["metadata"] = {**card, "output": req.output_kind}
+        if req.target == "tflite":
+            options["metadata"] = {**provenance, "labels": names}
+    elif req.target == "tflite":  # MediaPipe image-classifier metadata with labels.txt, and provenance in our entry
         options["labels"] = tuple(names)
         options["metadata"] = provenance
     if req.target == "onnx":  # metadata_props: labels, preprocessing and provenance, for onnxruntime's get_modelmeta
         options["labels"] = tuple(names)
         options["metadata"] = {**provenance, "preprocessing": json.dumps(model.cfg.preprocessing.describe()),
                                "input_layout": "NCHW float32"}
+    # what is converted: the model, or (segmentation --output classmap) the model with its argmax at input size
+    converted = segmentation_output(model, req.output_kind) if req.segmentation else model
     published: list[ExportResult] = []
     failed: list[ValidationError] = []
     with tempfile.TemporaryDirectory(prefix=".build-", dir=req.out) as work:
         start = time.time()
-        say(f"{req.target} {', '.join(req.precisions)}: converting MobileViT {model.cfg.name} "
+        what = f"{'DeepLabV3-' if req.segmentation else ''}MobileViT {model.cfg.name}"
+        say(f"{req.target} {', '.join(req.precisions)}: converting {what} "
             f"(patches={req.patches}, attention={req.attention}, sizes={list(req.sizes)}) ...")
         # the converters' own logs and bars (C++ included) are silenced; --verbose shows them
         with ticking(f"{req.target} {', '.join(req.precisions)}: converting"), silenced():
-            made = convert_all(model, req.target, req.precisions, work, size=req.sizes, calibration=calib, **options)
+            made = convert_all(converted, req.target, req.precisions, work, size=req.sizes, calibration=calib,
+                               **options)
         seconds = (time.time() - start) / len(made)
         for precision, artifact in made.items():
-            artifact = artifact.rename(artifact.with_name(f"mobilevit_{model.cfg.name}_{precision}{artifact.suffix}"))
+            artifact = artifact.rename(artifact.with_name(f"{artifact_stem(req)}_{precision}{artifact.suffix}"))
             say(f"{req.target} {precision}: validating on {len(next(iter(val.values())))} real photos "
                 f"at {', '.join(f'{s}x{s}' for s in val)} ...")
             with silenced():
-                report = validate_artifact(artifact, req.target, precision, torch_reference(model, classifier), val)
+                report = validate_artifact(artifact, req.target, precision, torch_reference(converted, classifier), val,
+                                           task=req.task)
             for line in report.skipped:
                 say(f"{req.target} {precision}: {line}")
             if report.problems:
@@ -97,8 +112,7 @@ def run_export(req: ExportRequest) -> list[ExportResult]:
                 failed.append(err)
                 continue
             for size, d in report.by_size.items():
-                say(f"{req.target} {precision} {size}x{size}: max abs {d.max_abs:.3g} (rel {d.max_abs_rel:.2g}), "
-                    f"cosine {d.cosine_min:.6f}, top-1 agreement {d.top1_agreement:.0%} [{report.runtime}]")
+                say(f"{req.target} {precision} {size}x{size}: {_figures(d)} [{report.runtime}]")
             preprocessing = model.cfg.preprocessing.describe()
             if req.target == "tflite":  # its input channel order is its own (RGB by default)
                 from .tflite_metadata import read_json
@@ -106,7 +120,8 @@ def run_export(req: ExportRequest) -> list[ExportResult]:
                 preprocessing.update(read_json(artifact.read_bytes()).get("preprocessing", {}))
             manifest = publish.manifest(
                 artifact, target=req.target, precision=precision, model=model, weights=weights.to_dict(),
-                options={k: v for k, v in options.items() if k not in ("labels", "metadata")},
+                options={k: v for k, v in options.items() if k not in ("labels", "metadata")}, task=req.task,
+                output=req.output_kind,
                 preprocessing=preprocessing, sizes=req.sizes,
                 graph=inspect(artifact).to_dict(), validation=report.to_dict(), seconds=seconds)
             final = publish.publish(artifact, dests[precision], manifest, names, req.force)
@@ -117,3 +132,14 @@ def run_export(req: ExportRequest) -> list[ExportResult]:
                               [f"{e.artifact}: {p}" for e in failed for p in e.problems],
                               published=tuple(str(r.artifact) for r in published))
     return published
+
+
+def _figures(d) -> str:
+    """One size's validation figures, as the export log shows them."""
+    if hasattr(d, "miou"):  # segmentation
+        logits = (f"max abs {d.max_abs:.3g} (rel {d.max_abs_rel:.2g}), cosine {d.cosine_min:.6f}, "
+                  if d.max_abs is not None else "")
+        return (f"{logits}pixels agreeing {d.pixel_agreement:.2%} (worst photo {d.pixel_agreement_min:.2%}), "
+                f"mIoU {d.miou:.4f}")
+    return (f"max abs {d.max_abs:.3g} (rel {d.max_abs_rel:.2g}), cosine {d.cosine_min:.6f}, "
+            f"top-1 agreement {d.top1_agreement:.0%}")

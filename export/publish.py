@@ -112,13 +112,16 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def manifest(artifact: Path, *, target: str, precision: str, model, weights: dict, options: dict,
-             preprocessing: dict, sizes: tuple[int, ...], graph: dict, validation: dict, seconds: float) -> dict:
+             preprocessing: dict, sizes: tuple[int, ...], graph: dict, validation: dict, seconds: float,
+             task: str = "classification", output: str | None = None) -> dict:
     """Everything a user (or a later audit) needs to know about one published artifact."""
     return {
         "artifact": artifact.name,
         "artifact_sha256": sha256_path(artifact),
         "target": target,
         "precision": precision,
+        "task": task,
+        **({"output_kind": output} if output else {}),
         "variant": model.cfg.name,
         "num_classes": model.cfg.num_classes,
         "weights": weights,

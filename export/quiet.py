@@ -55,7 +55,11 @@ def terminal():
     """The user's stderr as a file, kept aside from the first call on (before :func:`silenced` redirects fd 2)."""
     global _TERMINAL
     if _TERMINAL is None:
-        _TERMINAL = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
+        try:
+            fd = sys.stderr.fileno()
+        except (AttributeError, OSError, ValueError):  # a stand-in stream (pytest's capsys): no terminal; not kept
+            return sys.stderr
+        _TERMINAL = os.fdopen(os.dup(fd), "w", buffering=1)
     return _TERMINAL
 
 

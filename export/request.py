@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from mobilevit import DEFAULT_SIZE, MobileViT, get_config
+from mobilevit.config import SEGMENTATION_SIZE
 from mobilevit.model import ATTENTION_LAYOUTS
 from mobilevit.patches import get_strategy
 
 from .config import check_precision, check_sizes, target_config
 from .convert import CALIBRATION_IMAGES, calibration_photos
 from .errors import ExportConfigError
+from .tasks import SEGMENTATION_OUTPUTS, SEGMENTATION_VALIDATION_IMAGES
 
 # How many real photos each artifact is validated on (a seed apart from the calibration photos).
 VALIDATION_IMAGES = 16
@@ -35,20 +37,27 @@ class ExportRequest:
     precisions: tuple[str, ...] = ()
     patches: str | None = None
     attention: str | None = None  # batched | split
-    sizes: tuple[int, ...] = (DEFAULT_SIZE,)
+    sizes: tuple[int, ...] = ()  # () = the task's size: 256 for classification, 512 for segmentation
     out: Path = Path("artifacts")
     force: bool = False
     input_kind: str = "image"  # Core ML: image | tensor
-    output_kind: str = "classifier"  # Core ML: classifier | logits
+    # classification: Core ML classifier | logits; segmentation (any target): logits | classmap
+    # (None = classifier / Core ML classmap, logits elsewhere)
+    output_kind: str | None = None
     dynamic_hw: bool = False  # ONNX: symbolic height/width
     images: str | None = None  # folder of the user's own photos for validation/calibration
     float_kinds: tuple[str, ...] | None = None  # int8: layer kinds kept in float (None: the target's recipe)
+    task: str = "classification"  # classification | segmentation (DeepLabV3-MobileViT; export.tasks)
+
+    @property
+    def segmentation(self) -> bool:
+        return self.task == "segmentation"
 
     def target_options(self) -> dict:
         """The keyword options this request passes to ``export.convert`` for its target."""
         options: dict = {}
         if self.target == "coreml":
-            options = {"input_kind": self.input_kind, "output_kind": self.output_kind}
+            options = {"input_kind": self.input_kind, "output_kind": self.output_kind or "classifier"}
         if self.target == "onnx":
             options = {"dynamic_hw": self.dynamic_hw}
         if self.float_kinds is not None:
@@ -76,28 +85,53 @@ def say(msg: str) -> None:
 
 def resolve(req: ExportRequest) -> ExportRequest:
     """Fill target defaults and refuse anything the exporter cannot honour, before any work."""
+    from .tasks import check_segmentation_precision, check_task, segmentation_precisions
+
+    check_task(req.task)
+    known = ("classifier", *SEGMENTATION_OUTPUTS)
+    if req.output_kind is not None and req.output_kind not in known:
+        raise ExportConfigError(f"unknown output kind {req.output_kind!r}; choose one of: {', '.join(known)}")
     cfg = target_config(req.target)
     if req.variant is None:
-        from mobilevit.checkpoints import load_checkpoint
+        from mobilevit.checkpoints import load_checkpoint, load_segmentation_checkpoint
 
-        req = replace(req, variant=load_checkpoint(req.weights).variant if req.weights else "small")
+        load = load_segmentation_checkpoint if req.segmentation else load_checkpoint
+        req = replace(req, variant=load(req.weights).variant if req.weights else "small")
     req = replace(req, variant=get_config(req.variant).name)
-    precisions = tuple(dict.fromkeys(req.precisions or (cfg.default_precision,)))
-    for p in precisions:
-        check_precision(req.target, p)
+    if req.segmentation:
+        precisions = tuple(dict.fromkeys(req.precisions or segmentation_precisions(req.target)))
+        for p in precisions:
+            check_precision(req.target, p)
+            check_segmentation_precision(req.target, p)
+        output_kind = req.output_kind or ("classmap" if req.target == "coreml" else "logits")
+        if output_kind not in SEGMENTATION_OUTPUTS:
+            raise ExportConfigError(f"a segmentation model outputs {' or '.join(SEGMENTATION_OUTPUTS)}, "
+                                    f"not {output_kind!r}: pass --output logits or --output classmap")
+        if len(req.sizes) > 1 or req.dynamic_hw or req.float_kinds is not None:
+            raise ExportConfigError("segmentation is exported at one fixed size (--size N, default "
+                                    f"{SEGMENTATION_SIZE}), without --dynamic-hw or --float-kinds")
+    else:
+        precisions = tuple(dict.fromkeys(req.precisions or (cfg.default_precision,)))
+        for p in precisions:
+            check_precision(req.target, p)
+        output_kind = req.output_kind or "classifier"
+        if output_kind not in ("classifier", "logits") or (output_kind == "logits" and req.target != "coreml"):
+            raise ExportConfigError(f"--output {output_kind} is not a classification output; Core ML takes "
+                                    "classifier or logits (--output classmap is for --task segmentation)")
     patches = get_strategy(req.patches or cfg.default_patches).name
     attention = req.attention or cfg.default_attention
     if attention not in ATTENTION_LAYOUTS:
         raise ExportConfigError(
             f"unknown attention layout {attention!r}; choose one of: {', '.join(ATTENTION_LAYOUTS)}")
-    sizes = check_sizes(req.target, tuple(req.sizes) or (DEFAULT_SIZE,))
+    sizes = check_sizes(req.target, tuple(req.sizes) or (task_size(req),))
     if req.dynamic_hw and req.target != "onnx":
         raise ExportConfigError("--dynamic-hw applies to ONNX only")
     if req.dynamic_hw and sizes[0] % 64:
         raise ExportConfigError(f"--dynamic-hw needs --size to be a multiple of 64 (e.g. {DEFAULT_SIZE})")
     from .convert import target_options
 
-    req = replace(req, precisions=precisions, patches=patches, attention=attention, sizes=sizes, out=Path(req.out))
+    req = replace(req, precisions=precisions, patches=patches, attention=attention, sizes=sizes, out=Path(req.out),
+                  output_kind=output_kind)
     target_options(req.target, req.target_options())  # refuses bad option values now, not after loading
     if req.images:  # an unreadable photo is bad input: refuse it now, naming the file, before any work
         from mobilevit.images import load_folder
@@ -106,40 +140,58 @@ def resolve(req: ExportRequest) -> ExportRequest:
     return req
 
 
+def task_size(req: ExportRequest) -> int:
+    """The input size of the task's public weights: 256 for the classifiers, 512 for segmentation."""
+    return SEGMENTATION_SIZE if req.segmentation else DEFAULT_SIZE
+
+
+def artifact_stem(req: ExportRequest) -> str:
+    """``mobilevit_<variant>`` for a classifier, ``deeplabv3_mobilevit_<variant>`` for segmentation."""
+    return f"{'deeplabv3_' if req.segmentation else ''}mobilevit_{req.variant}"
+
+
 def destination(req: ExportRequest, precision: str) -> Path:
-    extra = "" if req.sizes == (DEFAULT_SIZE,) else "_" + "-".join(str(s) for s in req.sizes)
-    return req.out / f"mobilevit_{req.variant}_{req.target}_{precision}{extra}"
+    extra = "" if req.sizes == (task_size(req),) else "_" + "-".join(str(s) for s in req.sizes)
+    return req.out / f"{artifact_stem(req)}_{req.target}_{precision}{extra}"
 
 
 def load_model(req: ExportRequest) -> tuple[MobileViT, Weights]:
-    """The model to export (with the request's patches and attention) and where its weights came from."""
-    from mobilevit.synthetic import SYNTHETIC_ORIGIN, synthetic_model
+    """The model to export (with the request's patches and attention) and where its weights came from: the
+    checkpoint's, or calibrated synthetic weights, announced loudly. Segmentation: a DeepLabV3-MobileViT."""
+    from mobilevit import checkpoints
+    from mobilevit.synthetic import SYNTHETIC_ORIGIN, synthetic_model, synthetic_segmentation_model
 
+    what = f"{'DeepLabV3-' if req.segmentation else ''}MobileViT {req.variant}"
     if req.weights:
-        from mobilevit.checkpoints import CheckpointError, load_checkpoint
-        from mobilevit.checkpoints import load_model as load_checkpoint_model
-
-        ckpt = load_checkpoint(req.weights)
-        if ckpt.variant != get_config(req.variant).name:
-            raise CheckpointError(
-                f"{req.weights} holds MobileViT {ckpt.variant} weights ({ckpt.format} format) but "
+        read = checkpoints.load_segmentation_checkpoint if req.segmentation else checkpoints.load_checkpoint
+        ckpt = read(req.weights)
+        if ckpt.variant != req.variant:
+            raise checkpoints.CheckpointError(
+                f"{req.weights} holds {what.rsplit(' ', 1)[0]} {ckpt.variant} weights ({ckpt.format} format) but "
                 f"--variant is {req.variant}: pass --variant {ckpt.variant}")
-        model = load_checkpoint_model(req.weights, variant=ckpt.variant, patches=req.patches)
+        build = checkpoints.load_segmentation_model if req.segmentation else checkpoints.load_model
+        model = build(req.weights, variant=ckpt.variant, patches=req.patches)
         weights = Weights(f"{ckpt.format}:{Path(req.weights).name}", False, ckpt.sha256, ckpt.format,
                           tuple(ckpt.class_names) if ckpt.class_names else None)
         return model.set_attention(req.attention).eval(), weights
     say("=" * 78)
-    say(f"NO --weights GIVEN: exporting MobileViT {req.variant} with CALIBRATED SYNTHETIC WEIGHTS.")
-    say("The artifact is real and validated, but its predictions are meaningless.")
+    say(f"NO --weights GIVEN: exporting {what} with CALIBRATED SYNTHETIC WEIGHTS.")
+    outputs = "masks" if req.segmentation else "predictions"
+    say(f"The artifact is real and validated, but its {outputs} are meaningless.")
     say("Export a real checkpoint with WEIGHTS=path/to/checkpoint (make) or --weights (CLI).")
     say("=" * 78)
-    model = synthetic_model(req.variant, patches=req.patches).set_attention(req.attention)
-    return model, Weights(SYNTHETIC_ORIGIN, True)
+    if req.segmentation:  # BatchNorm statistics from 256x256 photos: 4x faster than at 512, and hardly different
+        model = synthetic_segmentation_model(req.variant, patches=req.patches, size=DEFAULT_SIZE)
+    else:
+        model = synthetic_model(req.variant, patches=req.patches)
+    return model.set_attention(req.attention).eval(), Weights(SYNTHETIC_ORIGIN, True)
 
 
 def labels(model: MobileViT, weights: Weights) -> list[str]:
     from mobilevit.labels import class_names
 
+    if weights.class_names is None and hasattr(model.cfg, "class_names"):  # segmentation: VOC's 21 names
+        return list(model.cfg.class_names)
     return class_names(model.cfg.num_classes, weights.class_names)
 
 
@@ -152,7 +204,8 @@ def validation_photos(req: ExportRequest, cfg) -> dict[int, np.ndarray]:
         images = load_folder(req.images, limit=count) if req.images else photo_variants(count, seed=seed)
         return preprocess(images, cfg, size).numpy()
 
-    val = {s: batch(s, VALIDATION_IMAGES, VALIDATION_SEED) for s in req.sizes}
+    count = SEGMENTATION_VALIDATION_IMAGES if req.segmentation else VALIDATION_IMAGES
+    val = {s: batch(s, count, VALIDATION_SEED) for s in req.sizes}
     if req.dynamic_hw:
         val.update({s: batch(s, 4, VALIDATION_SEED + 1) for s in DYNAMIC_HW_SIZES if s not in val})
     return val

@@ -120,6 +120,7 @@ class LiteRTRunner(Runner):
 
         meta = read_json(self.path.read_bytes())
         self.reverse_channels = meta.get("channel_order", "") != meta.get("reference_channel_order", "")
+        self.nhwc_out = meta.get("output_layout") == "NHWC"  # onnx2tf's layout for a 4-D output (segmentation)
 
     @property
     def version(self) -> str:
@@ -149,6 +150,8 @@ class LiteRTRunner(Runner):
         if self.out["dtype"] in (np.int8, np.uint8):
             scale, zero = self.out["quantization"]
             y = (y.astype(np.float32) - zero) * scale
+        if self.nhwc_out:
+            y = y.transpose(0, 3, 1, 2)  # [B, h, w, K] -> [B, K, h, w], as PyTorch returns it
         return y.astype(np.float32)
 
 

@@ -123,6 +123,14 @@ def with_channel_order(model, calibration: np.ndarray | None, options: TFLiteOpt
     return flipped, calibration, {**channels, "channel_order": options.channel_order}
 
 
+def _output_shape(buf: bytes) -> tuple[int, ...]:
+    """The shape of the first output of a ``.tflite`` flatbuffer."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    graph = schema.Model.GetRootAsModel(buf, 0).Subgraphs(0)
+    return tuple(int(d) for d in graph.Tensors(graph.Outputs(0)).ShapeAsNumpy())
+
+
 def write_metadata(path: Path, model, channels: dict, options: TFLiteOptions, precision: str) -> None:
     """Our JSON entry (always; the runners read the channel orders), then MediaPipe's image-classifier
     metadata if ``options.labels`` are given. ``model`` is the one converted (its ``cfg`` says its order)."""
@@ -130,7 +138,9 @@ def write_metadata(path: Path, model, channels: dict, options: TFLiteOptions, pr
 
     cfg = getattr(model, "cfg", None)
     pre = cfg.preprocessing.describe() if cfg is not None else {}
+    out_rank = len(_output_shape(path.read_bytes()))
     entry = {**options.metadata, **channels, "input_layout": "NHWC float32", "precision": precision,
+             **({"output_layout": "NHWC"} if out_rank == 4 else {}),  # onnx2tf moves channels last
              **({"preprocessing": pre} if pre else {})}  # ours last: the caller's fields cannot hide them
     buf = md.add_entry(path.read_bytes(), md.ENTRY, json.dumps(entry, sort_keys=True).encode())
     if options.labels:

@@ -79,7 +79,7 @@ def failures(d: Drift, tol: Tolerance, where: str) -> list[str]:
 class ValidationReport:
     """Per-size drift figures, plus checks that could not run (with the reason)."""
 
-    tolerance: Tolerance
+    tolerance: Tolerance  # or a SegmentationTolerance
     runtime: str = ""
     by_size: dict[int, Drift] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
@@ -144,14 +144,20 @@ def torch_reference(model: torch.nn.Module, softmax: bool = False) -> Callable[[
 
 
 def validate_artifact(path: Path, target: str, precision: str, reference: Callable[[np.ndarray], np.ndarray],
-                      batches: dict[int, np.ndarray], progress: bool | None = None) -> ValidationReport:
-    """Run ``path`` in its runtime on each size's photos and compare with ``reference``.
+                      batches: dict[int, np.ndarray], progress: bool | None = None,
+                      task: str = "classification") -> ValidationReport:
+    """Run ``path`` in its runtime on each size's photos and compare with ``reference``: logits (and top-1)
+    for a classifier, logits and class maps for segmentation (``export.tasks``).
 
     A progress bar counts the photos (``export.quiet.progress``; ``progress=None``: when stderr is a TTY)."""
+    from .config import SEGMENTATION_TOLERANCES
     from .quiet import progress as bar
     from .runners import make_runner
+    from .tasks import segmentation_drift, segmentation_failures
 
-    report = ValidationReport(tolerance(target, precision))
+    segmentation = task == "segmentation"
+    report = ValidationReport(SEGMENTATION_TOLERANCES[(target, precision)] if segmentation
+                              else tolerance(target, precision))
     try:
         runner = make_runner(path)
     except RunnerUnavailable as e:
@@ -170,8 +176,12 @@ def validate_artifact(path: Path, target: str, precision: str, reference: Callab
         except Exception as e:  # a runtime that cannot run the artifact is a validation failure
             report.problems.append(f"{size}x{size}: {runner.runtime} could not run it: {type(e).__name__}: {e}")
             continue
-        d = drift(reference(x), out)
+        if segmentation:
+            d = segmentation_drift(reference(x), out, (x.shape[2], x.shape[3]))
+            report.problems += segmentation_failures(d, report.tolerance, f"{size}x{size}")
+        else:
+            d = drift(reference(x), out)
+            report.problems += failures(d, report.tolerance, f"{size}x{size}")
         report.by_size[size] = d
-        report.problems += failures(d, report.tolerance, f"{size}x{size}")
     counter.close()
     return report

@@ -112,9 +112,10 @@ def reverse_input_channels(model: nn.Module) -> nn.Module:
 
     It changes what the model takes, so it is not among the registered rewrites (which keep the interface)
     and is not idempotent: a target applies it once, to a copy, and records the new order
-    (``export.tflite``). The stem is the only layer that sees the input channels.
+    (``export.tflite``). The stem (the first conv, in a classifier or a segmentation model) is the only
+    layer that sees the input channels.
     """
-    stem = model.stem[0]  # ConvNormAct: [conv, norm, act]
+    stem = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)  # the first conv: the stem's
     if not (isinstance(stem, nn.Conv2d) and stem.in_channels == 3 and stem.groups == 1):
         raise ValueError(f"expected a 3-channel stem conv, got {stem}")
     with torch.no_grad():

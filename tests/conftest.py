@@ -27,8 +27,8 @@ def synthetic_xxs():
 
 
 # `make test-fast` (pytest -m "not slow") skips what converts a model or trains one; `make test` and CI run all.
-SLOW_MODULES = {"test_accuracy", "test_export_coreml", "test_export_executorch", "test_export_onnx",
-                "test_export_tflite", "test_tflite_full_int8", "test_reproducible", "test_quant",
+SLOW_MODULES = {"test_accuracy", "test_export_coreml", "test_export_segmentation", "test_export_executorch",
+                "test_export_onnx", "test_export_tflite", "test_tflite_full_int8", "test_reproducible", "test_quant",
                 "test_benchmarks_tflite", "test_train"}
 SLOW_FIXTURES = {"photos_xxs", "converted"}  # whole-model Core ML programs; the accuracy run with ONNX artifacts
 SLOW_TESTS = {"test_failed_validation_writes_nothing", "test_a_partly_failed_export_says_exactly_what_was_published",

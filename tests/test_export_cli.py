@@ -21,6 +21,13 @@ def _run(args, capsys):
     (["tflite", "--dynamic-hw"], "--dynamic-hw applies to ONNX only"),
     (["onnx", "--precision", "int8", "--float-kinds", "conv3x3"], "--float-kinds: unknown layer kind(s) conv3x3"),
     (["onnx", "--precision", "int8", "--float-kinds", "stem,,mlp"], "unknown layer kind(s) mlp; choose from: stem"),
+    (["onnx", "--task", "segmentation", "--precision", "int8"], "segmentation is exported to onnx in fp32, fp16, "
+                                                                 "not 'int8'"),
+    (["executorch", "--task", "segmentation", "--precision", "coreml-fp16"], "in fp32, not 'coreml-fp16'"),
+    (["coreml", "--task", "segmentation", "--size", "256,512"], "segmentation is exported at one fixed size"),
+    (["coreml", "--task", "segmentation", "--output", "classifier"], "pass --output logits or --output classmap"),
+    (["coreml", "--output", "classmap"], "--output classmap is for --task segmentation"),
+    (["onnx", "--task", "segmentation", "--size", "500"], "size 500 is not accepted"),
 ])
 def test_bad_requests_exit_2_and_write_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "out"
@@ -139,6 +146,15 @@ def test_checkpoint_that_does_not_fit_the_variant(tmp_path, capsys):
     out = tmp_path / "out"
     code, err = _run(["onnx", "--variant", "small", "--weights", str(ckpt), "--out", str(out)], capsys)
     assert code == EXIT_BAD_REQUEST and "holds MobileViT xx_small weights" in err and "--variant xx_small" in err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_a_classifier_checkpoint_is_refused_for_segmentation(tmp_path, capsys):
+    """ImageNet weights given with --task segmentation: exit 2 before any work, saying what the file holds."""
+    ckpt = _hf_checkpoint(tmp_path)
+    out = tmp_path / "out"
+    code, err = _run(["onnx", "--task", "segmentation", "--weights", str(ckpt), "--out", str(out)], capsys)
+    assert code == EXIT_BAD_REQUEST and "classification" in err, err
     assert not out.exists() or list(out.iterdir()) == []
 
 
