@@ -122,7 +122,14 @@ def render(result: dict) -> str:
             tol = {True: "ok", False: "**over**"}.get(r.get("within_tolerance"), "-")
             out.append(f"| {r['name']} | {cell} | {rcell} | {agree} | {miou} | {cos} | {tol} |")
         out.append("")
-    out.append(f"![class maps](benchmarks/results/{STEM}_masks.png)")
+    from export.config import SEGMENTATION_TOLERANCES
+
+    out += ["Tolerances (`SEGMENTATION_TOLERANCES`, export/config.py; logit limits do not apply to a class map):", "",
+            "| target | precision | max abs / max abs(logit) | logit cosine (worst photo) | pixels agreeing "
+            "(worst photo) | mIoU vs PyTorch |", "|---|---|---|---|---|---|"]
+    out += [f"| {t} | {p} | {tol.max_abs_rel:g} | {tol.cosine_min:g} | {tol.pixel_min:.1%} | {tol.miou_min:g} |"
+            for (t, p), tol in SEGMENTATION_TOLERANCES.items()]
+    out += ["", f"![class maps](benchmarks/results/{STEM}_masks.png)"]
     return "\n".join(out) + "\n"
 
 

@@ -70,7 +70,8 @@ def run_export(req: ExportRequest) -> list[ExportResult]:
         if req.target == "coreml":
             options["labels"] = tuple(names)
             options["metadata"] = {**card, "output": req.output_kind}
-        if req.target == "tflite":
+        if req.target == "tflite":  # MediaPipe image-segmenter metadata for logits (a class map has none)
+            options["labels"] = tuple(names)
             options["metadata"] = {**provenance, "labels": names}
     elif req.target == "tflite":  # MediaPipe image-classifier metadata with labels.txt, and provenance in our entry
         options["labels"] = tuple(names)

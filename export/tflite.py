@@ -132,8 +132,9 @@ def _output_shape(buf: bytes) -> tuple[int, ...]:
 
 
 def write_metadata(path: Path, model, channels: dict, options: TFLiteOptions, precision: str) -> None:
-    """Our JSON entry (always; the runners read the channel orders), then MediaPipe's image-classifier
-    metadata if ``options.labels`` are given. ``model`` is the one converted (its ``cfg`` says its order)."""
+    """Our JSON entry (always; the runners read the channel orders and the output layout), then, given
+    ``options.labels``, MediaPipe's image-classifier metadata (logits ``[1, K]``) or image-segmenter metadata
+    (logits ``[1, h, w, K]``); a class map gets none. ``model`` is the one converted (its ``cfg`` says its order)."""
     from . import tflite_metadata as md
 
     cfg = getattr(model, "cfg", None)
@@ -143,14 +144,21 @@ def write_metadata(path: Path, model, channels: dict, options: TFLiteOptions, pr
              **({"output_layout": "NHWC"} if out_rank == 4 else {}),  # onnx2tf moves channels last
              **({"preprocessing": pre} if pre else {})}  # ours last: the caller's fields cannot hide them
     buf = md.add_entry(path.read_bytes(), md.ENTRY, json.dumps(entry, sort_keys=True).encode())
-    if options.labels:
+    if options.labels and out_rank in (2, 4):  # logits of a classifier / of a segmenter (not a class map)
         if channels["channel_order"] != "RGB":
             raise ExportConfigError("MediaPipe metadata can only describe RGB input: export with "
                                     "channel_order='RGB', or without labels")
-        buf = md.image_classifier(buf, list(options.labels), name=f"MobileViT {cfg.name}",
-                                  pixel_scale=cfg.preprocessing.pixel_scale,
-                                  description=f"MobileViT image classifier, {len(options.labels)} classes; "
-                                              "outputs logits (no softmax)")
+        k = len(options.labels)
+        if out_rank == 2:
+            buf = md.image_classifier(buf, list(options.labels), name=f"MobileViT {cfg.name}",
+                                      pixel_scale=cfg.preprocessing.pixel_scale,
+                                      description=f"MobileViT image classifier, {k} classes; outputs logits "
+                                                  "(no softmax)")
+        else:
+            buf = md.image_segmenter(buf, list(options.labels), name=f"DeepLabV3-MobileViT {cfg.name}",
+                                     pixel_scale=cfg.preprocessing.pixel_scale,
+                                     description=f"DeepLabV3-MobileViT semantic segmentation, {k} classes; outputs "
+                                                 "logits at 1/16 of the input (no softmax)")
     path.write_bytes(buf)
 
 

@@ -111,6 +111,26 @@ def image_classifier(buf: bytes, labels: list[str], *, name: str, description: s
     return fixed_zip_times(bytes(out))
 
 
+def image_segmenter(buf: bytes, labels: list[str], *, name: str, description: str, pixel_scale: float) -> bytes:
+    """``buf`` with MediaPipe image-segmenter metadata: RGB input as :func:`image_classifier`, the output's
+    ``labels.txt``, no activation (the output is the logits, ``[1, h, w, K]``).
+
+    MediaPipe's ``ImageSegmenter`` returns confidence masks that are these logits upsampled to the image
+    (bilinear, half-pixel centres, as ``mobilevit.segmentation.upsample_logits``), but its category mask takes
+    the argmax of an align-corners upsampling (ml-cvnets' convention): near class boundaries it can differ
+    from ``argmax(confidence masks)``."""
+    mw = _writers()
+    from mediapipe.tasks.python.metadata.metadata_writers import image_segmenter as seg
+
+    writer = seg.MetadataWriter.create(bytearray(buf), [0.0], [1.0 / pixel_scale],
+                                       labels=mw.Labels().add(list(labels), exported_filename=LABELS_FILE),
+                                       activation=seg.Activation.NONE)
+    writer.writer.add_general_info(name, description)  # our name instead of the generic "ImageSegmenter"
+    out, _ = writer.populate()
+    del writer
+    return fixed_zip_times(bytes(out))
+
+
 def fixed_zip_times(buf: bytes) -> bytes:
     """The files packed after the flatbuffer (a zip) with every timestamp set to 1980-01-01 00:00:00.
 

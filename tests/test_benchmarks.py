@@ -383,7 +383,7 @@ def test_readme_figures_are_the_committed_results_of_the_named_commands():
 
     readme = (ROOT / "README.md").read_text()
     blocks = {m.group("name"): m.group("body") for m in BLOCK.finditer(readme)}
-    assert set(blocks) == {"strategies", "bench", "accuracy", "accuracy_memory", "quant", "int8"}
+    assert set(blocks) == {"strategies", "bench", "accuracy", "accuracy_memory", "quant", "int8", "segmentation"}
     for name, body in blocks.items():
         assert body.rstrip() == (ROOT / "benchmarks" / "results" / f"{name}.md").read_text().rstrip(), name
     bench = json.loads((ROOT / "benchmarks" / "results" / "bench.json").read_text())["meta"]
@@ -398,3 +398,6 @@ def test_readme_figures_are_the_committed_results_of_the_named_commands():
     quant = json.loads((ROOT / "benchmarks" / "results" / "quant.json").read_text())
     assert set(quant["targets"]) == {"onnx", "tflite", "coreml", "executorch"}
     assert all(t["command"].startswith("python -m benchmarks.quant") for t in quant["targets"].values())
+    segmentation = json.loads((ROOT / "benchmarks" / "results" / "segmentation.json").read_text())["meta"]
+    assert segmentation["command"] == "python -m benchmarks.segmentation" and segmentation["size"] == 512
+    assert "`make bench-segmentation`, i.e. `python -m benchmarks.segmentation`" in readme

@@ -102,3 +102,33 @@ def test_a_huggingface_segmentation_checkpoint_exports_to_what_transformers_comp
     got = np.concatenate([session.run(None, {name: x[i:i + 1].numpy()})[0] for i in range(2)])
     assert got.shape == want.shape == (2, 21, 32, 32)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+def test_mediapipe_image_segmenter_loads_the_tflite_and_returns_pytorch_masks(root, photos):
+    """MediaPipe Tasks' ImageSegmenter (the app-side API) loads the .tflite from its metadata (RGB, /255, the 21
+    labels): its confidence masks are PyTorch's logits upsampled to the photo, and its category mask is their
+    argmax, upsampled with aligned corners (MediaPipe's way, and ml-cvnets'), on real 512x512 crops."""
+    import mediapipe as mp
+    import torch.nn.functional as F
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    from mobilevit.preprocess import resize_and_crop, to_tensor
+    from mobilevit.segmentation import upsample_logits
+    from mobilevit.synthetic import synthetic_segmentation_model
+
+    res = exported(root, "tflite", "xx_small", ("fp32",), **SEG)["fp32"]
+    model = synthetic_segmentation_model("xx_small", size=256)  # the exported weights (export.request.load_model)
+    crops = [resize_and_crop(p, 512, 512) for p in photos[:2]]  # uint8 RGB, what an app passes
+    with torch.no_grad():
+        logits = model(to_tensor(crops, model.cfg.preprocessing))  # [2, 21, 32, 32], BGR / 255 inside
+        confidence = upsample_logits(logits, (512, 512)).numpy()  # [2, 21, 512, 512]
+        category = F.interpolate(logits, (512, 512), mode="bilinear", align_corners=True).argmax(1).numpy()
+    opts = vision.ImageSegmenterOptions(base_options=BaseOptions(model_asset_path=str(res.artifact)),
+                                        output_category_mask=True, output_confidence_masks=True)
+    with vision.ImageSegmenter.create_from_options(opts) as segmenter:
+        assert segmenter.labels == list(VOC_CLASSES)
+        for i, crop in enumerate(crops):
+            got = segmenter.segment(mp.Image(image_format=mp.ImageFormat.SRGB, data=crop))
+            masks = np.stack([m.numpy_view().squeeze(-1) for m in got.confidence_masks])  # [21, 512, 512]
+            np.testing.assert_allclose(masks, confidence[i], rtol=0, atol=1e-4 * np.abs(confidence[i]).max())
+            assert (got.category_mask.numpy_view().squeeze(-1) == category[i]).mean() > 0.999
