@@ -50,7 +50,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
-from .config import (
+from ..config import (
     SEGMENTATION_VARIANTS,
     VARIANTS,
     VOC_CLASSES,
@@ -367,7 +367,7 @@ def _apply_key_map(sd: dict[str, torch.Tensor], kmap: dict[str, str | tuple[str,
 
 @lru_cache(maxsize=None)
 def _expected_shapes(variant: str, num_classes: int) -> dict[str, tuple[int, ...]]:
-    from .model import MobileViT
+    from ..model import MobileViT
 
     with torch.device("meta"):
         model = MobileViT(get_config(variant, num_classes=num_classes))
@@ -703,7 +703,7 @@ def load_checkpoint(path: str | Path, variant: str | None = None) -> LoadedCheck
 
 def load_model(path: str | Path, variant: str | None = None, patches: str = "reference"):
     """A :class:`~mobilevit.model.MobileViT` holding the checkpoint's weights (strict load), in eval mode."""
-    from .model import MobileViT
+    from ..model import MobileViT
 
     ckpt = load_checkpoint(path, variant)
     model = MobileViT(get_config(ckpt.variant, num_classes=ckpt.num_classes), patches=patches)
@@ -862,7 +862,7 @@ def segmentation_key_map(fmt: SegmentationFormat, cfg: SegmentationConfig) -> di
 
 @lru_cache(maxsize=None)
 def _expected_segmentation_shapes(variant: str, num_classes: int) -> dict[str, tuple[int, ...]]:
-    from .segmentation import MobileViTSegmentation
+    from ..segmentation import MobileViTSegmentation
 
     with torch.device("meta"):
         model = MobileViTSegmentation(get_segmentation_config(variant, num_classes=num_classes))
@@ -1004,7 +1004,7 @@ def load_segmentation_checkpoint(path: str | Path, variant: str | None = None) -
 def load_segmentation_model(path: str | Path, variant: str | None = None, patches: str = "reference",
                             upsample: bool = False):
     """A :class:`~mobilevit.segmentation.MobileViTSegmentation` holding the checkpoint's weights, in eval mode."""
-    from .segmentation import MobileViTSegmentation
+    from ..segmentation import MobileViTSegmentation
 
     ckpt = load_segmentation_checkpoint(path, variant)
     cfg = get_segmentation_config(ckpt.variant, num_classes=ckpt.num_classes, **ckpt.architecture)
