@@ -147,7 +147,8 @@ def test_remaps_are_pure_and_return_early():
         assert all(torch.equal(ours[k], v) for k, v in model.state_dict().items())
     ours = model.state_dict()
     assert from_timm(ours) is ours and from_huggingface(ours) is ours  # already our names: nothing to do
-    with pytest.raises(UnknownFormatError, match="this is a cvnets classification state dict, not timm: use from_cvnets"):
+    expected = "this is a cvnets classification state dict, not timm: use from_cvnets"
+    with pytest.raises(UnknownFormatError, match=expected):
         from_timm(_their_state_dict("cvnets", "xx_small", model))
 
 
@@ -343,7 +344,8 @@ def test_unknown_format(tmp_path):
     resnet = {"conv1.weight": torch.zeros(64, 3, 7, 7), "bn1.running_mean": torch.zeros(64),
               "layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1), "fc.weight": torch.zeros(1000, 2048)}
     torch.save(resnet, tmp_path / "resnet50.pth")
-    with pytest.raises(UnknownFormatError, match="unknown classification checkpoint format .*conv1.weight.*MobileViT v1"):
+    expected = "unknown classification checkpoint format .*conv1.weight.*MobileViT v1"
+    with pytest.raises(UnknownFormatError, match=expected):
         load_checkpoint(tmp_path / "resnet50.pth")
     v2 = {"layer_3.1.global_rep.0.pre_norm_attn.1.qkv_proj.weight": torch.zeros(129, 128)}
     torch.save(v2, tmp_path / "v2.pt")

@@ -62,6 +62,21 @@ BN_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_track
 # ------------------------------------------------------------------------------------ layouts
 # A layout returns the format's module name for a role; a tuple of names stands for Linears whose
 # weights are concatenated into ours (Hugging Face's separate query, key and value).
+def _deeplabv3_head(role, aspp: str, pool: str, classifier: str) -> str | None:
+    """DeepLabV3's head in ml-cvnets' structure (which transformers ported): the module ``aspp`` holds ``convs``
+    (the 1x1, the atrous and the image-pooling branches, whose conv is ``pool`` inside it) and ``project``."""
+    match role:
+        case ("aspp", i):
+            return f"{aspp}.convs.{i}"
+        case ("aspp_pool", i):
+            return f"{aspp}.convs.{i}.{pool}"
+        case ("aspp_project",):
+            return f"{aspp}.project"
+        case ("seg_classifier",):
+            return classifier
+    return None
+
+
 def _mmpretrain(role) -> str | None:
     match role:
         case ("stem",):
@@ -73,12 +88,10 @@ def _mmpretrain(role) -> str | None:
             base = f"backbone.layers.{i}.1"
             return {"conv_local": f"{base}.local_rep.0", "conv_in": f"{base}.local_rep.1.conv",
                     "conv_proj": f"{base}.conv_proj", "conv_fusion": f"{base}.conv_fusion"}[name]
-        case ("tf", i, k, "norm"):  # the LayerNorm appended to the Sequential of transformer layers
-            return f"backbone.layers.{i}.1.global_rep.{k}"
-        case ("tf", i, k, part):
-            return f"backbone.layers.{i}.1.global_rep.{k}." + {
-                "norm1": "ln1", "attn.qkv": "attn.qkv", "attn.proj": "attn.proj", "norm2": "ln2",
-                "mlp.fc1": "ffn.layers.0.0", "mlp.fc2": "ffn.layers.1"}[part]
+        case ("tf", i, k, part):  # global_rep = Sequential(L transformer layers, LayerNorm)
+            return f"backbone.layers.{i}.1.global_rep.{k}" + {
+                "norm1": ".ln1", "attn.qkv": ".attn.qkv", "attn.proj": ".attn.proj", "norm2": ".ln2",
+                "mlp.fc1": ".ffn.layers.0.0", "mlp.fc2": ".ffn.layers.1", "norm": ""}[part]
         case ("exp",):
             return "backbone.conv_1x1_exp"
         case ("head",):
@@ -99,26 +112,16 @@ def _cvnets(role) -> str | None:
             base = f"layer_{i + 1}.1"
             return {"conv_local": f"{base}.local_rep.conv_3x3", "conv_in": f"{base}.local_rep.conv_1x1.block.conv",
                     "conv_proj": f"{base}.conv_proj", "conv_fusion": f"{base}.fusion"}[name]
-        case ("tf", i, k, "norm"):  # the LayerNorm appended to the Sequential of transformer layers
-            return f"layer_{i + 1}.1.global_rep.{k}"
-        case ("tf", i, k, part):
-            return f"layer_{i + 1}.1.global_rep.{k}." + {
-                "norm1": "pre_norm_mha.0", "attn.qkv": "pre_norm_mha.1.qkv_proj",
-                "attn.proj": "pre_norm_mha.1.out_proj", "norm2": "pre_norm_ffn.0",
-                "mlp.fc1": "pre_norm_ffn.1", "mlp.fc2": "pre_norm_ffn.4"}[part]
+        case ("tf", i, k, part):  # global_rep = Sequential(L transformer layers, LayerNorm)
+            return f"layer_{i + 1}.1.global_rep.{k}" + {
+                "norm1": ".pre_norm_mha.0", "attn.qkv": ".pre_norm_mha.1.qkv_proj",
+                "attn.proj": ".pre_norm_mha.1.out_proj", "norm2": ".pre_norm_ffn.0",
+                "mlp.fc1": ".pre_norm_ffn.1", "mlp.fc2": ".pre_norm_ffn.4", "norm": ""}[part]
         case ("exp",):
             return "conv_1x1_exp"
         case ("head",):
             return "classifier.fc"
-        case ("aspp", i):
-            return f"seg_head.aspp.aspp_layer.convs.{i}"
-        case ("aspp_pool", i):
-            return f"seg_head.aspp.aspp_layer.convs.{i}.aspp_pool.conv_1x1"
-        case ("aspp_project",):
-            return "seg_head.aspp.aspp_layer.project"
-        case ("seg_classifier",):
-            return "seg_head.classifier.block.conv"
-    return None
+    return _deeplabv3_head(role, "seg_head.aspp.aspp_layer", "aspp_pool.conv_1x1", "seg_head.classifier.block.conv")
 
 
 def _timm(role) -> str | None:
@@ -170,15 +173,7 @@ def _huggingface(role) -> str | tuple[str, ...] | None:
             return "mobilevit.conv_1x1_exp"
         case ("head",):
             return "classifier"
-        case ("aspp", i):
-            return f"segmentation_head.aspp.convs.{i}"
-        case ("aspp_pool", i):
-            return f"segmentation_head.aspp.convs.{i}.conv_1x1"
-        case ("aspp_project",):
-            return "segmentation_head.aspp.project"
-        case ("seg_classifier",):
-            return "segmentation_head.classifier.convolution"
-    return None
+    return _deeplabv3_head(role, "segmentation_head.aspp", "conv_1x1", "segmentation_head.classifier.convolution")
 
 
 @dataclass(frozen=True)
