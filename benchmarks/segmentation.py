@@ -225,9 +225,9 @@ def main(argv=None) -> int:
     maps: dict[str, np.ndarray] = {}
     for variant in variants:
         if args.weights:
-            from mobilevit.checkpoints import load_segmentation_model
+            from mobilevit.checkpoints import load_model
 
-            model = load_segmentation_model(args.weights, variant=variant)
+            model = load_model(args.weights, variant=variant, task="segmentation")
         else:
             model = synthetic_segmentation_model(variant, size=256)
         size = model.cfg.input_size

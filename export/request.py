@@ -95,10 +95,9 @@ def resolve(req: ExportRequest) -> ExportRequest:
         raise ExportConfigError(f"unknown output kind {req.output_kind!r}; choose one of: {', '.join(known)}")
     cfg = target_config(req.target)
     if req.variant is None:
-        from mobilevit.checkpoints import load_checkpoint, load_segmentation_checkpoint
+        from mobilevit.checkpoints import load_checkpoint
 
-        load = load_segmentation_checkpoint if req.segmentation else load_checkpoint
-        req = replace(req, variant=load(req.weights).variant if req.weights else "small")
+        req = replace(req, variant=load_checkpoint(req.weights, task=req.task).variant if req.weights else "small")
     req = replace(req, variant=get_config(req.variant).name)
     if req.segmentation:
         precisions = tuple(dict.fromkeys(req.precisions or segmentation_precisions(req.target)))
@@ -190,14 +189,12 @@ def load_model(req: ExportRequest) -> tuple[MobileViT, Weights]:
 
     what = f"{'DeepLabV3-' if req.segmentation else ''}MobileViT {req.variant}"
     if req.weights:
-        read = checkpoints.load_segmentation_checkpoint if req.segmentation else checkpoints.load_checkpoint
-        ckpt = read(req.weights)
+        ckpt = checkpoints.load_checkpoint(req.weights, task=req.task)
         if ckpt.variant != req.variant:
             raise checkpoints.CheckpointError(
                 f"{req.weights} holds {what.rsplit(' ', 1)[0]} {ckpt.variant} weights ({ckpt.format} format) but "
                 f"--variant is {req.variant}: pass --variant {ckpt.variant}")
-        build = checkpoints.load_segmentation_model if req.segmentation else checkpoints.load_model
-        model = build(req.weights, variant=ckpt.variant, patches=req.patches)
+        model = checkpoints.load_model(req.weights, variant=ckpt.variant, patches=req.patches, task=req.task)
         weights = Weights(f"{ckpt.format}:{Path(req.weights).name}", False, ckpt.sha256, ckpt.format,
                           tuple(ckpt.class_names) if ckpt.class_names else None)
         return model.set_attention(req.attention).eval(), weights

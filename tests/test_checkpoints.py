@@ -30,7 +30,9 @@ weights are put under their names, independently of :func:`mobilevit.checkpoints
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
+import stat
 
 import numpy as np
 import pytest
@@ -47,12 +49,14 @@ from mobilevit.checkpoints import (
     ShapeMismatchError,
     TruncatedCheckpointError,
     UnknownFormatError,
+    UnknownTaskError,
     UnsafeCheckpointError,
     VariantMismatchError,
     convert_state_dict,
     from_cvnets,
     from_huggingface,
     from_mmpretrain,
+    from_ours,
     from_timm,
     load_checkpoint,
     load_model,
@@ -143,8 +147,25 @@ def test_remaps_are_pure_and_return_early():
         assert all(torch.equal(ours[k], v) for k, v in model.state_dict().items())
     ours = model.state_dict()
     assert from_timm(ours) is ours and from_huggingface(ours) is ours  # already our names: nothing to do
-    with pytest.raises(UnknownFormatError, match="this is a cvnets state dict, not timm: use from_cvnets"):
+    expected = "this is a cvnets classification state dict, not timm: use from_cvnets"
+    with pytest.raises(UnknownFormatError, match=expected):
         from_timm(_their_state_dict("cvnets", "xx_small", model))
+
+
+def test_from_ours_checks_the_variant_and_returns_early():
+    model = _random_model("xx_small")
+    ours = model.state_dict()
+    assert from_ours(ours) is ours  # complete: nothing to add
+    stripped = {k: v for k, v in ours.items() if not k.endswith("num_batches_tracked")}
+    assert len(stripped) < len(ours)
+    filled = from_ours(stripped)
+    assert list(filled) != list(stripped) and filled.keys() == ours.keys()
+    assert all(filled[k] is v for k, v in stripped.items())
+    assert all(int(filled[k]) == 0 for k in ours.keys() - stripped.keys())
+    with pytest.raises(VariantMismatchError, match="holds MobileViT xx_small weights .*not small"):
+        from_ours(ours, variant="small")
+    with pytest.raises(UnknownFormatError, match="this is a timm classification state dict, not ours: use from_timm"):
+        from_ours(_their_state_dict("timm", "xx_small", model))
 
 
 # ------------------------------------------------------------------------ Hugging Face peer
@@ -208,6 +229,17 @@ def test_our_format_roundtrip_with_class_names(tmp_path):
 @pytest.fixture(scope="module")
 def tiny():
     return _random_model("xx_small", num_classes=2)
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_saved_checkpoint_has_the_ordinary_permissions_of_the_umask(tmp_path, tiny, umask, mode):
+    """A temporary file alone would be 0600 whatever the umask: the saved file gets 0666 minus the umask."""
+    before = os.umask(umask)
+    try:
+        path = save_checkpoint(tiny, tmp_path / "model.pt")
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
 
 
 def test_failed_write_keeps_the_previous_file_and_leaves_no_temp(tmp_path, tiny, monkeypatch):
@@ -312,7 +344,8 @@ def test_unknown_format(tmp_path):
     resnet = {"conv1.weight": torch.zeros(64, 3, 7, 7), "bn1.running_mean": torch.zeros(64),
               "layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1), "fc.weight": torch.zeros(1000, 2048)}
     torch.save(resnet, tmp_path / "resnet50.pth")
-    with pytest.raises(UnknownFormatError, match="unknown checkpoint format .*conv1.weight.*MobileViT v1"):
+    expected = "unknown classification checkpoint format .*conv1.weight.*MobileViT v1"
+    with pytest.raises(UnknownFormatError, match=expected):
         load_checkpoint(tmp_path / "resnet50.pth")
     v2 = {"layer_3.1.global_rep.0.pre_norm_attn.1.qkv_proj.weight": torch.zeros(129, 128)}
     torch.save(v2, tmp_path / "v2.pt")
@@ -362,6 +395,12 @@ def test_requested_variant_that_does_not_fit(tmp_path):
     with pytest.raises(VariantMismatchError, match="unknown MobileViT variant 'tiny'; choose one of"):
         load_checkpoint(tmp_path / "xs.pth", variant="tiny")
     assert isinstance(VariantMismatchError("x"), CheckpointError)
+
+
+def test_unknown_task_names_the_tasks(tmp_path, tiny):
+    path = save_checkpoint(tiny, tmp_path / "m.pt")
+    with pytest.raises(UnknownTaskError, match="unknown task 'detection'; choose one of: classification, segmentation"):
+        load_checkpoint(path, task="detection")
 
 
 def test_newer_format_version_is_refused(tmp_path, tiny):

@@ -31,12 +31,12 @@ from mobilevit.checkpoints import (
     TaskMismatchError,
     UnknownFormatError,
     VariantMismatchError,
-    convert_segmentation_state_dict,
-    from_cvnets_segmentation,
-    from_huggingface_segmentation,
+    convert_state_dict,
+    from_cvnets,
+    from_huggingface,
     load_checkpoint,
-    load_segmentation_checkpoint,
-    load_segmentation_model,
+    load_model,
+    save_checkpoint,
     to_format,
 )
 from mobilevit.config import VOC_CLASSES, dilate, get_config, get_segmentation_config
@@ -172,10 +172,10 @@ def test_huggingface_peer_logits_match(tmp_path, variant):
     hf = _hf_segmentation_model(variant, id2label=dict(enumerate(VOC_CLASSES)))
     with torch.no_grad():
         hf.save_pretrained(tmp_path, safe_serialization=True)
-    ckpt = load_segmentation_checkpoint(tmp_path)
+    ckpt = load_checkpoint(tmp_path, task="segmentation")
     assert (ckpt.format, ckpt.variant, ckpt.num_classes) == ("huggingface", variant, 21)
     assert ckpt.class_names == list(VOC_CLASSES)
-    model = load_segmentation_model(tmp_path)
+    model = load_model(tmp_path, task="segmentation")
     with torch.no_grad():
         for size in SIZES:
             x = _image(size)
@@ -199,9 +199,9 @@ def test_output_stride_and_rates_come_from_the_huggingface_config(tmp_path):
     hf = _hf_segmentation_model("xx_small", num_labels=4, output_stride=8, atrous_rates=[3, 5, 7])
     with torch.no_grad():
         hf.save_pretrained(tmp_path, safe_serialization=True)
-    ckpt = load_segmentation_checkpoint(tmp_path)
+    ckpt = load_checkpoint(tmp_path, task="segmentation")
     assert ckpt.architecture == {"output_stride": 8, "atrous_rates": (3, 5, 7)} and ckpt.class_names is None
-    model = load_segmentation_model(tmp_path)
+    model = load_model(tmp_path, task="segmentation")
     for size in (256, 512):
         x = _image((size, size))
         with torch.no_grad():
@@ -211,18 +211,18 @@ def test_output_stride_and_rates_come_from_the_huggingface_config(tmp_path):
     config = tmp_path / "config.json"
     config.write_text(config.read_text().replace('"output_stride": 8', '"output_stride": 4'))
     with pytest.raises(CheckpointError, match="config.json: output_stride 4 is not supported"):
-        load_segmentation_checkpoint(tmp_path)
+        load_checkpoint(tmp_path, task="segmentation")
 
 
 def test_remaps_are_pure_and_return_early():
     hf = _hf_segmentation_model("xx_small")
     sd = {k: v.contiguous() for k, v in hf.state_dict().items()}
     before = {k: v.clone() for k, v in sd.items()}
-    ours = from_huggingface_segmentation(sd)
+    ours = from_huggingface(sd, task="segmentation")
     assert sd.keys() == before.keys() and all(torch.equal(sd[k], before[k]) for k in sd)  # input untouched
-    assert from_huggingface_segmentation(ours) is ours and from_cvnets_segmentation(ours) is ours
+    assert from_huggingface(ours, task="segmentation") is ours and from_cvnets(ours, task="segmentation") is ours
     with pytest.raises(UnknownFormatError, match="huggingface segmentation state dict, not cvnets"):
-        from_cvnets_segmentation(sd)
+        from_cvnets(sd, task="segmentation")
 
 
 # ------------------------------------------------------------------------------------ ml-cvnets
@@ -294,7 +294,7 @@ def test_cvnets_head_names_are_the_converters():
 def test_cvnets_layout_is_detected(variant):
     with torch.device("meta"):
         sd = cvnets_segmentation_skeleton(variant, 7).state_dict()
-    conv = convert_segmentation_state_dict(sd)
+    conv = convert_state_dict(sd, task="segmentation")
     assert (conv.format, conv.variant, conv.num_classes) == ("cvnets", variant, 7)
 
 
@@ -303,12 +303,12 @@ def test_cvnets_checkpoint_loads_exactly(tmp_path):
     model = _randomize_(build_segmentation("xx_small", num_classes=5))
     path = tmp_path / "deeplabv3_mobilevit_xxs.pt"
     torch.save({"state_dict": _cvnets_state_dict(model)}, path)
-    ckpt = load_segmentation_checkpoint(path)
+    ckpt = load_checkpoint(path, task="segmentation")
     assert (ckpt.format, ckpt.variant, ckpt.num_classes, ckpt.class_names) == ("cvnets", "xx_small", 5, None)
     want = model.state_dict()
     assert ckpt.state_dict.keys() == want.keys()
     assert all(torch.equal(ckpt.state_dict[k], want[k]) for k in want)
-    loaded = load_segmentation_model(path)
+    loaded = load_model(path, task="segmentation")
     x = _image((256, 256))
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
@@ -318,9 +318,24 @@ def test_our_own_state_dict_loads_as_is(tmp_path):
     model = _randomize_(build_segmentation("x_small", num_classes=3))
     path = tmp_path / "ours.pt"
     torch.save(model.state_dict(), path)
-    ckpt = load_segmentation_checkpoint(path)
+    ckpt = load_checkpoint(path, task="segmentation")
     assert (ckpt.format, ckpt.variant, ckpt.num_classes) == ("ours", "x_small", 3)
     assert all(torch.equal(ckpt.state_dict[k], v) for k, v in model.state_dict().items())
+
+
+def test_our_format_keeps_class_names_and_origin(tmp_path):
+    model = _randomize_(build_segmentation("xx_small", num_classes=3))
+    path = save_checkpoint(model, tmp_path / "seg.pt", class_names=["road", "car", "tree"], origin="fine-tuned")
+    ckpt = load_checkpoint(path, task="segmentation")
+    assert (ckpt.format, ckpt.variant, ckpt.num_classes) == ("ours", "xx_small", 3)
+    assert (ckpt.class_names, ckpt.origin) == (["road", "car", "tree"], "fine-tuned")
+    loaded = load_model(path, task="segmentation", upsample=True)
+    model.upsample = True
+    x = _image((256, 256))
+    with torch.no_grad():
+        got = loaded(x)
+        assert torch.equal(got, model(x))
+    assert got.shape == (1, 3, 256, 256)  # upsample=True reached the model
 
 
 # --------------------------------------------------------------------------------------- errors
@@ -329,13 +344,13 @@ def test_classification_checkpoints_are_refused_by_task(tmp_path):
     path = tmp_path / "classifier.pt"
     torch.save(to_format(cls.state_dict(), "huggingface", cls.cfg), path)
     with pytest.raises(TaskMismatchError, match="classification checkpoint \\(huggingface format\\)"):
-        load_segmentation_checkpoint(path)
+        load_checkpoint(path, task="segmentation")
     with torch.device("meta"):
         cv = cvnets_skeleton("small").state_dict()
     with pytest.raises(TaskMismatchError, match="cvnets format"):
-        convert_segmentation_state_dict(cv)
+        convert_state_dict(cv, task="segmentation")
     with pytest.raises(UnknownFormatError, match="unknown segmentation checkpoint format"):
-        convert_segmentation_state_dict({"weight": torch.zeros(3)})
+        convert_state_dict({"weight": torch.zeros(3)}, task="segmentation")
 
 
 def test_segmentation_checkpoint_given_to_the_classifier_loader(tmp_path):
@@ -350,15 +365,15 @@ def test_wrong_variant_missing_keys_and_shapes_are_typed():
     sd = {k: v.contiguous() for k, v in _hf_segmentation_model("xx_small").state_dict().items()}
     with pytest.raises(VariantMismatchError, match="holds DeepLabV3-MobileViT xx_small weights .*not small: "
                                                    "pass --variant xx_small"):
-        convert_segmentation_state_dict(sd, variant="small")
+        convert_state_dict(sd, variant="small", task="segmentation")
     with pytest.raises(VariantMismatchError, match="unknown MobileViT variant 'tiny'"):
-        convert_segmentation_state_dict(sd, variant="tiny")
+        convert_state_dict(sd, variant="tiny", task="segmentation")
     missing = {k: v for k, v in sd.items() if k != "segmentation_head.classifier.convolution.bias"}
     with pytest.raises(KeyMismatchError) as e:
-        convert_segmentation_state_dict(missing)
+        convert_state_dict(missing, task="segmentation")
     assert e.value.missing == ["segmentation_head.classifier.convolution.bias"] and not e.value.unexpected
     bad = dict(sd)
     bad["segmentation_head.aspp.convs.2.convolution.weight"] = torch.zeros(256, 80, 1, 1)
     with pytest.raises(ShapeMismatchError, match="head.aspp.convs.2.conv.weight .*\\(256, 80, 1, 1\\) vs model "
                                                  "\\(256, 80, 3, 3\\)"):
-        convert_segmentation_state_dict(bad)
+        convert_state_dict(bad, task="segmentation")
