@@ -128,10 +128,10 @@ def main(argv=None) -> int:
     from .quiet import configure
 
     configure(args.verbose, tuple(m for t, mods in PRELOAD.items() if args.target in (t, "all") for m in mods))
+    from data.datasets import DatasetError
     from mobilevit import InputSizeError
     from mobilevit.checkpoints import CheckpointError
     from mobilevit.config import UnknownVariantError
-    from mobilevit.datasets import DatasetError
     from mobilevit.patches import UnknownPatchStrategyError
 
     from .config import TARGETS

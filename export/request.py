@@ -134,7 +134,7 @@ def resolve(req: ExportRequest) -> ExportRequest:
                   output_kind=output_kind)
     target_options(req.target, req.target_options())  # refuses bad option values now, not after loading
     if req.images:  # an unreadable photo is bad input: refuse it now, naming the file, before any work
-        from mobilevit.images import load_folder
+        from data.photos import load_folder
 
         load_folder(req.images, limit=VALIDATION_IMAGES + CALIBRATION_IMAGES)
     return req
@@ -158,8 +158,9 @@ def destination(req: ExportRequest, precision: str) -> Path:
 def load_model(req: ExportRequest) -> tuple[MobileViT, Weights]:
     """The model to export (with the request's patches and attention) and where its weights came from: the
     checkpoint's, or calibrated synthetic weights, announced loudly. Segmentation: a DeepLabV3-MobileViT."""
+    from data.synthetic import synthetic_model, synthetic_segmentation_model
     from mobilevit import checkpoints
-    from mobilevit.synthetic import SYNTHETIC_ORIGIN, synthetic_model, synthetic_segmentation_model
+    from mobilevit.synthetic import SYNTHETIC_ORIGIN
 
     what = f"{'DeepLabV3-' if req.segmentation else ''}MobileViT {req.variant}"
     if req.weights:
@@ -197,7 +198,7 @@ def labels(model: MobileViT, weights: Weights) -> list[str]:
 
 def validation_photos(req: ExportRequest, cfg) -> dict[int, np.ndarray]:
     """Preprocessed real photos per validation size: the user's folder, or views of bundled photos."""
-    from mobilevit.images import load_folder, photo_variants
+    from data.photos import load_folder, photo_variants
     from mobilevit.preprocess import preprocess
 
     def batch(size: int, count: int, seed: int) -> np.ndarray:
@@ -216,7 +217,7 @@ def calibration(req: ExportRequest, cfg) -> np.ndarray:
     ``VALIDATION_IMAGES`` (all of them, with a warning, if the folder holds no more)."""
     if not req.images:
         return calibration_photos(cfg, req.sizes[0], CALIBRATION_IMAGES)
-    from mobilevit.images import load_folder
+    from data.photos import load_folder
     from mobilevit.preprocess import preprocess
 
     images = load_folder(req.images, limit=VALIDATION_IMAGES + CALIBRATION_IMAGES)

@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from coremltools.converters.mil import Builder as mb
 
+from data.photos import sample_batch
+from data.synthetic import synthetic_model
 from export import convert
 from export.coreml_reference import CoreMLReference, CoreMLReferenceError, CoreMLReferenceRunner, UnsupportedOpError
 from export.runners import coreml_runtime_available
 from export.validate import drift
 from mobilevit import STRATEGIES
-from mobilevit.preprocess import sample_batch
-from mobilevit.synthetic import synthetic_model
 
 RNG = np.random.default_rng(0)
 FP16_BOUND = 2e-2  # max abs diff / max |logit| of an fp16 program vs PyTorch fp32 (measured ~3e-3)

@@ -4,9 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
+from data.datasets import DatasetError, digits, image_folder, stratified_split
 from mobilevit.checkpoints import load_checkpoint, load_model
-from mobilevit.datasets import DatasetError, digits, image_folder, stratified_split
-from mobilevit.train import TrainConfig, evaluate, main, train
+from training.finetune import TrainConfig, evaluate, main, train
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_resume_continues_from_the_saved_epoch(short_run, data):
 
 
 def test_image_folder_dataset(tmp_path):
-    from mobilevit.images import base_photos
+    from data.photos import base_photos
 
     photos = base_photos()
     for name in ("astronaut", "coffee"):
