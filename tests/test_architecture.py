@@ -27,8 +27,9 @@ PHOTO_LIBRARIES = ("skimage", "sklearn", "matplotlib")
 
 
 def _module(path: Path) -> str:
-    """``export/convert.py`` -> ``export.convert``; ``export/__init__.py`` -> ``export``."""
-    return path.parent.name if path.stem == "__init__" else f"{path.parent.name}.{path.stem}"
+    """``export/convert.py`` -> ``export.convert``; ``export/__init__.py`` -> ``export``; sub-packages alike."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def _imports(path: Path) -> set[str]:
@@ -53,7 +54,7 @@ def _imports(path: Path) -> set[str]:
 
 def _sources() -> dict[str, Path]:
     """Module name -> file, for every module of every floor."""
-    return {_module(p): p for floor in FLOORS for p in sorted((ROOT / floor).glob("*.py"))}
+    return {_module(p): p for floor in FLOORS for p in sorted((ROOT / floor).rglob("*.py"))}
 
 
 def import_graph() -> dict[str, set[str]]:
