@@ -39,7 +39,7 @@ test-fast: setup
 	$(PYTHON) -m pytest -q -m "not slow" tests
 
 lint: setup
-	$(BIN)/ruff check mobilevit export benchmarks tests
+	$(BIN)/ruff check mobilevit data training export benchmarks tests
 
 export-coreml: setup
 	$(PYTHON) -m export coreml $(EXPORT_ARGS)
@@ -63,7 +63,7 @@ bench-full: setup
 	$(PYTHON) -m benchmarks --full
 
 finetune: setup
-	$(PYTHON) -m mobilevit.train
+	$(PYTHON) -m training
 
 # without WEIGHTS/IMAGES: the digits demo (README table); with them: your checkpoint on your labelled folder
 IMAGES ?=

@@ -92,10 +92,11 @@ def main(argv=None) -> int:
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     import torch
 
+    from data.photos import load_folder, photo_variants
+    from data.synthetic import synthetic_model
     from export.convert import calibration_photos
-    from mobilevit.images import load_folder, photo_variants
     from mobilevit.preprocess import preprocess
-    from mobilevit.synthetic import SYNTHETIC_ORIGIN, synthetic_model
+    from mobilevit.synthetic import SYNTHETIC_ORIGIN
 
     from .device import android_status
     from .harness import machine_info, noisy_threads, run_matrix

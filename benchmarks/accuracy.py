@@ -6,7 +6,7 @@ Your checkpoint on your labelled images::
         [--labels FILE] [--targets coreml,onnx,tflite] [--precisions fp32,fp16] [--limit N] [--batch B] [--out DIR]
 
 (``make bench-accuracy WEIGHTS=... IMAGES=...``). The checkpoint may be in any format
-:mod:`mobilevit.checkpoints` reads; the folder's labels come from its layout (:mod:`mobilevit.folders`:
+:mod:`mobilevit.checkpoints` reads; the folder's labels come from its layout (:mod:`data.folders`:
 ImageNet synset folders, class-name folders, or a flat folder with ``--labels``). PyTorch fp32 and
 every requested target x precision, exported through the one conversion path (``export.convert_all``),
 classify every image with the checkpoint's own preprocessing. Per artifact: top-1 / top-5, the change of
@@ -19,7 +19,7 @@ it finishes); a rerun with the same checkpoint, folder and options resumes where
 ``OUT/accuracy.{json,csv,md,png}``.
 
 Without ``--weights`` it is the demo (``make bench-accuracy``): MobileViT fine-tuned on scikit-learn's
-handwritten digits (``mobilevit.train``, reused if ``artifacts/finetune/model.pt`` exists), the whole
+handwritten digits (``python -m training``, reused if ``artifacts/finetune/model.pt`` exists), the whole
 target x precision matrix, results in ``benchmarks/results/accuracy.*`` (the README's table).
 Artifacts that fail export validation are still measured (an int8 model's accuracy is reported even
 when it drops).
@@ -301,11 +301,11 @@ def run_folder(weights: str | Path, images: str | Path, *, labels: str | Path | 
                threads: int = 2, skip_bad: bool = False, force: bool = False, seed: int = 0,
                calibration: str | Path | None = None, progress: bool = True) -> dict:
     """The command on a user's checkpoint and labelled folder; everything is checked before any work."""
+    from data.datasets import DatasetError
+    from data.folders import batches, scan
     from export.convert import calibration_photos
     from mobilevit import get_config
     from mobilevit.checkpoints import load_checkpoint, load_model
-    from mobilevit.datasets import DatasetError
-    from mobilevit.folders import batches, scan
 
     artifacts = plan(targets, precisions)
     if batch < 1:
@@ -390,9 +390,9 @@ def _meta(ckpt, weights, size: int, threads: int, batch: int, seed: int) -> dict
 def run(checkpoint: Path, out: Path, train_if_missing: bool = True, limit: int | None = None,
         progress: bool = False) -> dict:
     """The demo: the fine-tuned digits checkpoint on its validation split, the whole matrix."""
+    from data.datasets import load
     from mobilevit.checkpoints import load_checkpoint, load_model
-    from mobilevit.datasets import load
-    from mobilevit.train import TrainConfig, train
+    from training.finetune import TrainConfig, train
 
     if not checkpoint.exists():
         if not train_if_missing:
@@ -418,7 +418,7 @@ def run(checkpoint: Path, out: Path, train_if_missing: bool = True, limit: int |
                            Path(tmp), batch=batch, progress=progress)
     result = {"meta": {**_meta(ckpt, checkpoint, size, 2, batch, 0), "dataset": data.name, "layout": "in-memory",
                        "preprocessing": f"{data.name} validation split, already {size}x{size} in memory "
-                                        "(mobilevit.datasets)", "images": int(len(y)), "unreadable": []},
+                                        "(data.datasets)", "images": int(len(y)), "unreadable": []},
               "rows": rows}
     write(result, out)
     return result
@@ -566,9 +566,9 @@ def main(argv=None) -> int:
         write(result, a.render)
         print(render(result))
         return 0
+    from data.datasets import DatasetError
     from mobilevit.checkpoints import CheckpointError
     from mobilevit.config import UnknownVariantError
-    from mobilevit.datasets import DatasetError
 
     try:
         if a.weights or a.images:

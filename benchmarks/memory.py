@@ -35,10 +35,10 @@ def make_inputs(work: Path) -> tuple[Path, Path]:
     """A synthetic xx_small checkpoint (our format) and ``LARGE`` photos in ``SYNSETS`` synset folders."""
     from PIL import Image
 
+    from data.photos import photo_variants
+    from data.synthetic import synthetic_model
     from mobilevit.checkpoints import save_checkpoint
-    from mobilevit.images import photo_variants
     from mobilevit.labels import imagenet_synsets_and_names
-    from mobilevit.synthetic import synthetic_model
 
     ckpt = save_checkpoint(synthetic_model("xx_small"), work / "model.pt", origin="synthetic-calibrated")
     synsets = [s for s, _ in imagenet_synsets_and_names()][::1000 // SYNSETS][:SYNSETS]

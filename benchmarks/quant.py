@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
+from data.synthetic import synthetic_model
 from export import convert
 from export.config import INT8_RECIPES, TARGETS, tolerance
 from export.convert import CALIBRATION_IMAGES, calibration_photos, with_target_defaults
 from mobilevit.layers import KINDS, check_kinds, layer_macs, layers
-from mobilevit.synthetic import synthetic_model
 
 from .harness import _say, artifact_entry, machine_info, measure_drift, measure_latency
 from .stats import ratio_ci
@@ -145,7 +145,7 @@ def ranking(result: dict) -> list[tuple[str, float]]:
 
 def run(variant: str, targets: list[str], kinds: tuple[str, ...], *, images_dir: str | None, num_images: int,
         runs: int, threads: int, work: Path) -> dict:
-    from mobilevit.images import load_folder, photo_variants
+    from data.photos import load_folder, photo_variants
     from mobilevit.preprocess import preprocess
 
     model = synthetic_model(variant)
@@ -162,9 +162,9 @@ def run(variant: str, targets: list[str], kinds: tuple[str, ...], *, images_dir:
     else:
         images = preprocess(photo_variants(num_images, seed=VALIDATION_SEED), model.cfg, size).numpy()
         calibration = calibration_photos(model.cfg, size)
-        sources = {"validation": f"{num_images} views of the validation photo pool (mobilevit.images.base_photos)",
+        sources = {"validation": f"{num_images} views of the validation photo pool (data.photos.base_photos)",
                    "calibration": f"{len(calibration)} views of the calibration pool "
-                                  "(mobilevit.images.calibration_base_photos; no photo in common)"}
+                                  "(data.photos.calibration_base_photos; no photo in common)"}
     shares = kind_shares(model)
     result = {"command": "python -m benchmarks.quant " + " ".join(sys.argv[1:]),
               "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

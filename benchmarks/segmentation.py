@@ -206,10 +206,11 @@ def main(argv=None) -> int:
     configure(preload=preload_modules(targets))
     import torch
 
+    from data.photos import load_folder, photo_variants
+    from data.synthetic import synthetic_segmentation_model
     from export.convert import calibration_photos
-    from mobilevit.images import load_folder, photo_variants
     from mobilevit.preprocess import preprocess, resize_and_crop
-    from mobilevit.synthetic import SYNTHETIC_ORIGIN, synthetic_segmentation_model
+    from mobilevit.synthetic import SYNTHETIC_ORIGIN
 
     from .harness import machine_info
 

@@ -29,11 +29,11 @@ def _convert(target: str, model, folder: Path, calib: np.ndarray) -> Path:
 
 
 def measure(variants, targets, strategies, repeats: int, threads: int, out: Path) -> list[dict]:
+    from data.photos import sample_batch
+    from data.synthetic import synthetic_model
     from export.graph import inspect
     from export.runners import RunnerUnavailable, make_runner
     from export.validate import drift
-    from mobilevit.preprocess import sample_batch
-    from mobilevit.synthetic import synthetic_model
 
     torch.set_num_threads(threads)
     rows, runners = [], {}

@@ -127,10 +127,10 @@ def main(argv=None) -> int:
 
     # heavy modules of the targets asked for, imported once up front with their import-time noise silenced
     configure(args.verbose, preload_modules(list(TARGETS) if args.target == "all" else [args.target]))
+    from data.datasets import DatasetError
     from mobilevit import InputSizeError
     from mobilevit.checkpoints import CheckpointError
     from mobilevit.config import UnknownVariantError
-    from mobilevit.datasets import DatasetError
     from mobilevit.patches import UnknownPatchStrategyError
 
     from .convert import parse_options

@@ -45,8 +45,8 @@ def with_target_defaults(model: MobileViT, target: str) -> MobileViT:
 def calibration_photos(cfg=None, size: int = DEFAULT_SIZE, count: int = CALIBRATION_IMAGES,
                        folder: str | Path | None = None) -> np.ndarray:
     """Preprocessed real photos for calibration: ``folder``'s, or views of the photos packages ship."""
+    from data.photos import load_folder, photo_variants
     from mobilevit import get_config
-    from mobilevit.images import load_folder, photo_variants
     from mobilevit.preprocess import preprocess
 
     cfg = cfg or get_config("small")

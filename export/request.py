@@ -154,7 +154,7 @@ def user_photos(folder: str | Path) -> list[np.ndarray]:
 
 @functools.lru_cache(maxsize=1)
 def _decoded(folder: str, stamp: tuple) -> tuple[np.ndarray, ...]:
-    from mobilevit.images import load_folder
+    from data.photos import load_folder
 
     return tuple(load_folder(folder, limit=VALIDATION_IMAGES + CALIBRATION_IMAGES))
 
@@ -184,8 +184,9 @@ def destination(req: ExportRequest, precision: str) -> Path:
 def load_model(req: ExportRequest) -> tuple[MobileViT, Weights]:
     """The model to export (with the request's patches and attention) and where its weights came from: the
     checkpoint's, or calibrated synthetic weights, announced loudly. Segmentation: a DeepLabV3-MobileViT."""
+    from data.synthetic import synthetic_model, synthetic_segmentation_model
     from mobilevit import checkpoints
-    from mobilevit.synthetic import SYNTHETIC_ORIGIN, synthetic_model, synthetic_segmentation_model
+    from mobilevit.synthetic import SYNTHETIC_ORIGIN
 
     what = f"{'DeepLabV3-' if req.segmentation else ''}MobileViT {req.variant}"
     if req.weights:
@@ -221,7 +222,7 @@ def labels(model: MobileViT, weights: Weights) -> list[str]:
 
 def validation_photos(req: ExportRequest, cfg) -> dict[int, np.ndarray]:
     """Preprocessed real photos per validation size: the user's folder, or views of bundled photos."""
-    from mobilevit.images import photo_variants
+    from data.photos import photo_variants
     from mobilevit.preprocess import preprocess
 
     def batch(size: int, count: int, seed: int) -> np.ndarray:

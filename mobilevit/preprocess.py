@@ -1,4 +1,8 @@
-"""Preprocessing the public MobileViT weights expect (the facts live in ``mobilevit.config.Preprocessing``)."""
+"""Preprocessing the public MobileViT weights expect (the facts live in ``mobilevit.config.Preprocessing``).
+
+Pure array work on images already decoded to uint8 RGB: reading files and finding photographs is
+:mod:`data`'s job. PIL here only resizes arrays (bilinear); it opens no file.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -38,9 +42,3 @@ def preprocess(images: list[np.ndarray], cfg: MobileViTConfig, size: int | None 
     short = cfg.preprocessing.short_side(size)
     return to_tensor([resize_and_crop(im, size, short) for im in images], cfg.preprocessing)
 
-
-def sample_batch(cfg: MobileViTConfig, count: int = 8, size: int | None = None, seed: int = 0) -> torch.Tensor:
-    """A preprocessed batch of real photographs (see :mod:`mobilevit.images`)."""
-    from .images import photo_variants
-
-    return preprocess(photo_variants(count, seed), cfg, size)

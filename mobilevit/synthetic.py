@@ -9,6 +9,8 @@ network in a realistic numeric range instead:
 3. BatchNorm running statistics are recomputed on real photographs (train mode, cumulative
    average: ``momentum=None``), then the model goes back to eval.
 
+The photographs are passed in: the model package reads no photo. :mod:`data.synthetic` builds
+ready-made synthetic models on the package photos of :mod:`data.photos`.
 Weights made this way are *synthetic*: every artifact built on them says so in its metadata.
 """
 from __future__ import annotations
@@ -23,10 +25,10 @@ SYNTHETIC_ORIGIN = "synthetic-calibrated"
 
 
 @torch.no_grad()
-def calibrated_init_(model: MobileViT | MobileViTSegmentation, seed: int = 0, images: torch.Tensor | None = None,
+def calibrated_init_(model: MobileViT | MobileViTSegmentation, images: torch.Tensor, seed: int = 0,
                      passes: int = 2) -> MobileViT | MobileViTSegmentation:
-    """Re-initialise ``model`` in place (seeded) and recompute BatchNorm statistics on images
-    (photographs at the model's input size unless ``images`` are given)."""
+    """Re-initialise ``model`` in place (seeded) and recompute BatchNorm statistics on ``images``
+    (preprocessed photographs ``[N, 3, S, S]`` in the model's input format)."""
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -37,10 +39,6 @@ def calibrated_init_(model: MobileViT | MobileViTSegmentation, seed: int = 0, im
         elif isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
             m.weight.copy_(1.0 + 0.1 * torch.randn(m.weight.shape, generator=g))
             m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-    if images is None:
-        from .preprocess import sample_batch
-
-        images = sample_batch(model.cfg, count=16, size=model.cfg.input_size, seed=seed)
     return recompute_batchnorm(model, images, batch=8, passes=passes)
 
 
@@ -64,23 +62,3 @@ def recompute_batchnorm(model: MobileViT | MobileViTSegmentation, images: torch.
         bn.momentum = 0.1
     return model.eval()
 
-
-def synthetic_model(variant: str = "small", patches: str = "reference", seed: int = 0,
-                    **kwargs) -> MobileViT:
-    """A MobileViT with calibrated synthetic weights, in eval mode."""
-    model = MobileViT(variant, patches=patches, **kwargs)
-    return calibrated_init_(model, seed=seed)
-
-
-def synthetic_segmentation_model(variant: str = "small", patches: str = "reference", seed: int = 0,
-                                 size: int | None = None, **kwargs) -> MobileViTSegmentation:
-    """A DeepLabV3-MobileViT with calibrated synthetic weights, in eval mode.
-
-    BatchNorm statistics come from photographs at ``size`` (the public 512 by default; a smaller size
-    calibrates faster, and the statistics of these synthetic weights hardly depend on it).
-    """
-    from .preprocess import sample_batch
-
-    model = MobileViTSegmentation(variant, patches=patches, **kwargs)
-    images = sample_batch(model.cfg, count=16, size=size or model.cfg.input_size, seed=seed)
-    return calibrated_init_(model, seed=seed, images=images)

@@ -14,14 +14,14 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def photos():
-    from mobilevit.images import photo_variants
+    from data.photos import photo_variants
 
     return photo_variants(8)
 
 
 @pytest.fixture(scope="session")
 def synthetic_xxs():
-    from mobilevit.synthetic import synthetic_model
+    from data.synthetic import synthetic_model
 
     return synthetic_model("xx_small")
 

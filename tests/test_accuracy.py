@@ -6,7 +6,7 @@ import re
 import pytest
 
 from benchmarks.accuracy import MATRIX, run
-from mobilevit.train import TrainConfig, train
+from training.finetune import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

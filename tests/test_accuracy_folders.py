@@ -18,8 +18,8 @@ from PIL import Image
 
 from benchmarks.accuracy import AccuracyConfigError, csv_rows, main, run_folder, score
 from benchmarks.stats import paired_delta_ci, proportion_ci
+from data.folders import FolderError, LabelledFiles, UnreadableImageError, scan
 from mobilevit.checkpoints import load_checkpoint, save_checkpoint
-from mobilevit.folders import FolderError, LabelledFiles, UnreadableImageError, scan
 from mobilevit.labels import imagenet_synsets_and_names
 from tests.checkpoint_helpers import _their_state_dict, huggingface_folder
 
@@ -31,7 +31,7 @@ TABLE = imagenet_synsets_and_names()
 def user(tmp_path_factory, synthetic_xxs):
     """An HF checkpoint folder, 24 photos with labels (half the model's own top-1, half another class)
     and transformers' logits for them."""
-    from mobilevit.images import photo_variants
+    from data.photos import photo_variants
     from mobilevit.preprocess import preprocess
 
     root = tmp_path_factory.mktemp("user")

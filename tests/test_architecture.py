@@ -1,8 +1,11 @@
-"""The house rules, checked on the source: one conversion path, no import cycles, one registry.
+"""The house rules, checked on the source: one conversion path, imports that run one way with no cycle,
+a model package free of photo libraries, one registry.
 
 No conversion runs here (only the last test, which converts to TorchScript in about a second).
 """
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,20 +20,92 @@ CONVERTER_CALLS = {"export_onnx", "export_onnx_as_is", "convert_onnx_precision",
                    "quantize_static", "quantize_dynamic", "simplify_onnx"}
 
 
-def _imports(path: Path, package: str) -> set[str]:
-    """Absolute names of every module ``path`` imports, at any depth of the file (function-level too)."""
-    tree = ast.parse(path.read_text())
+# The floors, lowest first: a module imports from its own floor and those below it, never above.
+FLOORS = ("mobilevit", "data", "training", "export", "benchmarks")
+# photo and plotting libraries: what data/ reads photos with, and what the model must never pull in
+PHOTO_LIBRARIES = ("skimage", "sklearn", "matplotlib")
+
+
+def _module(path: Path) -> str:
+    """``export/convert.py`` -> ``export.convert``; ``export/__init__.py`` -> ``export``; sub-packages alike."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute names of every module ``path`` imports, at any depth of the file (function-level too),
+    relative imports resolved. ``from a import b`` yields ``a`` and ``a.b`` (``b`` may be a module)."""
+    module = _module(path)
+    package = module.split(".") if path.stem == "__init__" else module.split(".")[:-1]
     out = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative: from .x import y / from . import y
-                base = f"{package}.{base}" if base else package
-                out |= {f"{base}.{a.name}" for a in node.names}  # `from . import publish` imports a module
+            if node.level:  # from .x import y (level 1: this package), from ..x import y (its parent)
+                parts = package[:len(package) - node.level + 1] + ([node.module] if node.module else [])
+                base = ".".join(parts)
+            else:
+                base = node.module
             out.add(base)
+            out |= {f"{base}.{a.name}" for a in node.names}
     return out
+
+
+def _sources() -> dict[str, Path]:
+    """Module name -> file, for every module of every floor."""
+    return {_module(p): p for floor in FLOORS for p in sorted((ROOT / floor).rglob("*.py"))}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the modules of our packages it imports (explicitly: importing ``a.b`` is an arrow to
+    ``a.b``, not to the package ``a``, whose ``__init__`` Python runs first anyway)."""
+    sources = _sources()
+    return {name: {m for m in _imports(path) if m in sources and m != name} for name, path in sources.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as ``[a, b, ..., a]``, or None (depth-first, every node as a start)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, trail: list[str]) -> list[str] | None:
+        if state.get(node) == 1:
+            return trail[trail.index(node):] + [node]
+        if state.get(node) == 2:
+            return None
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            found = visit(nxt, trail + [node])
+            if found:
+                return found
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        found = visit(node, [])
+        if found:
+            return found
+    return None
+
+
+def upward_arrows(graph: dict[str, set[str]]) -> list[str]:
+    """Every ``a -> b`` where ``b`` lives on a higher floor than ``a``."""
+    floor = {name: FLOORS.index(name.split(".")[0]) for name in graph}
+    return [f"{a} -> {b}" for a in sorted(graph) for b in sorted(graph[a]) if floor[b] > floor[a]]
+
+
+def reached_libraries(package: str) -> set[str]:
+    """Top-level names of the outside libraries that ``package``'s modules import, directly or through
+    the other modules of ours they import (function-level imports included)."""
+    sources, graph = _sources(), import_graph()
+    todo = [m for m in sources if m.split(".")[0] == package]
+    seen: set[str] = set()
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo += graph[m]
+    return {i.split(".")[0] for m in seen for i in _imports(sources[m])} - set(FLOORS)
 
 
 def _calls(path: Path) -> set[str]:
@@ -45,7 +120,7 @@ def _calls(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("path", sorted((ROOT / "benchmarks").glob("*.py")), ids=lambda p: p.name)
 def test_benchmarks_never_convert_on_their_own(path):
-    imported = _imports(path, "benchmarks")
+    imported = _imports(path)
     bad = sorted(m for m in imported if any(m == c or m.startswith(c + ".") for c in CONVERTER_MODULES))
     assert not bad, f"{path.name} imports converters directly: {bad}; call export.convert instead"
     called = sorted(_calls(path) & CONVERTER_CALLS)
@@ -55,48 +130,57 @@ def test_benchmarks_never_convert_on_their_own(path):
         assert text not in source, f"{path.name} uses {text}; call export.convert instead"
 
 
-def _export_graph() -> dict[str, set[str]]:
-    modules = {f"export.{p.stem}": p for p in (ROOT / "export").glob("*.py") if p.stem != "__init__"}
-    return {name: {m for m in _imports(path, "export") if m in modules and m != name}
-            for name, path in modules.items()}
-
-
-def test_the_import_graph_of_export_has_no_cycle():
-    graph = _export_graph()
+def test_the_import_graph_is_read_with_relative_and_function_level_imports():
+    graph = import_graph()
+    assert set(graph) >= {"mobilevit", "mobilevit.model", "data.photos", "training.finetune", "training.__main__",
+                          "export.pipeline", "benchmarks.accuracy"}
     assert graph["export.pipeline"] >= {"export.convert", "export.validate", "export.publish", "export.request"}
-    state: dict[str, int] = {}
-
-    def visit(node, trail):
-        if state.get(node) == 1:
-            raise AssertionError("import cycle: " + " -> ".join(trail[trail.index(node):] + [node]))
-        if state.get(node) == 2:
-            return
-        state[node] = 1
-        for nxt in sorted(graph[node]):
-            visit(nxt, trail + [node])
-        state[node] = 2
-
-    for node in sorted(graph):
-        visit(node, [])
+    assert graph["mobilevit"] >= {"mobilevit.config", "mobilevit.model"}  # from .config import ... in __init__
+    assert graph["training.__main__"] == {"training.finetune"}
+    assert graph["data.photos"] >= {"data.folders", "mobilevit.preprocess"}
+    assert graph["export.request"] >= {"data.photos", "data.synthetic"}  # imported inside functions
+    assert graph["benchmarks.accuracy"] >= {"training.finetune", "data.folders"}  # inside functions
 
 
-def test_the_cycle_check_can_fail():
-    """The same walk on a graph with a planted cycle raises: the check above is not vacuous."""
-    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}}
-    state: dict[str, int] = {}
+def test_no_import_cycle_anywhere():
+    """Between any two modules of mobilevit, data, training, export and benchmarks, function-level imports
+    included: no module is imported by one it imports, directly or around a loop."""
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
-    def visit(node):
-        if state.get(node) == 1:
-            raise AssertionError(node)
-        if state.get(node) == 2:
-            return
-        state[node] = 1
-        for nxt in graph[node]:
-            visit(nxt)
-        state[node] = 2
 
-    with pytest.raises(AssertionError):
-        visit("a")
+def test_imports_run_one_way_down_the_floors():
+    """mobilevit <- data <- training <- export <- benchmarks: nothing imports a floor above its own."""
+    bad = upward_arrows(import_graph())
+    assert not bad, f"imports against the floors {' <- '.join(FLOORS)}: {bad}"
+
+
+def test_the_cycle_and_floor_checks_can_fail():
+    """The same checks flag a planted cycle, the cycle the model and the photos once formed, and an upward
+    arrow: the checks above are not vacuous."""
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None  # a diamond is not a cycle
+    graph = import_graph()
+    graph["mobilevit.preprocess"] = graph["mobilevit.preprocess"] | {"data.photos"}  # the old sample_batch
+    cycle = find_cycle(graph)  # data.photos -> data.datasets -> mobilevit.preprocess -> data.photos
+    assert cycle[0] == cycle[-1] and {"data.photos", "mobilevit.preprocess"} <= set(cycle), cycle
+    assert upward_arrows(graph) == ["mobilevit.preprocess -> data.photos"]
+
+
+def test_the_model_package_reaches_no_photo_or_plot_library():
+    """By the source, function-level imports and the modules of ours it imports included."""
+    assert not reached_libraries("mobilevit") & set(PHOTO_LIBRARIES), reached_libraries("mobilevit")
+    assert reached_libraries("data") >= set(PHOTO_LIBRARIES)  # the walk does see them where they are
+
+
+def test_importing_every_model_module_loads_no_photo_or_plot_library():
+    """At run time, in a fresh interpreter: what the libraries we import pull in counts too."""
+    modules = sorted(m for m in _sources() if m.split(".")[0] == "mobilevit")
+    code = (f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+            f"print(sorted(n for n in sys.modules if n.split('.')[0] in {PHOTO_LIBRARIES!r}))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]", f"importing mobilevit loads {run.stdout.strip()}"
 
 
 def test_every_registered_part_imports_and_every_precision_has_a_tolerance():
@@ -154,7 +238,7 @@ def test_one_default_size_and_one_preprocessing():
     assert DEFAULT_SIZE == 256 and pre.crop_size == 256 and get_config("small").input_size == 256
     assert pre.short_side(256) == 288 and pre.short_side(224) == 252 and pre.short_side(160) == 180
     assert pre.describe()["scale"] == "pixel / 255" and pre.describe()["channel_order"] == "BGR"
-    for folder in ("export", "benchmarks"):
+    for folder in FLOORS[1:]:
         for path in (ROOT / folder).glob("*.py"):
             text = path.read_text()
             assert "288 / 256" not in text and "1.0 / 255" not in text, path
@@ -170,12 +254,12 @@ def test_a_new_target_is_one_package_and_one_registry_entry(tmp_path, monkeypatc
     import torch
 
     from benchmarks.harness import build_entries, measure_drift
+    from data.photos import sample_batch
+    from data.synthetic import synthetic_model
     from export import config, convert, make_runner
     from export.__main__ import main
     from export.graph import inspect
     from export.validate import torch_reference, validate_artifact
-    from mobilevit.preprocess import sample_batch
-    from mobilevit.synthetic import synthetic_model
     from tests import toy_target
 
     for key, tol in toy_target.TOLERANCES.items():

@@ -192,9 +192,9 @@ def test_readme_blocks_are_filled_from_results(tmp_path):
 def test_drift_localisation_names_the_first_bad_stage():
     """With a tolerance nothing can meet, the very first stage is blamed; with a loose one, none is."""
     from benchmarks.localize import localize
+    from data.photos import sample_batch
+    from data.synthetic import synthetic_model
     from export.config import Tolerance
-    from mobilevit.preprocess import sample_batch
-    from mobilevit.synthetic import synthetic_model
 
     model = synthetic_model("xx_small", patches="slice")
     x = sample_batch(model.cfg, 2).numpy()

@@ -6,9 +6,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def tflite_fp32(tmp_path_factory):
+    from data.photos import sample_batch
+    from data.synthetic import synthetic_model
     from export import convert, with_target_defaults
-    from mobilevit.preprocess import sample_batch
-    from mobilevit.synthetic import synthetic_model
 
     model = with_target_defaults(synthetic_model("xx_small"), "tflite")
     x = sample_batch(model.cfg, 3).numpy()

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from coremltools.converters.mil import Builder as mb
 
+from data.photos import sample_batch
+from data.synthetic import synthetic_model
 from export import convert
 from export.targets.coreml.reference import (
     CoreMLReference,
@@ -18,8 +20,6 @@ from export.targets.coreml.reference import (
 from export.targets.coreml.runner import coreml_runtime_available
 from export.validate import drift
 from mobilevit import STRATEGIES
-from mobilevit.preprocess import sample_batch
-from mobilevit.synthetic import synthetic_model
 
 RNG = np.random.default_rng(0)
 FP16_BOUND = 2e-2  # max abs diff / max |logit| of an fp16 program vs PyTorch fp32 (measured ~3e-3)

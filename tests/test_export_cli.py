@@ -170,8 +170,8 @@ def test_bad_checkpoint_file(tmp_path, capsys):
                                             (3e9, "magnitude 3e+09")])
 def test_corrupt_weights_are_refused_on_load_naming_the_key(tmp_path, capsys, poison, message):
     """A NaN, an Inf or an absurd value in one tensor: exit 2 before any conversion, naming that tensor."""
+    from data.synthetic import synthetic_model
     from mobilevit.checkpoints import save_checkpoint
-    from mobilevit.synthetic import synthetic_model
 
     model = synthetic_model("xx_small")
     with torch.no_grad():
@@ -189,7 +189,7 @@ def test_an_unreadable_image_in_images_exits_2_naming_it(tmp_path, capsys):
     """A corrupt JPEG among --images is bad input (exit 2, the file named), refused before any conversion."""
     from PIL import Image
 
-    from mobilevit.images import photo_variants
+    from data.photos import photo_variants
 
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -10,6 +10,7 @@ from collections import Counter
 import coremltools as ct
 import pytest
 
+from data.synthetic import synthetic_model
 from export import with_target_defaults
 from export.errors import ExportError
 from export.targets.coreml.convert import CoreMLOptions, _op_name, convert_coreml, kind_ops, mil_layer_ops
@@ -18,7 +19,6 @@ from export.targets.coreml.labels import classifier_labels
 from export.targets.coreml.reference import CoreMLReference
 from mobilevit.labels import imagenet_labels
 from mobilevit.layers import KINDS, layers
-from mobilevit.synthetic import synthetic_model
 from tests.export_helpers import exported
 
 

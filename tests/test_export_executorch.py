@@ -65,8 +65,8 @@ def test_coreml_delegated_pte_is_validated_through_the_reference_executor(xxs, t
 def test_runners_with_different_threads_share_the_process_pool(xxs, photos):
     """ExecuTorch's thread pool is process-wide; two runners with different threads, called in turn,
     must both keep working (a resized pool breaks methods loaded before; the runner reloads)."""
+    from data.synthetic import synthetic_model
     from mobilevit.preprocess import preprocess
-    from mobilevit.synthetic import synthetic_model
 
     x = preprocess(photos[:2], synthetic_model("xx_small").cfg, 256).numpy()
     one, two = runner(xxs["fp32"].artifact, 1), runner(xxs["fp32"].artifact, 2)
@@ -78,8 +78,8 @@ def test_runners_with_different_threads_share_the_process_pool(xxs, photos):
 def test_without_the_rewrites_xnnpack_leaves_ops_on_portable_kernels(tmp_path):
     """The public graph (nn.LayerNorm, fused qkv, 4-D matmuls, mean without keepdim) is cut into many
     delegate segments: what the target's rewrites exist to fix (issue 12 measured 50 segments)."""
+    from data.synthetic import synthetic_model
     from export import convert
-    from mobilevit.synthetic import synthetic_model
 
     pte = convert(synthetic_model("xx_small"), "executorch", "fp32", tmp_path, exporter="as-is")
     d = delegation(pte)

@@ -112,9 +112,9 @@ def test_mediapipe_image_segmenter_loads_the_tflite_and_returns_pytorch_masks(ro
     import torch.nn.functional as F
     from mediapipe.tasks.python import BaseOptions, vision
 
+    from data.synthetic import synthetic_segmentation_model
     from mobilevit.preprocess import resize_and_crop, to_tensor
     from mobilevit.segmentation import upsample_logits
-    from mobilevit.synthetic import synthetic_segmentation_model
 
     res = exported(root, "tflite", "xx_small", ("fp32",), **SEG)["fp32"]
     model = synthetic_segmentation_model("xx_small", size=256)  # the exported weights (export.request.load_model)

@@ -127,7 +127,7 @@ def test_variant_table_metadata():
 
 
 def test_synthetic_weights_stay_out_of_denormals(synthetic_xxs):
-    from mobilevit.preprocess import sample_batch
+    from data.photos import sample_batch
 
     x = sample_batch(synthetic_xxs.cfg, 4)
     with torch.no_grad():

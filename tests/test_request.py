@@ -41,7 +41,7 @@ def test_bad_requests_are_refused_at_resolution(kw, says):
 
 def test_a_user_folder_keeps_calibration_apart_from_validation(tmp_path):
     """With enough images, int8 is calibrated on photos validation never sees."""
-    from mobilevit.images import photo_variants
+    from data.photos import photo_variants
 
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -6,10 +6,10 @@ from collections import Counter
 import pytest
 import torch
 
+from data.synthetic import synthetic_model
 from mobilevit import build
 from mobilevit.model import ATTENTION_LAYOUTS
 from mobilevit.rewrites import REWRITES, UnknownRewriteError, apply_rewrites, get_rewrite
-from mobilevit.synthetic import synthetic_model
 
 ALL = tuple(REWRITES)
 

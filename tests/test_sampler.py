@@ -1,7 +1,7 @@
 """The multi-scale sampler yields the sizes and batch sizes it promises and covers every sample once."""
 import pytest
 
-from mobilevit.sampler import MultiScaleSampler
+from training.sampler import MultiScaleSampler
 
 
 def _sampler(**kw):

@@ -152,8 +152,8 @@ def test_patch_strategies_attention_layouts_and_sizes():
 def test_synthetic_weights_are_calibrated_and_seeded():
     """Calibrated synthetic weights (BatchNorm statistics from photographs, here at 128 for speed): logits
     in a realistic range that use many classes, and the same model for the same seed."""
-    from mobilevit.preprocess import sample_batch
-    from mobilevit.synthetic import synthetic_segmentation_model
+    from data.photos import sample_batch
+    from data.synthetic import synthetic_segmentation_model
 
     a, b = (synthetic_segmentation_model("xx_small", size=128, seed=3) for _ in range(2))
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())

@@ -4,9 +4,9 @@ import pytest
 import torch
 from PIL import Image
 
+from data.datasets import DatasetError, digits, image_folder, stratified_split
 from mobilevit.checkpoints import load_checkpoint, load_model
-from mobilevit.datasets import DatasetError, digits, image_folder, stratified_split
-from mobilevit.train import TrainConfig, evaluate, main, train
+from training.finetune import TrainConfig, evaluate, main, train
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_resume_continues_from_the_saved_epoch(short_run, data):
 
 
 def test_image_folder_dataset(tmp_path):
-    from mobilevit.images import base_photos
+    from data.photos import base_photos
 
     photos = base_photos()
     for name in ("astronaut", "coffee"):
@@ -82,3 +82,20 @@ def test_bad_dataset_folders(tmp_path, capsys):
     assert main(["--dataset", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["--sizes", "60,64"]) == 2
+
+
+def test_python_dash_m_training_is_the_fine_tuning_command(tmp_path):
+    """``python -m training`` (``make finetune``) runs :func:`training.finetune.main`: a bad size exits 2
+    with the reason, before any data is loaded or anything is written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-m", "training", "--sizes", "64,100", "--out", str(tmp_path / "o")],
+                         cwd=root, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "sizes [100] are not multiples of 32" in run.stderr, run.stderr
+    assert not (tmp_path / "o").exists()
+    usage = subprocess.run([sys.executable, "-m", "training", "--help"], cwd=root, capture_output=True, text=True,
+                           timeout=300)
+    assert usage.returncode == 0 and usage.stdout.startswith("usage: python -m training")

@@ -24,8 +24,11 @@ from typing import Iterator
 
 import numpy as np
 
+from mobilevit.labels import class_names as head_names
+from mobilevit.labels import imagenet_synsets_and_names
+from mobilevit.preprocess import resize_and_crop, to_tensor
+
 from .datasets import IMAGE_EXTS, DatasetError
-from .labels import imagenet_synsets_and_names
 
 SYNSET = re.compile(r"^n\d{8}$")
 LAYOUTS = ("synset", "class-name", "flat+labels")
@@ -197,8 +200,6 @@ def scan(root: str | Path, num_classes: int, class_names: list[str] | None = Non
     ``class_names`` are the checkpoint's own (None if it carries none; a 1000-class head then uses
     ImageNet's). Nothing is decoded here: unreadable images surface in :func:`batches`.
     """
-    from .labels import class_names as head_names
-
     root = Path(root)
     if not root.is_dir():
         raise FolderError(f"image folder {root} does not exist: pass --images DIR, a folder of class folders "
@@ -256,8 +257,6 @@ def batches(files: list[Path], size: int, cfg, batch: int, skip: set[int] = froz
     """``(index, x, bad)`` per batch from ``start``: file indices, preprocessed ``[b, 3, S, S]`` float32 in
     the model's channel order and scale (``cfg.preprocessing``), and the indices that could not be read
     (only with ``skip_bad``; otherwise :class:`UnreadableImageError`). Files in ``skip`` are not read."""
-    from .preprocess import resize_and_crop, to_tensor
-
     short = cfg.preprocessing.short_side(size)
     for lo in range(start, len(files), batch):
         idx, crops, bad = [], [], []

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mobilevit.preprocess import resize_and_crop, to_tensor
+
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
@@ -71,8 +73,6 @@ def digits(size: int = 64, val_fraction: float = 0.2, seed: int = 0) -> Labelled
 def image_folder(root: str | Path, size: int = 128, val_fraction: float = 0.2, seed: int = 0) -> LabelledData:
     """``root/class_name/*.jpg``: resize short side, center crop ``size``, BGR / 255."""
     from PIL import Image
-
-    from .preprocess import resize_and_crop, to_tensor
 
     root = Path(root)
     if not root.is_dir():

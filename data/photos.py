@@ -4,7 +4,8 @@ scikit-image, scikit-learn and matplotlib each carry a few real photos. Determin
 flips and rescales of them give as many realistic RGB inputs as calibration and drift need.
 Two disjoint pools: validation and drift use :func:`base_photos`, calibration uses
 :func:`calibration_base_photos` (other photographs), so no int8 artifact is ever validated on a
-photo it was calibrated on.
+photo it was calibrated on. :func:`load_folder` reads the user's own folder instead, and
+:func:`sample_batch` turns photos into a model-ready batch.
 """
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
+
+from mobilevit.config import MobileViTConfig
+from mobilevit.preprocess import preprocess
+
+from .datasets import IMAGE_EXTS
+from .folders import decode
 
 
 def _skimage_photos() -> dict[str, np.ndarray]:
@@ -92,10 +100,7 @@ def photo_variants(count: int, seed: int = 0, min_side: int = 160, pool: str = "
 
 def load_folder(folder: str | Path, limit: int | None = None) -> list[np.ndarray]:
     """The first ``limit`` images under ``folder`` (sorted), as uint8 RGB arrays; a file that cannot be
-    decoded raises :class:`mobilevit.folders.UnreadableImageError` naming it (bad input, not a crash)."""
-    from .datasets import IMAGE_EXTS
-    from .folders import decode
-
+    decoded raises :class:`data.folders.UnreadableImageError` naming it (bad input, not a crash)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
@@ -103,3 +108,8 @@ def load_folder(folder: str | Path, limit: int | None = None) -> list[np.ndarray
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) found under {folder}")
     return [decode(p) for p in files[:limit]]
+
+
+def sample_batch(cfg: MobileViTConfig, count: int = 8, size: int | None = None, seed: int = 0) -> torch.Tensor:
+    """A preprocessed ``[count, 3, S, S]`` batch of :func:`photo_variants` for ``cfg``'s preprocessing."""
+    return preprocess(photo_variants(count, seed), cfg, size)

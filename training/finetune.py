@@ -1,6 +1,6 @@
 """Fine-tune MobileViT on a labelled dataset with the paper's multi-scale sampler.
 
-``python -m mobilevit.train`` (``make finetune``) trains xx_small from scratch on scikit-learn's
+``python -m training`` (``make finetune``) trains xx_small from scratch on scikit-learn's
 handwritten digits at 64/96/128 px and writes ``artifacts/finetune/model.pt`` (our checkpoint
 format, with the class names) and ``train_state.pt`` (optimizer, schedule, epoch) for ``--resume``.
 """
@@ -16,10 +16,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import load_checkpoint, save_checkpoint
-from .config import get_config
-from .datasets import LabelledData, Split, load
-from .model import MobileViT
+from data.datasets import DatasetError, LabelledData, Split, load
+from mobilevit.checkpoints import load_checkpoint, save_checkpoint
+from mobilevit.config import get_config
+from mobilevit.model import MobileViT
+from mobilevit.synthetic import recompute_batchnorm
+
 from .sampler import MultiScaleSampler
 
 
@@ -64,8 +66,6 @@ def build_model(cfg: TrainConfig, num_classes: int) -> MobileViT:
 
 def recalibrate(model: MobileViT, split: Split, size: int, limit: int = 1024) -> MobileViT:
     """Precise BatchNorm statistics at the evaluation size (see ``recompute_batchnorm``)."""
-    from .synthetic import recompute_batchnorm
-
     x = split.images[:limit]
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
@@ -168,7 +168,7 @@ def train(cfg: TrainConfig, resume: bool = False, data: LabelledData | None = No
 
 def main(argv=None) -> int:
     d = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m mobilevit.train", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m training", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variant", default=d.variant)
     p.add_argument("--dataset", default=d.dataset, help="'digits' (built in) or a folder root/class_name/*.jpg")
@@ -191,8 +191,6 @@ def main(argv=None) -> int:
     cfg = TrainConfig(variant=a.variant, dataset=a.dataset, epochs=a.epochs, sizes=sizes, base_size=a.base_size,
                       base_batch=a.batch_size, lr=a.lr, eval_size=a.eval_size, seed=a.seed, out=a.out,
                       weights=a.weights)
-    from .datasets import DatasetError
-
     try:
         summary = train(cfg, resume=a.resume)
     except (DatasetError, FileNotFoundError) as e:
