@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy.stats import binom
 
 from benchmarks.peak import _matmul_integer_model, _ort_session, gemm_peak_gflops, int8_peak_gops, measure_peaks
 from benchmarks.stats import bootstrap_median_ci, ratio_ci, summarize, verdict
@@ -92,13 +93,26 @@ def test_verdict_bad_direction(direction):
         verdict(1.0, 2.0, 3.0, direction)
 
 
-def test_summarize_has_ci():
-    s = summarize([5.0, 5.1, 4.9, 5.3, 6.0, 5.0, 5.2, 9.0, 5.05, 4.95])
-    for key in ("n", "median_ms", "iqr_ms", "p10_ms", "p25_ms", "p75_ms", "p90_ms", "mean_ms", "min_ms", "max_ms",
-                "spread", "spread_warning", "ci95_low_ms", "ci95_high_ms"):
-        assert key in s
-    assert s["ci95_low_ms"] <= s["median_ms"] <= s["ci95_high_ms"]
-    assert 4.9 <= s["ci95_low_ms"] and s["ci95_high_ms"] <= 9.0
+def test_summarize_figures_by_hand_and_by_numpy():
+    """Eleven raw samples, shuffled: the order statistics, numpy's linear percentiles and the exact bootstrap."""
+    samples = [5.2, 9.0, 4.95, 5.05, 6.0, 4.9, 5.3, 5.15, 5.0, 5.5, 5.1]
+    s = summarize(samples)
+    # sorted: 4.9 4.95 5.0 5.05 5.1 | 5.15 | 5.2 5.3 5.5 6.0 9.0; percentile q sits at rank q/100 * 10 (linear)
+    hand = {"n": 11, "median_ms": 5.15, "p10_ms": 4.95, "p25_ms": 5.025, "p75_ms": 5.4, "p90_ms": 6.0,
+            "iqr_ms": 0.375, "mean_ms": 61.15 / 11, "min_ms": 4.9, "max_ms": 9.0, "spread": 0.375 / 5.15}
+    assert {k: s[k] for k in hand} == pytest.approx(hand, abs=1e-12)
+    assert s["spread_warning"] is False  # 7.3% <= 10%
+    p10, p25, p50, p75, p90 = np.percentile(samples, [10, 25, 50, 75, 90])  # numpy on the same raw samples
+    assert (s["p10_ms"], s["p25_ms"], s["median_ms"], s["p75_ms"], s["p90_ms"]) == pytest.approx(
+        (p10, p25, p50, p75, p90), abs=1e-12)
+    # The bootstrap median of 11 distinct values is the 6th order statistic of the resample, so
+    # P(median <= x_(k)) = P(Binomial(11, k/11) >= 6): 0.0072 at k=2, 0.0512 at k=3, 0.9488 at k=8, 0.9928 at k=9.
+    # The 2.5% and 97.5% points are x_(3) = 5.0 and x_(9) = 5.5, at least 5 Monte Carlo sd (2000 resamples) away
+    # from the neighbouring order statistics.
+    assert [binom.sf(5, 11, k / 11) for k in (2, 3, 8, 9)] == pytest.approx([0.0072, 0.0512, 0.9488, 0.9928],
+                                                                            abs=1e-4)
+    assert (s["ci95_low_ms"], s["ci95_high_ms"]) == (5.0, 5.5)
+    assert summarize([3.0, 1.0, 5.0, 2.0, 4.0])["spread_warning"] is True  # IQR 4 - 2 over median 3
     assert summarize([2.0, 2.0, 2.0])["ci95_low_ms"] == 2.0
 
 
