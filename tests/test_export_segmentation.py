@@ -26,7 +26,7 @@ def root(tmp_path_factory):
 def pytorch_model():
     """The exported weights: calibrated synthetic ones, BatchNorm statistics from 256x256 photos
     (export.request.load_model)."""
-    from mobilevit.synthetic import synthetic_segmentation_model
+    from data.synthetic import synthetic_segmentation_model
 
     return synthetic_segmentation_model("xx_small", size=256)
 
@@ -41,7 +41,7 @@ def peer_figures(artifact, model, size: int) -> dict:
 
     from export.request import VALIDATION_SEED
     from export.runners import make_runner
-    from mobilevit.images import photo_variants
+    from data.photos import photo_variants
     from mobilevit.preprocess import preprocess
 
     x = preprocess(photo_variants(8, seed=VALIDATION_SEED), model.cfg, size)  # [8, 3, size, size]
