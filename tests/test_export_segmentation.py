@@ -39,9 +39,9 @@ def peer_figures(artifact, model, size: int) -> dict:
     from scipy.spatial.distance import cosine
     from sklearn.metrics import jaccard_score
 
+    from data.photos import photo_variants
     from export.request import VALIDATION_SEED
     from export.runners import make_runner
-    from data.photos import photo_variants
     from mobilevit.preprocess import preprocess
 
     x = preprocess(photo_variants(8, seed=VALIDATION_SEED), model.cfg, size)  # [8, 3, size, size]
