@@ -162,21 +162,16 @@ def build_entries(model: MobileViT, work: Path, targets: list[str], precisions: 
     return entries
 
 
-# The baseline rows: (source, target, convert options). The HF model through our exporter (no
-# rewrites) separates the effect of our rewrites from the exporter's settings (opset 18, onnxsim).
-BASELINES = (("hf-as-is", "onnx", {"exporter": "as-is"}), ("hf-as-is", "tflite", {"exporter": "as-is"}),
-             ("hf-our-exporter", "onnx", {}), ("hf-as-is", "executorch", {"exporter": "as-is"}))
-
-
 def baseline_entries(model: MobileViT, work: Path, targets: list[str], calibration: np.ndarray) -> list[Entry]:
+    """The Hugging Face baseline rows each asked target declares (``TargetConfig.baselines``)."""
     from .baseline import hf_model
 
     hf = hf_model(model)
     labels = ("hf-as-is", "batched")
     out = []
-    for source, target, options in BASELINES:
-        if target not in targets:
-            continue
+    rows = [(b.source, target, b.options) for target in targets if target in TARGETS
+            for b in TARGETS[target].baselines]
+    for source, target, options in rows:
         prefix = f"baseline {source} "
         _say(f"exporting the Hugging Face baseline ({source}) to {target} ...")
         try:
@@ -266,7 +261,9 @@ def measure_latency(entries: list[Entry], threads_list: list[int], repeats: int,
 
 def localize_drift(entries: list[Entry], model: MobileViT, images: np.ndarray, calibration: np.ndarray) -> None:
     """For each of our rows over its tolerance, find where the drift appears (see :mod:`.localize`)."""
-    from .localize import localize, localize_tflite
+    from export.config import hook
+
+    from .localize import localize, localize_in_artifact
 
     for e in entries:
         if e.source != "ours" or e.results.get("within_tolerance") is not False or e.target not in TARGETS:
@@ -274,8 +271,9 @@ def localize_drift(entries: list[Entry], model: MobileViT, images: np.ndarray, c
         _say(f"{e.name} exceeds its tolerance: localising ...")
         m, tol = with_target_defaults(model, e.target), TOLERANCES[(e.target, e.precision)]
         try:
-            if e.target == "tflite":
-                e.results["localization"] = localize_tflite(m, e.artifact, tol, images)
+            intermediates = hook(TARGETS[e.target], "intermediates")
+            if intermediates is not None:  # inside the measured artifact itself
+                e.results["localization"] = localize_in_artifact(m, intermediates(e.artifact), tol, images)
             else:
                 e.results["localization"] = localize(m, e.target, e.precision, tol, images, calibration)
         except Exception as ex:  # reported in the table, the run goes on
@@ -324,7 +322,7 @@ def run_matrix(model: MobileViT, work: Path, *, targets: list[str], precisions: 
         from .device import run_on_android
 
         for e in entries:
-            if e.target == "tflite" and e.artifact and not e.error:
+            if e.target in TARGETS and TARGETS[e.target].timed_on_device and e.artifact and not e.error:
                 _say(f"{e.name} on Android ...")
                 e.results["android"] = run_on_android(Path(e.artifact), *android)
     macs = count_macs(model, images.shape[-1])

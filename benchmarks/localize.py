@@ -177,45 +177,25 @@ def match_points(points: list[_Point], ops: list[dict],
     return found
 
 
-def _preserving_runner(path: Path):
-    """A LiteRT runner whose interpreter keeps every intermediate tensor (built-in kernels, no XNNPACK)."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+def localize_in_artifact(model: MobileViT, runner, tol: Tolerance, x: np.ndarray) -> dict:
+    """Every checkpoint's drift inside the measured artifact itself; the first over ``tol`` is named.
 
-    from export.runners import LiteRTRunner
-
-    runner = LiteRTRunner(path, threads=1)
-    runner.interpreter = Interpreter(
-        model_path=str(path), experimental_preserve_all_tensors=True,
-        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    runner.interpreter.allocate_tensors()
-    return runner
-
-
-def _dequantized(interpreter, detail: dict) -> np.ndarray:
-    v = interpreter.get_tensor(detail["index"]).astype(np.float32)
-    scale, zero = detail["quantization"]
-    return (v - zero) * scale if detail["dtype"] in (np.int8, np.uint8, np.int16) and scale else v
-
-
-def localize_tflite(model: MobileViT, tflite_path: str | Path, tol: Tolerance, x: np.ndarray) -> dict:
-    """Every checkpoint's drift inside the measured ``.tflite`` itself; the first over ``tol`` is named.
-
-    ``model`` must carry the patch strategy and attention layout the artifact was exported with.
-    Also reports the logits' drift under the built-in kernels, to tell XNNPACK-only drift apart.
+    ``runner`` is the target's intermediates runner (its entry's ``intermediates`` hook: ``op_details()``,
+    ``tensor_details()``, ``tensor_value(index)``, NHWC feature maps). ``model`` must carry the patch strategy
+    and attention layout the artifact was exported with. Also reports the logits' drift under the runner's
+    built-in kernels, to tell delegate-only drift apart.
     """
     points = _reference_points(model, x)
-    runner = _preserving_runner(Path(tflite_path))
-    it = runner.interpreter
-    details = {d["index"]: d for d in it.get_tensor_details()}
-    shapes = {t: tuple(int(s) for s in d["shape"]) for t, d in details.items()}
-    tensors = match_points(points, it._get_ops_details(), shapes)
+    details = runner.tensor_details()
+    shapes = {t: d["shape"] for t, d in details.items()}
+    tensors = match_points(points, runner.op_details(), shapes)
     values: list[list[np.ndarray]] = [[] for _ in points]
     logits = []
     for i in range(len(x)):
         logits.append(runner(x[i:i + 1]))
         for j, t in enumerate(tensors):
             if t is not None:
-                values[j].append(_dequantized(it, details[t]))
+                values[j].append(runner.tensor_value(t))
     checked, missing = [], []
     for p, t, vals in zip(points, tensors, values):
         if t is None:
@@ -226,7 +206,7 @@ def localize_tflite(model: MobileViT, tflite_path: str | Path, tol: Tolerance, x
     with torch.no_grad():
         ref_logits = model(torch.from_numpy(x)).numpy()
     builtin = drift(ref_logits, np.concatenate(logits))
-    return _verdict(checked, "intermediate tensors of the artifact (LiteRT built-in kernels, XNNPACK off)",
+    return _verdict(checked, f"intermediate tensors of the artifact ({runner.runtime} built-in kernels, no delegate)",
                     unmatched=missing, builtin_kernels_logits={"cosine_min": builtin.cosine_min,
                                                               "max_abs_rel": builtin.max_abs_rel,
                                                               "top1_agreement": builtin.top1_agreement})

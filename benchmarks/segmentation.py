@@ -22,9 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from export.config import SEGMENTATION_TOLERANCES, preload_modules
+
 RESULTS = Path(__file__).parent / "results"
 STEM = "segmentation"
-TARGETS = ("pytorch", "coreml", "onnx", "tflite", "executorch")
+# PyTorch eager, then every registered target that offers a segmentation precision
+TARGETS = ("pytorch", *dict.fromkeys(t for t, _ in SEGMENTATION_TOLERANCES))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -200,7 +203,7 @@ def main(argv=None) -> int:
     threads = [int(t) for t in args.threads.split(",")]
     from export.quiet import configure
 
-    configure(preload=("coremltools", "onnxruntime", "tensorflow", "onnx2tf", "torchao", "executorch.runtime"))
+    configure(preload=preload_modules(targets))
     import torch
 
     from data.photos import load_folder, photo_variants

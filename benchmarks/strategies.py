@@ -70,6 +70,9 @@ def measure(variants, targets, strategies, repeats: int, threads: int, out: Path
                         row["runtime"] = runner.runtime
                         if runner.timeable:
                             runners[len(rows) - 1] = (runner, [])
+                        else:
+                            row["latency"] = (f"skipped: {runner.runtime} is a reference executor "
+                                              "(diff from it; timing needs the target's own runtime)")
                     except RunnerUnavailable as e:
                         row["max_abs_diff"] = None
                         row["latency"] = f"skipped: {e}"
@@ -107,8 +110,6 @@ def render(rows: list[dict], meta: dict) -> str:
                 lines.append(f"| {r['variant']} | {r['strategy']} | {r['error']} | | | | |")
                 continue
             diff = "n/a" if r.get("max_abs_diff") is None else f"{r['max_abs_diff']:.2e}"
-            if r.get("runtime") == "coreml-reference":
-                r = {**r, "latency": "skipped: needs macOS (diff from the Core ML reference executor)"}
             lat = (f"{r['latency_ms_median']:.2f} [{r['latency_ms_ci95'][0]:.2f}, {r['latency_ms_ci95'][1]:.2f}]"
                    if "latency_ms_median" in r
                    else r.get("latency", "n/a"))

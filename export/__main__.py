@@ -70,6 +70,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--images", default=None, help="folder of your own photos for validation/calibration")
     p.add_argument("--verbose", action="store_true",
                    help="show the converters' and runtimes' own output (warnings, logs, progress bars)")
+    p.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="one of the target's own options (its options dataclass; repeatable), e.g. "
+                        "--option exporter=as-is; an unknown key is refused naming the valid ones")
     p.add_argument("--float-kinds", default=None,
                    help="int8 precisions: comma-separated layer kinds to keep in float, replacing the target's "
                         f"measured recipe ('' = none); kinds: {', '.join(KINDS)}")
@@ -98,12 +101,6 @@ def _kinds(text: str | None) -> tuple[str, ...] | None:
         raise ExportConfigError(f"--float-kinds: {e}") from None
 
 
-# Heavy modules per target, imported once up front with their import-time noise silenced (export.quiet).
-PRELOAD = {"coreml": ("coremltools",), "onnx": ("onnxruntime", "onnxscript"),
-           "tflite": ("tensorflow", "onnx2tf", "ai_edge_litert.interpreter"),
-           "executorch": ("torchao", "executorch.exir", "executorch.runtime")}
-
-
 def summary(results) -> list[str]:
     """A table of what was written where, with each artifact's worst-case validation figures."""
     if not results:
@@ -125,16 +122,18 @@ def summary(results) -> list[str]:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    from .config import TARGETS, preload_modules
     from .quiet import configure
 
-    configure(args.verbose, tuple(m for t, mods in PRELOAD.items() if args.target in (t, "all") for m in mods))
+    # heavy modules of the targets asked for, imported once up front with their import-time noise silenced
+    configure(args.verbose, preload_modules(list(TARGETS) if args.target == "all" else [args.target]))
     from data.datasets import DatasetError
     from mobilevit import InputSizeError
     from mobilevit.checkpoints import CheckpointError
     from mobilevit.config import UnknownVariantError
     from mobilevit.patches import UnknownPatchStrategyError
 
-    from .config import TARGETS
+    from .convert import parse_options
     from .errors import ConversionError, ExportConfigError, OutputError, ValidationError
     from .pipeline import ExportRequest, resolve, run_export
     from .request import destination
@@ -149,11 +148,13 @@ def main(argv=None) -> int:
             target=target, variant=args.variant, weights=args.weights,
             precisions=precisions if args.target != "all" else (), patches=args.patches,
             attention=args.attention, sizes=sizes, out=Path(args.out), force=args.force,
-            input_kind=args.input_kind if target == "coreml" else "image",
-            output_kind=args.output_kind if target == "coreml" or args.task == "segmentation" else None,
+            input_kind=args.input_kind if "input_kind" in TARGETS[target].request_fields else "image",
+            output_kind=(args.output_kind if "output_kind" in TARGETS[target].request_fields
+                         or args.task == "segmentation" else None),
             task=args.task,
             dynamic_hw=args.dynamic_hw, images=args.images,
-            float_kinds=_kinds(args.float_kinds))) for target in targets]
+            float_kinds=_kinds(args.float_kinds), options=parse_options(target, args.options)))
+            for target in targets]
     except bad_request as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_REQUEST

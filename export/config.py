@@ -137,6 +137,17 @@ def int8_recipe(target: str, precision: str) -> Int8Recipe | None:
 
 
 @dataclass(frozen=True)
+class Baseline:
+    """A benchmark baseline row: the Hugging Face model converted with ``options``; our fp32 must run at most
+    ``speed_limit`` times its latency (a ratio judged on one run's samples, ``benchmarks.report``)."""
+
+    source: str  # hf-as-is: TorchScript/as-is exporter, no rewrites | hf-our-exporter: our settings, no rewrites
+    options: dict
+    speed_limit: float
+    label: str
+
+
+@dataclass(frozen=True)
 class TargetConfig:
     """What a target accepts, what it does by default, and where its parts live."""
 
@@ -158,6 +169,25 @@ class TargetConfig:
     # model rewrites (``mobilevit.rewrites``) ``export.convert`` applies to a copy before converting
     rewrites: tuple[str, ...] = ()
     notes: str = ""
+    # --- hooks: what the CLI, the request, the pipeline and the benchmarks ask the target, never its name
+    # heavy modules the CLI imports up front, their import-time noise silenced (``export.quiet``)
+    preload: tuple[str, ...] = ()
+    # the request's generic fields (CLI flags) this target's options take: input_kind, output_kind, dynamic_hw
+    request_fields: tuple[str, ...] = ()
+    # default output of a segmentation export: logits | classmap
+    segmentation_output: str = "logits"
+    # "module:function"(*, task, output_kind, names, card, provenance, preprocessing) -> dict: the options that
+    # carry labels and metadata into the artifact; "" = none
+    metadata_options: str = ""
+    # "module:function"(artifact path) -> dict: preprocessing facts the artifact declares itself (e.g. its
+    # channel order), merged over the model's in the manifest; "" = the model's
+    artifact_preprocessing: str = ""
+    # "module:function"(path) -> runner that also returns every intermediate tensor: ``intermediates(x) ->
+    # [{"name", "shape", "value"}]``, for drift localisation; "" = localise by ablation (``benchmarks.localize``)
+    intermediates: str = ""
+    # the benchmark harness's Hugging Face baseline rows for this target, each with its speed target
+    baselines: tuple[Baseline, ...] = ()
+    timed_on_device: bool = False  # its artifacts can also be timed on an attached Android phone
 
 
 TARGETS: dict[str, TargetConfig] = {}
@@ -181,33 +211,49 @@ def register(cfg: TargetConfig) -> TargetConfig:
 
 register(TargetConfig(
     "coreml", ("fp16", "fp32", "int8", "palettize8", "w8a8"), "fp16", "pixel_shuffle", "split", ".mlpackage",
-    converter="export.coreml:convert", options="export.coreml:CoreMLOptions",
-    runner="export.runners:coreml_runner", inspector="export.graph:inspect_coreml", calibrated=("w8a8",),
-    multi_size=True, logits_options={"input_kind": "tensor", "output_kind": "logits"},
+    converter="export.targets.coreml.convert:convert", options="export.targets.coreml.convert:CoreMLOptions",
+    runner="export.targets.coreml.runner:coreml_runner", inspector="export.targets.coreml.graph:inspect_coreml",
+    calibrated=("w8a8",), multi_size=True, logits_options={"input_kind": "tensor", "output_kind": "logits"},
+    preload=("coremltools",), request_fields=("input_kind", "output_kind"), segmentation_output="classmap",
+    metadata_options="export.targets.coreml.convert:metadata_options",
     notes="ML program; image input (the checkpoint's channel order and scale) and classifier output by "
           "default; int8 = 8-bit linear weight quantization, palettize8 = 8-bit k-means palettization "
           "(both on fp16 compute); w8a8 = int8 activations (calibrated on real photos) and int8 weights "
           "for the int8 recipe's layers (INT8_RECIPES), iOS 17."))
 register(TargetConfig(
     "onnx", ("fp32", "fp16", "int8", "int8_dynamic"), "fp32", "slice", "split", ".onnx",
-    converter="export.onnx:convert", options="export.onnx:OnnxOptions",
-    runner="export.runners:OnnxRuntimeRunner", inspector="export.graph:inspect_onnx", calibrated=("int8",),
+    converter="export.targets.onnx.convert:convert", options="export.targets.onnx.convert:OnnxOptions",
+    runner="export.targets.onnx.runner:OnnxRuntimeRunner", inspector="export.targets.onnx.graph:inspect_onnx",
+    calibrated=("int8",), preload=("onnxruntime", "onnxscript"), request_fields=("dynamic_hw",),
+    metadata_options="export.targets.onnx.convert:metadata_options",
+    baselines=(Baseline("hf-as-is", {"exporter": "as-is"}, 0.85, "onnxruntime fp32 / HF as-is"),
+               Baseline("hf-our-exporter", {}, 1.0,
+                        "onnxruntime fp32 / HF through our exporter (the rewrites alone)")),
     notes="opset 18, single file (batch 1 with slice patches); int8 = static QDQ of the int8 recipe's layers "
           "(INT8_RECIPES), calibrated on real photos; int8_dynamic = dynamic quantization of MatMul/Gemm weights."))
 register(TargetConfig(
     "tflite", ("fp32", "fp16", "int8_dynamic", "int8"), "fp32", "slice", "split", ".tflite",
-    converter="export.tflite:convert", options="export.tflite:TFLiteOptions",
-    runner="export.runners:LiteRTRunner", inspector="export.graph:inspect_tflite",
+    converter="export.targets.tflite.convert:convert", options="export.targets.tflite.convert:TFLiteOptions",
+    runner="export.targets.tflite.runner:LiteRTRunner", inspector="export.targets.tflite.graph:inspect_tflite",
     calibrated=("fp32", "fp16", "int8_dynamic", "int8"),
+    preload=("tensorflow", "onnx2tf", "ai_edge_litert.interpreter"),
+    metadata_options="export.targets.tflite.convert:metadata_options",
+    artifact_preprocessing="export.targets.tflite.metadata:declared_preprocessing",
+    intermediates="export.targets.tflite.runner:preserving_runner",
+    baselines=(Baseline("hf-as-is", {"exporter": "as-is"}, 0.7, "TFLite fp32 / HF as-is"),), timed_on_device=True,
     notes="via onnx2tf; NHWC RGB input (the stem's input channels reversed), MediaPipe image-classifier metadata "
           "with labels; int8_dynamic = dynamic-range weights, "
           "int8 = integer kernels for the int8 recipe's layers (INT8_RECIPES; TensorFlow's quantizer on onnx2tf's "
           "SavedModel, calibrated on real photos), float I/O."))
 register(TargetConfig(
     "executorch", ("fp32", "int8", "coreml-fp16"), "fp32", "reference", "bmm", ".pte",
-    converter="export.executorch:convert", options="export.executorch:ExecuTorchOptions",
-    runner="export.executorch:runner", inspector="export.executorch:inspect_pte", calibrated=("int8",),
-    rewrites=("layernorm_as_linear", "qkv_as_three_linears", "pool_keepdim"),
+    converter="export.targets.executorch.convert:convert",
+    options="export.targets.executorch.convert:ExecuTorchOptions",
+    runner="export.targets.executorch.convert:runner", inspector="export.targets.executorch.convert:inspect_pte",
+    calibrated=("int8",), rewrites=("layernorm_as_linear", "qkv_as_three_linears", "pool_keepdim"),
+    preload=("torchao", "executorch.exir", "executorch.runtime"),
+    baselines=(Baseline("hf-as-is", {"exporter": "as-is"}, 1.0,
+                        "ExecuTorch fp32 / HF as-is (one XNNPACK delegate vs the public graph's many)"),),
     notes="torch.export -> .pte, batch 1; fp32 and int8 (PT2E, XNNPACK quantizer, the int8 recipe's layers "
           "(INT8_RECIPES) with per-channel weights, calibrated on real photos) fully delegated to XNNPACK; "
           "coreml-fp16 = the Core ML backend "
@@ -266,6 +312,17 @@ def check_sizes(target: str, sizes: tuple[int, ...]) -> tuple[int, ...]:
 
 def tolerance(target: str, precision: str) -> Tolerance:
     return TOLERANCES[(target, precision)]
+
+
+def preload_modules(names) -> tuple[str, ...]:
+    """The heavy modules of the named targets (their entries' ``preload``), each once, in registry order."""
+    return tuple(dict.fromkeys(m for t in TARGETS.values() if t.name in names for m in t.preload))
+
+
+def hook(cfg: TargetConfig, name: str):
+    """The target's hook ``name`` (a ``"module:attribute"`` field of its entry) loaded, or None if it has none."""
+    ref = getattr(cfg, name)
+    return load(ref) if ref else None
 
 
 def target_for_path(path: str | Path) -> TargetConfig:

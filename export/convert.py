@@ -70,6 +70,36 @@ def target_options(target: str, options: dict):
     return cls(**options)
 
 
+def parse_options(target: str, pairs: Sequence[str]) -> tuple[tuple[str, object], ...]:
+    """``KEY=VALUE`` strings (the CLI's ``--option``) as the target's typed options: the type is the option's
+    default's (bool: true/false, int, float, tuple: comma list, str); an unknown key or a bad value is refused."""
+    cls = load(target_config(target).options)
+    defaults = {f.name: f.default for f in fields(cls)}
+    out = []
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in defaults:
+            raise ExportConfigError(f"--option {pair!r}: {target} takes KEY=VALUE with KEY one of: "
+                                    f"{', '.join(sorted(defaults))}")
+        kind = type(defaults[key])
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(text)
+                value = text.lower() in ("true", "1", "yes")
+            elif kind in (int, float):
+                value = kind(text)
+            elif kind is tuple:
+                value = tuple(v.strip() for v in text.split(",") if v.strip())
+            else:
+                value = text
+        except ValueError:
+            raise ExportConfigError(f"--option {key}={text}: not a valid {kind.__name__}") from None
+        out.append((key, value))
+    return tuple(out)
+
+
 def convert_all(model: torch.nn.Module, target: str, precisions: Sequence[str], workdir: str | Path, *,
                 size: int | Sequence[int] = DEFAULT_SIZE, calibration: np.ndarray | None = None,
                 **options) -> dict[str, Path]:

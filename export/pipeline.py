@@ -7,14 +7,14 @@ end names both.
 """
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import publish
-from .convert import convert_all
+from .config import hook, target_config
+from .convert import convert_all, target_options
 from .errors import ValidationError
 from .graph import inspect
 from .quiet import silenced, ticking
@@ -48,6 +48,7 @@ def run_export(req: ExportRequest) -> list[ExportResult]:
     Raises :class:`ValidationError` (with ``published``) if any precision failed validation.
     """
     req = resolve(req)
+    cfg = target_config(req.target)
     dests = {p: destination(req, p) for p in req.precisions}
     for dest in dests.values():
         publish.check_destination(dest, req.force)
@@ -56,30 +57,20 @@ def run_export(req: ExportRequest) -> list[ExportResult]:
     val = validation_photos(req, model.cfg)
     calib = calibration(req, model.cfg)
     options = req.target_options()
-    classifier = req.target == "coreml" and req.output_kind == "classifier"
+    # a softmax classifier (probabilities, not logits) is compared with PyTorch's softmax
+    classifier = getattr(target_options(req.target, options), "outputs_probabilities", False)
+    preprocessing = model.cfg.preprocessing.describe()
     card = {"task": req.task, "variant": model.cfg.name, "weights_origin": weights.origin,
             "synthetic": str(weights.synthetic).lower(),
             "patch_strategy": req.patches, "attention_layout": req.attention, "sizes": ",".join(map(str, req.sizes)),
-            "preprocessing": model.cfg.preprocessing.describe()["resize"]}
+            "preprocessing": preprocessing["resize"]}
     provenance = {**card, "weights_sha256": weights.sha256 or "", "num_classes": str(model.cfg.num_classes)}
-    if classifier:
-        options["labels"] = tuple(names)
-        options["metadata"] = card
-    if req.segmentation:  # class names for Core ML's preview (a class map) and in ONNX / TFLite metadata
+    if req.segmentation:
         provenance["output"] = req.output_kind
-        if req.target == "coreml":
-            options["labels"] = tuple(names)
-            options["metadata"] = {**card, "output": req.output_kind}
-        if req.target == "tflite":  # MediaPipe image-segmenter metadata for logits (a class map has none)
-            options["labels"] = tuple(names)
-            options["metadata"] = {**provenance, "labels": names}
-    elif req.target == "tflite":  # MediaPipe image-classifier metadata with labels.txt, and provenance in our entry
-        options["labels"] = tuple(names)
-        options["metadata"] = provenance
-    if req.target == "onnx":  # metadata_props: labels, preprocessing and provenance, for onnxruntime's get_modelmeta
-        options["labels"] = tuple(names)
-        options["metadata"] = {**provenance, "preprocessing": json.dumps(model.cfg.preprocessing.describe()),
-                               "input_layout": "NCHW float32"}
+    metadata = hook(cfg, "metadata_options")  # labels and metadata, as the target's ecosystem reads them
+    if metadata is not None:
+        options.update(metadata(task=req.task, output_kind=req.output_kind, names=names, card=card,
+                                provenance=provenance, preprocessing=preprocessing))
     # what is converted: the model, or (segmentation --output classmap) the model with its argmax at input size
     converted = segmentation_output(model, req.output_kind) if req.segmentation else model
     published: list[ExportResult] = []
@@ -114,11 +105,8 @@ def run_export(req: ExportRequest) -> list[ExportResult]:
                 continue
             for size, d in report.by_size.items():
                 say(f"{req.target} {precision} {size}x{size}: {_figures(d)} [{report.runtime}]")
-            preprocessing = model.cfg.preprocessing.describe()
-            if req.target == "tflite":  # its input channel order is its own (RGB by default)
-                from .tflite_metadata import read_json
-
-                preprocessing.update(read_json(artifact.read_bytes()).get("preprocessing", {}))
+            declared = hook(cfg, "artifact_preprocessing")  # e.g. an input channel order of its own
+            preprocessing = {**model.cfg.preprocessing.describe(), **(declared(artifact) if declared else {})}
             manifest = publish.manifest(
                 artifact, target=req.target, precision=precision, model=model, weights=weights.to_dict(),
                 options={k: v for k, v in options.items() if k not in ("labels", "metadata")}, task=req.task,

@@ -5,6 +5,7 @@ model, its labels and the real photos for validation and calibration are loaded 
 """
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,18 +49,19 @@ class ExportRequest:
     images: str | None = None  # folder of the user's own photos for validation/calibration
     float_kinds: tuple[str, ...] | None = None  # int8: layer kinds kept in float (None: the target's recipe)
     task: str = "classification"  # classification | segmentation (DeepLabV3-MobileViT; export.tasks)
+    options: tuple[tuple[str, object], ...] = ()  # the target's own options by name (CLI: --option KEY=VALUE)
 
     @property
     def segmentation(self) -> bool:
         return self.task == "segmentation"
 
     def target_options(self) -> dict:
-        """The keyword options this request passes to ``export.convert`` for its target."""
-        options: dict = {}
-        if self.target == "coreml":
-            options = {"input_kind": self.input_kind, "output_kind": self.output_kind or "classifier"}
-        if self.target == "onnx":
-            options = {"dynamic_hw": self.dynamic_hw}
+        """The keyword options this request passes to ``export.convert``: the generic fields its target takes
+        (``TargetConfig.request_fields``), then its own ``--option KEY=VALUE`` ones."""
+        options = {f: getattr(self, f) for f in target_config(self.target).request_fields}
+        if "output_kind" in options:
+            options["output_kind"] = options["output_kind"] or "classifier"
+        options.update(dict(self.options))
         if self.float_kinds is not None:
             options["float_kinds"] = tuple(self.float_kinds)
         return options
@@ -103,7 +105,7 @@ def resolve(req: ExportRequest) -> ExportRequest:
         for p in precisions:
             check_precision(req.target, p)
             check_segmentation_precision(req.target, p)
-        output_kind = req.output_kind or ("classmap" if req.target == "coreml" else "logits")
+        output_kind = req.output_kind or cfg.segmentation_output
         if output_kind not in SEGMENTATION_OUTPUTS:
             raise ExportConfigError(f"a segmentation model outputs {' or '.join(SEGMENTATION_OUTPUTS)}, "
                                     f"not {output_kind!r}: pass --output logits or --output classmap")
@@ -115,17 +117,21 @@ def resolve(req: ExportRequest) -> ExportRequest:
         for p in precisions:
             check_precision(req.target, p)
         output_kind = req.output_kind or "classifier"
-        if output_kind not in ("classifier", "logits") or (output_kind == "logits" and req.target != "coreml"):
-            raise ExportConfigError(f"--output {output_kind} is not a classification output; Core ML takes "
-                                    "classifier or logits (--output classmap is for --task segmentation)")
+        if output_kind not in ("classifier", "logits") or (
+                output_kind == "logits" and "output_kind" not in cfg.request_fields):
+            raise ExportConfigError(f"--output {output_kind} is not a classification output of {req.target}; "
+                                    f"{_takers('output_kind')} take classifier or logits (--output classmap is for "
+                                    "--task segmentation)")
     patches = get_strategy(req.patches or cfg.default_patches).name
     attention = req.attention or cfg.default_attention
     if attention not in ATTENTION_LAYOUTS:
         raise ExportConfigError(
             f"unknown attention layout {attention!r}; choose one of: {', '.join(ATTENTION_LAYOUTS)}")
     sizes = check_sizes(req.target, tuple(req.sizes) or (task_size(req),))
-    if req.dynamic_hw and req.target != "onnx":
-        raise ExportConfigError("--dynamic-hw applies to ONNX only")
+    if req.dynamic_hw and "dynamic_hw" not in cfg.request_fields:
+        raise ExportConfigError(f"--dynamic-hw applies to {_takers('dynamic_hw')} only, not {req.target}")
+    if req.input_kind != "image" and "input_kind" not in cfg.request_fields:
+        raise ExportConfigError(f"--input {req.input_kind} applies to {_takers('input_kind')} only, not {req.target}")
     if req.dynamic_hw and sizes[0] % 64:
         raise ExportConfigError(f"--dynamic-hw needs --size to be a multiple of 64 (e.g. {DEFAULT_SIZE})")
     from .convert import target_options
@@ -134,10 +140,31 @@ def resolve(req: ExportRequest) -> ExportRequest:
                   output_kind=output_kind)
     target_options(req.target, req.target_options())  # refuses bad option values now, not after loading
     if req.images:  # an unreadable photo is bad input: refuse it now, naming the file, before any work
-        from data.photos import load_folder
-
-        load_folder(req.images, limit=VALIDATION_IMAGES + CALIBRATION_IMAGES)
+        user_photos(req.images)
     return req
+
+
+def user_photos(folder: str | Path) -> list[np.ndarray]:
+    """The first ``VALIDATION_IMAGES + CALIBRATION_IMAGES`` photos of the user's ``--images`` folder, decoded once
+    per process (checking the request, validation at every size and calibration all read this one decode)."""
+    folder = Path(folder).resolve()
+    files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+    stamp = tuple((str(p), p.stat().st_mtime_ns) for p in files)  # a changed folder is decoded again
+    return list(_decoded(str(folder), stamp))
+
+
+@functools.lru_cache(maxsize=1)
+def _decoded(folder: str, stamp: tuple) -> tuple[np.ndarray, ...]:
+    from data.photos import load_folder
+
+    return tuple(load_folder(folder, limit=VALIDATION_IMAGES + CALIBRATION_IMAGES))
+
+
+def _takers(field_name: str) -> str:
+    """The registered targets whose options take the request field ``field_name``."""
+    from .config import TARGETS
+
+    return ", ".join(t.name for t in TARGETS.values() if field_name in t.request_fields)
 
 
 def task_size(req: ExportRequest) -> int:
@@ -198,11 +225,11 @@ def labels(model: MobileViT, weights: Weights) -> list[str]:
 
 def validation_photos(req: ExportRequest, cfg) -> dict[int, np.ndarray]:
     """Preprocessed real photos per validation size: the user's folder, or views of bundled photos."""
-    from data.photos import load_folder, photo_variants
+    from data.photos import photo_variants
     from mobilevit.preprocess import preprocess
 
     def batch(size: int, count: int, seed: int) -> np.ndarray:
-        images = load_folder(req.images, limit=count) if req.images else photo_variants(count, seed=seed)
+        images = user_photos(req.images)[:count] if req.images else photo_variants(count, seed=seed)
         return preprocess(images, cfg, size).numpy()
 
     count = SEGMENTATION_VALIDATION_IMAGES if req.segmentation else VALIDATION_IMAGES
@@ -217,10 +244,9 @@ def calibration(req: ExportRequest, cfg) -> np.ndarray:
     ``VALIDATION_IMAGES`` (all of them, with a warning, if the folder holds no more)."""
     if not req.images:
         return calibration_photos(cfg, req.sizes[0], CALIBRATION_IMAGES)
-    from data.photos import load_folder
     from mobilevit.preprocess import preprocess
 
-    images = load_folder(req.images, limit=VALIDATION_IMAGES + CALIBRATION_IMAGES)
+    images = user_photos(req.images)
     if len(images) > VALIDATION_IMAGES:
         images = images[VALIDATION_IMAGES:]
     else:

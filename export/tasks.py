@@ -51,7 +51,7 @@ class ClassMap(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.cfg = model.cfg  # what the converters read (preprocessing, name); export.tflite may replace it
+        self.cfg = model.cfg  # what the converters read (preprocessing, name); the TFLite target may replace it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from mobilevit.segmentation import upsample_logits

@@ -112,7 +112,7 @@ def reverse_input_channels(model: nn.Module) -> nn.Module:
 
     It changes what the model takes, so it is not among the registered rewrites (which keep the interface)
     and is not idempotent: a target applies it once, to a copy, and records the new order
-    (``export.tflite``). The stem (the first conv, in a classifier or a segmentation model) is the only
+    (``export.targets.tflite``). The stem (the first conv, in a classifier or a segmentation model) is the only
     layer that sees the input channels.
     """
     stem = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)  # the first conv: the stem's

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # What only ``export/`` may touch: the converters and quantizers, and the target modules that wrap them.
 CONVERTER_MODULES = ("coremltools", "onnx2tf", "onnxruntime.quantization", "onnxruntime.transformers",
-                     "torch.onnx", "onnxsim", "export.coreml", "export.onnx", "export.tflite")
+                     "torch.onnx", "onnxsim", "export.targets")
 CONVERTER_CALLS = {"export_onnx", "export_onnx_as_is", "convert_onnx_precision", "convert_coreml", "onnx_to_tflite",
                    "quantize_static", "quantize_dynamic", "simplify_onnx"}
 
@@ -244,25 +244,29 @@ def test_one_default_size_and_one_preprocessing():
             assert "288 / 256" not in text and "1.0 / 255" not in text, path
 
 
-# --------------------------------------------------- a fourth target is one module and one registry entry
-def test_a_new_target_is_one_module_and_one_registry_entry(tmp_path, monkeypatch):
-    """Register a TorchScript target (tests/toy_target.py, a real runtime) and nothing else: the one
-    conversion path, the runner lookup, graph inspection, validation and the benchmark harness all take it."""
+# --------------------------------------------------- a fifth target is one package and one registry entry
+def test_a_new_target_is_one_package_and_one_registry_entry(tmp_path, monkeypatch, capsys):
+    """Register a TorchScript target (tests/toy_target/, a real runtime) and nothing else: the one conversion
+    path, the runner lookup, graph inspection, validation, the CLI (its own --option, metadata, manifest,
+    publishing) and the benchmark harness all take it."""
+    import json
+
+    import torch
+
     from benchmarks.harness import build_entries, measure_drift
     from data.photos import sample_batch
     from data.synthetic import synthetic_model
     from export import config, convert, make_runner
+    from export.__main__ import main
     from export.graph import inspect
     from export.validate import torch_reference, validate_artifact
+    from tests import toy_target
 
-    monkeypatch.setitem(config.TOLERANCES, ("torchscript", "fp32"), config.Tolerance(1e-5, 0.99999, 1.0))
-    entry = config.TargetConfig(
-        "torchscript", ("fp32",), "fp32", "slice", "split", ".ts", converter="tests.toy_target:convert",
-        options="tests.toy_target:Options", runner="tests.toy_target:runner",
-        inspector="tests.toy_target:inspect")
-    monkeypatch.setitem(config.TARGETS, "torchscript", entry)  # restored after the test
+    for key, tol in toy_target.TOLERANCES.items():
+        monkeypatch.setitem(config.TOLERANCES, key, tol)  # restored after the test
+    monkeypatch.setitem(config.TARGETS, "torchscript", toy_target.ENTRY)
     del config.TARGETS["torchscript"]
-    config.register(entry)  # the one registry entry
+    config.register(toy_target.ENTRY)  # the one registry entry
     model = synthetic_model("xx_small")
     x = sample_batch(model.cfg, 2, size=256, seed=4).numpy()
     path = convert(model, "torchscript", "fp32", tmp_path / "c")
@@ -270,11 +274,68 @@ def test_a_new_target_is_one_module_and_one_registry_entry(tmp_path, monkeypatch
     assert inspect(path).format == "torchscript"
     report = validate_artifact(path, "torchscript", "fp32", torch_reference(model), {256: x})
     assert report.passed and report.by_size[256].max_abs_rel < 1e-5
-    entries = build_entries(model, tmp_path / "b", ["torchscript"], {"torchscript": ("fp32",)}, x, baseline=False)
+
+    # the CLI: its choices, the target's own option, metadata from its hook, validation, manifest, publishing
+    assert main(["torchscript", "--variant", "xx_small", "--out", str(tmp_path / "cli"), "--option", "freeze=1"]) == 0
+    folder = tmp_path / "cli" / "mobilevit_xx_small_torchscript_fp32"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["target"] == "torchscript" and manifest["validation"]["passed"] is True
+    assert manifest["options"] == {"freeze": True}
+    extra = {"labels.txt": "", "metadata.txt": ""}
+    module = torch.jit.load(str(folder / "mobilevit_xx_small_fp32.ts"), _extra_files=extra)
+    assert list(module.parameters()) == []  # frozen: the weights are constants now
+    assert len(extra["labels.txt"].decode().splitlines()) == 1000 and b"'weights_origin'" in extra["metadata.txt"]
+    assert main(["torchscript", "--variant", "xx_small", "--out", str(tmp_path / "bad"), "--option", "fuse=1"]) == 2
+    assert "torchscript takes KEY=VALUE with KEY one of: freeze, labels, metadata" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists() or list((tmp_path / "bad").iterdir()) == []
+
+    entries = build_entries(model, tmp_path / "b", ["torchscript"], {"torchscript": ("fp32",)}, x, baseline=True)
     measure_drift(entries, model, x)
     assert [e.name for e in entries] == ["torchscript fp32"] and entries[0].results["within_tolerance"] is True
     assert entries[0].patches == "slice" and entries[0].attention == "split"  # the target's defaults applied
     assert np.isfinite(entries[0].results["drift"]["cosine_min"])
+
+
+# ------------------------------------------------------------------ nothing outside a target names a target
+TARGET_NAMES = ("coreml", "onnx", "tflite", "executorch")
+
+
+def _named_targets(source: str) -> list[tuple[int, str]]:
+    """(line, name) of every target name used as a comparison operand or a key (dict key or subscript),
+    alone or inside a tuple/list/set there."""
+    def names(node):
+        nodes = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+        return [n for n in nodes if isinstance(n, ast.Constant) and n.value in TARGET_NAMES]
+
+    hits = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            for operand in (node.left, *node.comparators):
+                hits += names(operand)
+        elif isinstance(node, ast.Dict):
+            hits += [n for k in node.keys if k is not None for n in names(k)]
+        elif isinstance(node, ast.Subscript):
+            hits += names(node.slice)
+    return sorted((h.lineno, h.value) for h in hits)
+
+
+def _outside_the_targets() -> list[Path]:
+    """Every module of every package but the target packages and the registry (export/config.py)."""
+    packages = [d for d in ROOT.iterdir() if (d / "__init__.py").exists() and d.name != "tests"]
+    return sorted(p for d in packages for p in d.rglob("*.py")
+                  if "targets" not in p.relative_to(ROOT).parts and p != ROOT / "export" / "config.py")
+
+
+def test_nothing_outside_the_targets_and_the_registry_names_a_target():
+    assert {p.parent.name for p in _outside_the_targets()} >= {"mobilevit", "export", "benchmarks"}
+    found = {str(p.relative_to(ROOT)): _named_targets(p.read_text()) for p in _outside_the_targets()}
+    assert {k: v for k, v in found.items() if v} == {}, "ask the target's registry entry instead"
+
+
+def test_the_target_name_check_can_fail():
+    planted = ('if req.target == "coreml": pass\nx = {"onnx": 1}\ny = TOLERANCES[("tflite", "fp32")]\n'
+               'z = t in ("executorch", "pytorch")\nsay("coreml is fine in a message")\n')
+    assert _named_targets(planted) == [(1, "coreml"), (2, "onnx"), (3, "tflite"), (4, "executorch")]
 
 
 def test_every_int8_recipe_names_a_registered_precision_and_real_kinds():

@@ -277,8 +277,8 @@ def test_bad_arguments_stop_with_the_valid_choices(argv, says, capsys):
 
 
 # ------------------------------------------------------------------- methodology on hand-made samples
-def _row(name, samples, source="ours", runtime="onnxruntime", precision="fp32", top1=1.0, cosine=1.0):
-    return {"name": name, "source": source, "runtime": runtime, "precision": precision,
+def _row(name, samples, source="ours", runtime="onnxruntime", precision="fp32", top1=1.0, cosine=1.0, target="onnx"):
+    return {"name": name, "source": source, "runtime": runtime, "precision": precision, "target": target,
             "drift": {"top1_agreement": top1, "cosine_mean": cosine}, "latency": {"1": {"samples_ms": samples,
                                                                 "median_ms": float(np.median(samples))}}}
 

@@ -18,11 +18,12 @@ def tflite_fp32(tmp_path_factory):
 
 def test_every_checkpoint_is_found_and_matches_pytorch_in_fp32(tflite_fp32):
     """A wrong match would show as a large drift: fp32 must agree to ~1e-6 at all 11 checkpoints."""
-    from benchmarks.localize import localize_tflite
-    from export.config import TOLERANCES
+    from benchmarks.localize import localize_in_artifact
+    from export.config import TARGETS, TOLERANCES, hook
 
     model, path, x = tflite_fp32
-    res = localize_tflite(model, path, TOLERANCES[("tflite", "fp32")], x)
+    runner = hook(TARGETS["tflite"], "intermediates")(path)  # the target's own intermediates runner
+    res = localize_in_artifact(model, runner, TOLERANCES[("tflite", "fp32")], x)
     assert res["unmatched"] == [] and len(res["points"]) == 2 + 3 * 3  # 2 MV2 stages, 3 MobileViT stages
     assert all(p["ok"] and p["max_abs_rel"] < 1e-4 and p["cosine_min"] > 0.99999 for p in res["points"])
     assert res["first_bad_stage"] is None and "head" in res["message"]
@@ -30,10 +31,10 @@ def test_every_checkpoint_is_found_and_matches_pytorch_in_fp32(tflite_fp32):
 
 
 def test_a_tolerance_nothing_meets_blames_the_first_checkpoint(tflite_fp32):
-    from benchmarks.localize import localize_tflite
-    from export.config import Tolerance
+    from benchmarks.localize import localize_in_artifact
+    from export.config import TARGETS, Tolerance, hook
 
     model, path, x = tflite_fp32
-    res = localize_tflite(model, path, Tolerance(0.0, 1.1, 1.0), x)
+    res = localize_in_artifact(model, hook(TARGETS["tflite"], "intermediates")(path), Tolerance(0.0, 1.1, 1.0), x)
     assert res["first_bad_stage"] == 0 and res["first_bad_point"] == "stage 0 output"
     assert res["message"] == "drift appears at stage 0 output (stride 2)"

@@ -11,8 +11,13 @@ from coremltools.converters.mil import Builder as mb
 from data.photos import sample_batch
 from data.synthetic import synthetic_model
 from export import convert
-from export.coreml_reference import CoreMLReference, CoreMLReferenceError, CoreMLReferenceRunner, UnsupportedOpError
-from export.runners import coreml_runtime_available
+from export.targets.coreml.reference import (
+    CoreMLReference,
+    CoreMLReferenceError,
+    CoreMLReferenceRunner,
+    UnsupportedOpError,
+)
+from export.targets.coreml.runner import coreml_runtime_available
 from export.validate import drift
 from mobilevit import STRATEGIES
 
@@ -387,7 +392,7 @@ def test_image_input_and_classifier_like_an_app(tmp_path_factory, photos_xxs):
 
 @pytest.mark.skipif(not coreml_runtime_available()[0], reason="Core ML runtime needs macOS")
 def test_matches_the_real_core_ml_runtime(xxs_package, photos_xxs):  # pragma: no cover - macOS only
-    from export.runners import CoreMLRuntimeRunner
+    from export.targets.coreml.runner import CoreMLRuntimeRunner
 
     _, path = xxs_package
     real = CoreMLRuntimeRunner(path)(photos_xxs)

@@ -99,13 +99,13 @@ def test_a_partly_failed_export_says_exactly_what_was_published(tmp_path, capsys
 
 
 def test_interrupted_conversion_leaves_nothing(tmp_path, capsys, monkeypatch):
-    import export.onnx
+    import export.targets.onnx.convert as onnx_convert
 
     def broken(model, path, **kw):
         path.write_bytes(b"half an onnx file")
         raise RuntimeError("simulated crash half-way")
 
-    monkeypatch.setattr(export.onnx, "export_onnx", broken)
+    monkeypatch.setattr(onnx_convert, "export_onnx", broken)
     out = tmp_path / "out"
     code, err = _run(["onnx", "--variant", "xx_small", "--out", str(out)], capsys)
     assert code == EXIT_CONVERSION and "simulated crash" in err

@@ -1,7 +1,7 @@
 """Core ML exports: the default artifact, options, compression, multi-size, graph checks.
 
 On Linux, validation runs the saved .mlpackage in the reference executor
-(``export.coreml_reference``); on macOS, in Core ML itself. A validation that did not run fails
+(``export.targets.coreml.reference``); on macOS, in Core ML itself. A validation that did not run fails
 these tests: nothing is "validated" silently.
 """
 import json
@@ -12,11 +12,11 @@ import pytest
 
 from data.synthetic import synthetic_model
 from export import with_target_defaults
-from export.coreml import CoreMLOptions, _op_name, convert_coreml, kind_ops, mil_layer_ops
-from export.coreml_labels import classifier_labels
-from export.coreml_reference import CoreMLReference
 from export.errors import ExportError
-from export.graph import inspect_coreml
+from export.targets.coreml.convert import CoreMLOptions, _op_name, convert_coreml, kind_ops, mil_layer_ops
+from export.targets.coreml.graph import inspect_coreml
+from export.targets.coreml.labels import classifier_labels
+from export.targets.coreml.reference import CoreMLReference
 from mobilevit.labels import imagenet_labels
 from mobilevit.layers import KINDS, layers
 from tests.export_helpers import exported

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from export.executorch import delegation, extract_coreml, inspect_pte, runner
+from export.targets.executorch.convert import delegation, extract_coreml, inspect_pte, runner
 from tests.export_helpers import exported
 
 XNNPACK_ONLY = {"segments": 1, "backends": {"XnnpackBackend": 1}, "non_delegated_ops": {}}
@@ -56,7 +56,7 @@ def test_coreml_delegated_pte_is_validated_through_the_reference_executor(xxs, t
     assert "extracted from the .pte" in m["validation"]["runtime"]
     packages = extract_coreml(res.artifact, tmp_path)
     assert len(packages) == 1 and (packages[0] / "Manifest.json").exists()
-    from export.graph import inspect_coreml
+    from export.targets.coreml.graph import inspect_coreml
 
     ops = inspect_coreml(packages[0]).ops
     assert ops.get("linear", 0) > 0 and "layer_norm" not in ops  # the rewritten graph, in Core ML ops
@@ -128,7 +128,7 @@ def test_int8_filter_follows_the_float_kinds(synthetic_xxs):
 
     from export import with_target_defaults
     from export.config import TARGETS
-    from export.executorch import int8_filter
+    from export.targets.executorch.convert import int8_filter
     from mobilevit.layers import KINDS
     from mobilevit.rewrites import apply_rewrites
 

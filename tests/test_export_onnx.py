@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from export.graph import inspect_onnx
-from export.onnx import export_onnx
-from export.runners import OnnxRuntimeRunner
+from export.targets.onnx.convert import export_onnx
+from export.targets.onnx.graph import inspect_onnx
+from export.targets.onnx.runner import OnnxRuntimeRunner
 from mobilevit import STRATEGIES, build
 from tests.export_helpers import XXS_HEADS, XXS_LAYER_COUNTS, exported
 

@@ -68,7 +68,7 @@ def test_onnx_and_tflite_say_what_they_are(root):
     """onnxruntime's get_modelmeta and our TFLite entry name the task, the classes and the layouts."""
     import onnxruntime as ort
 
-    from export.tflite_metadata import read_json
+    from export.targets.tflite.metadata import read_json
 
     onnx = exported(root, "onnx", "xx_small", (), **SEG)["fp32"].artifact
     props = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from export.graph import inspect_tflite
+from export.targets.tflite.graph import inspect_tflite
 from tests.export_helpers import exported
 
 PASSING = ("fp32", "fp16", "int8_dynamic", "int8")
@@ -34,8 +34,8 @@ def test_int8_recipe_kinds_are_int8_and_the_rest_float(root):
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
-    from export import tflite as T
     from export.config import int8_recipe
+    from export.targets.tflite import convert as T
     from tests.export_helpers import XXS_HEADS, XXS_LAYER_COUNTS
 
     res = exported(root, "tflite", "xx_small", PASSING)["int8"]
@@ -74,7 +74,7 @@ def test_mediapipe_image_classifier_ranks_classes_as_pytorch_does(root, photos, 
     import torch
     from mediapipe.tasks.python import BaseOptions, vision
 
-    from export.tflite_metadata import LABELS_FILE, packed_files
+    from export.targets.tflite.metadata import LABELS_FILE, packed_files
     from mobilevit.preprocess import resize_and_crop, to_tensor
 
     res = exported(root, "tflite", "xx_small", PASSING)["fp32"]

@@ -1,8 +1,8 @@
-"""Selective full int8 for TFLite (export.tflite.full_int8): kinds map onto the graph, floated ops stay float."""
+"""Selective full int8 for TFLite (export.targets.tflite): kinds map onto the graph, floated ops stay float."""
 import pytest
 from torch import nn
 
-from export import tflite as T
+from export.targets.tflite import convert as T
 from mobilevit.layers import UnknownKindError
 
 

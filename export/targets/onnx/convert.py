@@ -6,6 +6,7 @@ TorchScript exporter at opset 17, no simplification): the benchmarks' baseline r
 """
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,8 @@ import torch
 
 from mobilevit import DEFAULT_SIZE
 
-from .errors import ExportConfigError
-from .quiet import quiet
+from ...errors import ExportConfigError
+from ...quiet import quiet
 
 OPSET = 18
 AS_IS_OPSET = 17
@@ -78,6 +79,13 @@ def convert(model: torch.nn.Module, precisions: tuple[str, ...], workdir: Path, 
     return made
 
 
+def metadata_options(*, task: str, output_kind: str, names: list[str], card: dict, provenance: dict,
+                     preprocessing: dict) -> dict:
+    """Labels, preprocessing and provenance for ``metadata_props`` (onnxruntime's ``get_modelmeta``)."""
+    return {"labels": tuple(names), "metadata": {**provenance, "preprocessing": json.dumps(preprocessing),
+                                                  "input_layout": "NCHW float32"}}
+
+
 def write_metadata(path: Path, labels: tuple[str, ...] | None, metadata: dict[str, str]) -> None:
     """Set the model's ``metadata_props`` (what onnxruntime's ``get_modelmeta().custom_metadata_map`` returns):
     ``labels`` as a JSON list, index = class id, and every ``metadata`` field as a string."""
@@ -99,7 +107,7 @@ def int8_layers(model: torch.nn.Module, fp32_path: Path, float_kinds: tuple[str,
 
     from mobilevit.layers import layers
 
-    from .config import int8_recipe
+    from ...config import int8_recipe
 
     if float_kinds is None:
         float_kinds = int8_recipe("onnx", "int8").float_kinds
@@ -238,7 +246,7 @@ def convert_onnx_precision(fp32_path: str | Path, out_path: str | Path, precisio
     elif precision == "int8":
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-        from .config import int8_recipe
+        from ...config import int8_recipe
 
         if calibration is None or len(calibration) == 0:
             raise ValueError("static int8 quantization needs calibration images")

@@ -24,7 +24,7 @@ import torch
 
 from mobilevit.config import Preprocessing
 
-from .errors import ExportConfigError, ExportError
+from ...errors import ExportConfigError, ExportError
 
 IMAGE_INPUT = "image"
 TENSOR_INPUT = "input"
@@ -70,6 +70,21 @@ class CoreMLOptions:
         if self.output_kind not in OUTPUT_KINDS:
             raise ExportConfigError(
                 f"unknown output kind {self.output_kind!r}; choose one of: {', '.join(OUTPUT_KINDS)}")
+
+    @property
+    def outputs_probabilities(self) -> bool:
+        """A classifier returns softmax probabilities (validation compares them with PyTorch's softmax)."""
+        return self.output_kind == "classifier"
+
+
+def metadata_options(*, task: str, output_kind: str, names: list[str], card: dict, provenance: dict,
+                     preprocessing: dict) -> dict:
+    """Class labels (a classifier's ``classify`` op, a class map's preview) and the model card, for Xcode."""
+    if task == "segmentation":
+        return {"labels": tuple(names), "metadata": {**card, "output": output_kind}}
+    if output_kind == "classifier":
+        return {"labels": tuple(names), "metadata": card}
+    return {}
 
 
 def convert(model: torch.nn.Module, precisions: tuple[str, ...], workdir: Path, *, sizes: tuple[int, ...],
@@ -144,7 +159,7 @@ def convert_coreml(model: torch.nn.Module, precision: str, sizes: tuple[int, ...
     """
     import coremltools as ct
 
-    from .config import int8_recipe
+    from ...config import int8_recipe
 
     recipe = int8_recipe("coreml", "w8a8")
     defaults = {"int8": (), "w8a8": recipe.float_kinds}  # precisions that can keep layer kinds in float
@@ -336,13 +351,13 @@ def w8a8_configs(ops_by_kind: dict[str, list[str]], float_kinds=(), only_kinds=N
 
 def activation_ranges(path: str | Path, samples: list[dict]) -> dict[str, dict[str, float]]:
     """``{var: {"rmin", "rmax"}}`` over every float value of the saved program at ``path`` across
-    ``samples``, computed by the reference executor (``export.coreml_reference``).
+    ``samples``, computed by the reference executor (``export.targets.coreml.reference``).
 
     coremltools calibrates with ``MLModel.predict``, which exists on macOS only; its own loop also
     keeps only the *last* sample's range (``ModelDebugger.record_intermediate_output`` overwrites
     before taking the min/max, coremltools 9.0). Here the range is the min / max over all samples.
     """
-    from .coreml_reference import CoreMLReference
+    from .reference import CoreMLReference
 
     ref = CoreMLReference(path)
     consts = set(ref._consts)

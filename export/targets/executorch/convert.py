@@ -10,7 +10,7 @@
 * ``coreml-fp16``: the whole graph lowered to the Core ML backend (an ML program, fp16, iOS 17).
   The ``.pte`` is produced anywhere; it runs only where ExecuTorch has its Core ML backend (Apple
   devices). Off Apple, :func:`runner` extracts the Core ML program the ``.pte`` carries and runs it
-  in the Core ML reference executor (``export.coreml_reference``), so it is validated on Linux too.
+  in the Core ML reference executor (``export.targets.coreml.reference``), so it is validated on Linux too.
 
 The registry entry's model rewrites (``mobilevit.rewrites``) and ``bmm`` attention put every op in a
 form XNNPACK delegates, so the program is one delegate call and no op runs on ExecuTorch's portable
@@ -26,10 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .coreml_reference import CoreMLReferenceRunner
-from .graph import GraphReport, _report
-from .quiet import quiet
-from .runners import Runner
+from ...graph import GraphReport, _report
+from ...quiet import quiet
+from ...runners import Runner
+from ..coreml.reference import CoreMLReferenceRunner
+
+# ops whose only job is computing shapes at run time
+SHAPE_OPS = {"aten::sym_size.int", "executorch_prim::floordiv.int", "aten::_local_scalar_dense.out"}
 
 COREML_BACKEND = "CoreMLBackend"
 DEPLOYMENT_TARGETS = ("iOS16", "iOS17", "iOS18")
@@ -47,7 +50,7 @@ class ExecuTorchOptions:
     float_kinds: tuple[str, ...] | None = None
 
     def __post_init__(self):
-        from .errors import ExportConfigError
+        from ...errors import ExportConfigError
 
         if self.float_kinds is not None:
             from mobilevit.layers import check_kinds
@@ -145,7 +148,7 @@ def to_pte(model: torch.nn.Module, precision: str, path: Path, *, size: int, cal
     example = torch.zeros(1, 3, size, size)
     with quiet(stderr=True):
         if precision == "int8":
-            from .config import int8_recipe
+            from ...config import int8_recipe
 
             kinds = options.float_kinds
             program = quantize_int8(model, example, calibration,
@@ -171,7 +174,7 @@ def convert(model: torch.nn.Module, precisions, workdir: Path, *, sizes: tuple[i
 def _program(path: str | Path):
     from executorch.exir._serialize._program import deserialize_pte_binary
 
-    from .errors import ExportConfigError
+    from ...errors import ExportConfigError
 
     data = Path(path).read_bytes()
     try:
@@ -224,7 +227,7 @@ def inspect_pte(path: str | Path) -> GraphReport:
                 "layout": "NCHW" if len(t.sizes) == 4 and t.sizes[1] == 3 else "-"}
 
     report = _report("executorch", ops, max((len(t.sizes) for t in tensors), default=0), "aten::permute_copy.out",
-                     map(io, plan.inputs), map(io, plan.outputs))
+                     map(io, plan.inputs), map(io, plan.outputs), shape_ops=SHAPE_OPS)
     report.delegation = deleg
     return report
 

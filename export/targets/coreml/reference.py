@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ExportError
+from ...errors import ExportError
 
 _DTYPES = {10: np.float16, 11: np.float32, 12: np.float64, 21: np.int8, 22: np.int16, 23: np.int32,
            24: np.int64, 31: np.uint8, 32: np.uint16, 33: np.uint32, 34: np.uint64, 1: np.bool_}

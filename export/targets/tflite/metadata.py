@@ -52,6 +52,13 @@ def read_json(buf: bytes) -> dict:
     return json.loads(data) if data else {}
 
 
+def declared_preprocessing(path) -> dict:
+    """The preprocessing the ``.tflite`` at ``path`` declares in our entry (its own input channel order)."""
+    from pathlib import Path
+
+    return read_json(Path(path).read_bytes()).get("preprocessing", {})
+
+
 def add_entry(buf: bytes, name: str, data: bytes) -> bytes:
     """``buf`` with the metadata entry ``name`` set to ``data`` (replaced if present). Files packed after
     the flatbuffer (MediaPipe's labels) are dropped: add entries before :func:`image_classifier`."""

@@ -2,7 +2,7 @@
 
 Every ``.tflite`` takes an NHWC image in RGB order by default (the stem's input channels are reversed,
 ``mobilevit.rewrites.reverse_input_channels``), as Android bitmaps and MediaPipe deliver it, and carries
-metadata (``export.tflite_metadata``): our JSON entry (channel order, preprocessing, provenance) and, given
+metadata (``export.targets.tflite.metadata``): our JSON entry (channel order, preprocessing, provenance) and, given
 labels, MediaPipe's image-classifier metadata with ``labels.txt``, so MediaPipe Tasks can load it.
 
 onnx2tf has traps (see ../shared/NOTES.md) that this module handles in one place:
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConversionError, ExportConfigError
+from ...errors import ConversionError, ExportConfigError
 
 # our precision name -> onnx2tf output file suffix
 OUTPUT_SUFFIX = {
@@ -48,7 +48,7 @@ class TFLiteConversionError(ConversionError):
 class TFLiteOptions:
     """TFLite-only choices (keyword arguments of ``export.convert(model, "tflite", ...)``)."""
 
-    exporter: str = "ours"  # the ONNX step: ours (torch.export, opset 18, onnxsim) | as-is (see export.onnx)
+    exporter: str = "ours"  # the ONNX step: ours (torch.export, opset 18, onnxsim) | as-is (see export.targets.onnx)
     # int8: mobilevit.layers kinds kept in float; None = the recipe in export.config.INT8_RECIPES
     float_kinds: tuple[str, ...] | None = None
     # RGB: the artifact takes RGB (the stem's input channels reversed), what apps hold and MediaPipe's metadata
@@ -58,7 +58,7 @@ class TFLiteOptions:
     metadata: dict[str, str] = field(default_factory=dict)  # more fields of our JSON entry (provenance)
 
     def __post_init__(self):
-        from .onnx import check_exporter
+        from ..onnx.convert import check_exporter
 
         check_exporter(self.exporter)
         if self.channel_order not in CHANNEL_ORDERS:
@@ -76,8 +76,8 @@ def convert(model, precisions: tuple[str, ...], workdir: Path, *, sizes: tuple[i
 
     ``int8`` is :func:`full_int8` on the SavedModel of that same onnx2tf run, with the recipe's float kinds
     and op types (``export.config.INT8_RECIPES``) or ``options.float_kinds``."""
-    from .config import int8_recipe
-    from .onnx import export_fp32
+    from ...config import int8_recipe
+    from ..onnx.convert import export_fp32
 
     workdir = Path(workdir)
     model, calibration, channels = with_channel_order(model, calibration, options)
@@ -100,6 +100,15 @@ def convert(model, precisions: tuple[str, ...], workdir: Path, *, sizes: tuple[i
     for p, path in results.items():
         write_metadata(path, model, channels, options, precision=p)
     return results
+
+
+def metadata_options(*, task: str, output_kind: str, names: list[str], card: dict, provenance: dict,
+                     preprocessing: dict) -> dict:
+    """MediaPipe image-classifier (or, for segmentation logits, image-segmenter) metadata with labels.txt, and
+    the provenance in our own entry."""
+    if task == "segmentation":
+        return {"labels": tuple(names), "metadata": {**provenance, "labels": names}}
+    return {"labels": tuple(names), "metadata": provenance}
 
 
 def with_channel_order(model, calibration: np.ndarray | None, options: TFLiteOptions):
@@ -135,7 +144,7 @@ def write_metadata(path: Path, model, channels: dict, options: TFLiteOptions, pr
     """Our JSON entry (always; the runners read the channel orders and the output layout), then, given
     ``options.labels``, MediaPipe's image-classifier metadata (logits ``[1, K]``) or image-segmenter metadata
     (logits ``[1, h, w, K]``); a class map gets none. ``model`` is the one converted (its ``cfg`` says its order)."""
-    from . import tflite_metadata as md
+    from . import metadata as md
 
     cfg = getattr(model, "cfg", None)
     pre = cfg.preprocessing.describe() if cfg is not None else {}
@@ -427,7 +436,7 @@ def full_int8(model, out_path: str | Path, calibration: np.ndarray, float_kinds:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="full-int8-", dir=out_path.parent) as tmp:
         if saved_model is None:
-            from .onnx import export_fp32
+            from ..onnx.convert import export_fp32
 
             onnx_path = export_fp32(model, Path(tmp) / "model.onnx", size=size, exporter=exporter,
                                     dynamic_batch=False)

@@ -1,0 +1,1 @@
+"""The onnx target: converter, options, runner, graph inspector (registered in ``export.config``)."""
