@@ -1,6 +1,7 @@
 """Tolerance margins: every classification row of the tolerance table, validated on several photo seeds.
 
-    python -m benchmarks.margins [--seeds 1,0,11,2,3] [--rows onnx:fp32,...] [--no-classifier] [--out DIR]
+    python -m benchmarks.margins [--seeds 1,0,11,2,3] [--rows onnx:fp32,...] [--outputs logits,classifier]
+                                 [--out DIR]
                                  [--work DIR] [--render]
 
 A limit set just under one run's value is a flaky test on the next machine (the Core ML w8a8 row was set
@@ -11,7 +12,7 @@ A limit set just under one run's value is a flaky test on the next machine (the 
   default patches, attention and rewrites, calibration photos of ``export.convert``'s own pool), through
   ``harness.build_entries`` -> ``export.convert_all``, tensor in and logits out as in every benchmark;
   Core ML is also converted as the CLI ships it by default (image in, classifier out: judged on
-  probabilities, as the exporter validates it), unless ``--no-classifier``;
+  probabilities, as the exporter validates it), unless ``--outputs logits``;
 * each artifact is validated by ``export.validate.validate_artifact`` (the exporter's own validation, one
   photo at a time, in the artifact's runtime) on 16 views of ``mobilevit.images.photo_variants`` for each
   seed (the exporter validates on seed 1; the first 7 views of every seed are the whole photographs);
@@ -20,7 +21,9 @@ A limit set just under one run's value is a flaky test on the next machine (the 
 
 Writes ``margins.json`` (raw figures, machine, CPU int8 extensions, tool versions), ``margins.csv`` (one line per
 row and seed) and ``margins.md`` (the table) to ``--out``. ``--render`` re-renders the table from the JSON against
-today's limits (after a tolerance change).
+today's limits (after a tolerance change). Rows already in ``margins.json`` (same variant, weights, seeds)
+that a run did not measure are kept, each with the command that measured it, so one row can be re-measured
+alone.
 """
 from __future__ import annotations
 
@@ -55,6 +58,7 @@ SEEDS = (1, 0, 11, 2, 3)
 PENDING = {("coreml", "w8a8"): "machine dependence being fixed in parallel (Intel Xeon worst cosine 0.997701); "
                                "its figures may change after that fix"}
 CPU_INT8_FLAGS = ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+OUTPUTS = ("logits", "classifier")
 TOOLS = ("torch", "coremltools", "onnx", "onnxruntime", "onnxscript", "onnx2tf", "tensorflow", "ai-edge-litert",
          "executorch", "numpy")
 
@@ -196,7 +200,7 @@ def worst_of(seeds: dict) -> dict:
     return out
 
 
-def measure(seeds: tuple[int, ...], rows: dict[str, tuple[str, ...]], work: Path, classifier: bool,
+def measure(seeds: tuple[int, ...], rows: dict[str, tuple[str, ...]], work: Path, outputs: tuple[str, ...],
             done=lambda records: None) -> list[dict]:
     """Convert every row once, validate it on every seed's photos; one record per artifact. ``done(records)``
     is called after each record (the run saves what it has: a long run interrupted keeps its rows)."""
@@ -204,8 +208,8 @@ def measure(seeds: tuple[int, ...], rows: dict[str, tuple[str, ...]], work: Path
     photos = seed_photos(model.cfg, seeds)
     calibration = calibration_photos(model.cfg, DEFAULT_SIZE)
     records = []
-    plans = [("logits", t, ps) for t, ps in rows.items()]
-    if classifier and "coreml" in rows:
+    plans = [("logits", t, ps) for t, ps in rows.items()] if "logits" in outputs else []
+    if "classifier" in outputs and "coreml" in rows:
         plans.append(("classifier", "coreml", rows["coreml"]))
     for output, target, precisions in plans:
         t0 = time.perf_counter()
@@ -249,7 +253,7 @@ def measure(seeds: tuple[int, ...], rows: dict[str, tuple[str, ...]], work: Path
     return records
 
 
-def run(seeds: tuple[int, ...], rows: dict[str, tuple[str, ...]], work: Path, classifier: bool,
+def run(seeds: tuple[int, ...], rows: dict[str, tuple[str, ...]], work: Path, outputs: tuple[str, ...],
         out: Path | None = None) -> dict:
     """Measure and return the JSON-ready result; with ``out``, save it there after every row."""
     start = time.time()
@@ -266,9 +270,35 @@ def run(seeds: tuple[int, ...], rows: dict[str, tuple[str, ...]], work: Path, cl
 
     def save(records: list[dict]) -> None:
         if out is not None:
-            write_all(result(records), out)
+            write_all(merge(previous, result(records)), out)
 
-    return result(measure(seeds, rows, work, classifier, save))
+    path = out / "margins.json" if out is not None else None
+    previous = json.loads(path.read_text()) if path is not None and path.exists() else None
+
+    return merge(previous, result(measure(seeds, rows, work, outputs, save)))
+
+
+def _key(record: dict) -> tuple[str, str, str]:
+    return record["target"], record["precision"], record["output"]
+
+
+def merge(previous: dict | None, result: dict) -> dict:
+    """``result`` plus the rows of ``previous`` it did not measure (same variant, size, weights, seeds and photos
+    only), in the tolerance table's order; each row keeps the command and time that measured it."""
+    same = ("variant", "size", "weights", "seeds", "images_per_seed")
+    for r in result["rows"]:
+        r.setdefault("command", result["command"])
+        r.setdefault("created", result["created"])
+    if not previous or any(previous.get(k) != result.get(k) for k in same):
+        return result
+    rows = {_key(r): r for r in previous["rows"]}
+    for r in rows.values():
+        r.setdefault("command", previous["command"])
+        r.setdefault("created", previous["created"])
+    rows.update({_key(r): r for r in result["rows"]})
+    order = {k: i for i, k in enumerate(TOLERANCES)}
+    merged = sorted(rows.values(), key=lambda r: (OUTPUTS.index(r["output"]), order[(r["target"], r["precision"])]))
+    return {**result, "rows": merged}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -294,8 +324,9 @@ def render_markdown(result: dict) -> str:
     ext = ", ".join(f for f, on in m["int8_extensions"].items() if on) or "none"
     no = ", ".join(f for f, on in m["int8_extensions"].items() if not on)
     tools = ", ".join(f"{k} {v}" for k, v in result["tools"].items() if v)
-    out = [f"Tolerance margins: `{result['command'].strip()}` (finished {result['created']}, "
-           f"{result['seconds'] / 60:.0f} min), {m['cpu']} ({m['logical_cores']} cores; int8 extensions: {ext}; "
+    commands = sorted({r.get("command", result["command"]).strip() for r in result["rows"]})
+    out = [f"Tolerance margins: {', '.join(f'`{c}`' for c in commands)} (finished {result['created']}), "
+           f"{m['cpu']} ({m['logical_cores']} cores; int8 extensions: {ext}; "
            f"absent: {no}); MobileViT {result['variant']} at {result['size']}x{result['size']}, "
            f"{result['weights']} weights; each artifact converted once, validated by the exporter's validation on "
            f"{result['images_per_seed']} photos for each of the seeds {', '.join(map(str, result['seeds']))} "
@@ -359,8 +390,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.margins", description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="photo seeds (default: %(default)s)")
     p.add_argument("--rows", default=None, help="target:precision rows of TOLERANCES (default: every row)")
-    p.add_argument("--no-classifier", action="store_true",
-                   help="skip Core ML's default image-in, classifier-out artifacts")
+    p.add_argument("--outputs", default=",".join(OUTPUTS),
+                   help="logits (tensor in, logits out: every target) and/or classifier (Core ML's default image "
+                        "in, classifier out); default: %(default)s")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--work", type=Path, default=None, help="keep the artifacts here (default: a temporary folder)")
     p.add_argument("--render", action="store_true", help="only re-render margins.md from --out's margins.json")
@@ -380,6 +412,10 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    outputs = tuple(o for o in a.outputs.split(",") if o)
+    if not outputs or set(outputs) - set(OUTPUTS):
+        print(f"error: --outputs {a.outputs!r}: choose from {', '.join(OUTPUTS)}", file=sys.stderr)
+        return 2
     if not seeds:
         print("error: --seeds is empty: give one or more integers, e.g. --seeds 1,0,11", file=sys.stderr)
         return 2
@@ -387,7 +423,7 @@ def main(argv=None) -> int:
         target_config(t)
     work = a.work or Path(tempfile.mkdtemp(prefix="margins-"))
     try:
-        result = run(seeds, rows, work, classifier=not a.no_classifier, out=a.out)
+        result = run(seeds, rows, work, outputs, out=a.out)
     finally:
         if a.work is None:
             shutil.rmtree(work, ignore_errors=True)

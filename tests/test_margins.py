@@ -98,8 +98,26 @@ def test_the_table_is_rendered_against_today_s_limits(measured):
     assert measured["machine"]["cpu"] in text
 
 
+def test_a_row_measured_alone_replaces_only_itself():
+    base = {"variant": "xx_small", "size": 256, "weights": "w", "seeds": [1, 2], "images_per_seed": 16}
+
+    def row(target, precision, output, v):
+        return {"target": target, "precision": precision, "output": output, "v": v}
+
+    old = {**base, "command": "old", "created": "t0",
+           "rows": [row("executorch", "fp32", "logits", 1), row("coreml", "fp16", "classifier", 2),
+                    row("onnx", "fp32", "logits", 3)]}
+    new = {**base, "command": "new", "created": "t1", "rows": [row("onnx", "fp32", "logits", 4)]}
+    merged = margins.merge(old, new)
+    # table order: logits rows first, each output in TOLERANCES' order (onnx before executorch)
+    assert [(r["target"], r["v"], r["command"]) for r in merged["rows"]] == [
+        ("onnx", 4, "new"), ("executorch", 1, "old"), ("coreml", 2, "old")]
+    other = margins.merge({**old, "seeds": [1, 3]}, {**new, "rows": [row("onnx", "fp32", "logits", 5)]})
+    assert [r["v"] for r in other["rows"]] == [5]
+
+
 @pytest.mark.parametrize("argv, word", [(["--seeds", "one"], "--seeds"), (["--seeds", ","], "--seeds"),
-                                        (["--rows", "onnx:fp64"], "onnx:fp64")])
+                                        (["--rows", "onnx:fp64"], "onnx:fp64"), (["--outputs", "probs"], "--outputs")])
 def test_bad_arguments_exit_2_naming_the_problem(argv, word, capsys, tmp_path):
     assert margins.main([*argv, "--out", str(tmp_path)]) == 2
     assert word in capsys.readouterr().err
