@@ -111,16 +111,20 @@ POLICY = MarginPolicy()
 # ------------------------------------------------------------------------------------------------
 
 def cpu_info() -> dict:
-    """The CPU model, its int8/bf16 extensions (from /proc/cpuinfo's flags) and core count."""
+    """The CPU model (name, family, model: a name like "AMD EPYC" does not say which generation), its int8/bf16
+    extensions (from /proc/cpuinfo's flags) and core count."""
     info = machine_info()
-    flags: set[str] = set()
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+            if not line.strip():  # the first processor's block is enough
                 break
     except OSError:
         pass
+    flags = set(fields.get("flags", "").split())
+    info["cpu_family"], info["cpu_model"] = fields.get("cpu family"), fields.get("model")
     info["int8_extensions"] = {f: f in flags for f in CPU_INT8_FLAGS}
     return info
 
@@ -326,7 +330,8 @@ def render_markdown(result: dict) -> str:
     tools = ", ".join(f"{k} {v}" for k, v in result["tools"].items() if v)
     commands = sorted({r.get("command", result["command"]).strip() for r in result["rows"]})
     out = [f"Tolerance margins: {', '.join(f'`{c}`' for c in commands)} (finished {result['created']}), "
-           f"{m['cpu']} ({m['logical_cores']} cores; int8 extensions: {ext}; "
+           f"{m['cpu']} (family {m.get('cpu_family')}, model {m.get('cpu_model')}; {m['logical_cores']} cores; "
+           f"int8 extensions: {ext}; "
            f"absent: {no}); MobileViT {result['variant']} at {result['size']}x{result['size']}, "
            f"{result['weights']} weights; each artifact converted once, validated by the exporter's validation on "
            f"{result['images_per_seed']} photos for each of the seeds {', '.join(map(str, result['seeds']))} "
