@@ -1,8 +1,7 @@
 """Tolerance margins: every classification row of the tolerance table, validated on several photo seeds.
 
     python -m benchmarks.margins [--seeds 1,0,11,2,3] [--rows onnx:fp32,...] [--outputs logits,classifier]
-                                 [--out DIR]
-                                 [--work DIR] [--render]
+                                 [--out DIR] [--work DIR] [--render] [--merge OTHER/margins.json,...]
 
 A limit set just under one run's value is a flaky test on the next machine (the Core ML w8a8 row was set
 0.0003 below one AMD run's cosine and failed on an Intel Xeon). This measures how far each limit of
@@ -401,11 +400,23 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--work", type=Path, default=None, help="keep the artifacts here (default: a temporary folder)")
     p.add_argument("--render", action="store_true", help="only re-render margins.md from --out's margins.json")
+    p.add_argument("--merge", default=None, metavar="JSON,...",
+                   help="only merge the rows of other runs' margins.json files (run in parallel, same seeds) into "
+                        "--out's, and re-render")
     a = p.parse_args(argv)
-    if a.render:
+    if a.render or a.merge:
         result = json.loads((a.out / "margins.json").read_text())
-        (a.out / "margins.md").write_text(render_markdown(result))
+        for other in (Path(f) for f in (a.merge or "").split(",") if f):
+            theirs = json.loads(other.read_text())
+            merged = merge(result, theirs)
+            if merged is theirs:  # merge keeps the other rows only when the settings match
+                print(f"error: {other} was measured with other settings (variant, size, weights, seeds or photos) "
+                      f"than {a.out / 'margins.json'}: rerun it with the same ones", file=sys.stderr)
+                return 2
+            result = {**merged, "machine": result["machine"] | theirs["machine"]}
+        paths = write_all(result, a.out)
         print(render_markdown(result))
+        print("wrote", ", ".join(str(p) for p in paths.values()))
         return 0
     try:
         seeds = tuple(dict.fromkeys(int(s) for s in a.seeds.split(",") if s.strip()))

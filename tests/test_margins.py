@@ -122,3 +122,22 @@ def test_bad_arguments_exit_2_naming_the_problem(argv, word, capsys, tmp_path):
     assert margins.main([*argv, "--out", str(tmp_path)]) == 2
     assert word in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_runs_made_in_parallel_merge_into_one_table(tmp_path):
+    base = {"variant": "xx_small", "size": 256, "weights": "w", "seeds": [1, 2], "images_per_seed": 16,
+            "tools": {"onnxruntime": "1"}, "machine": {"cpu": "CPU X", "logical_cores": 2,
+                                                       "int8_extensions": {"avx512_vnni": True}}}
+    error = {"error": "conversion failed: test"}
+    ours = {**base, "command": "a", "created": "t0",
+            "rows": [{"target": "onnx", "precision": "fp32", "output": "logits", **error}]}
+    theirs = {**base, "command": "b", "created": "t1",
+              "rows": [{"target": "executorch", "precision": "fp32", "output": "logits", **error}]}
+    (tmp_path / "margins.json").write_text(json.dumps(ours))
+    (tmp_path / "other.json").write_text(json.dumps(theirs))
+    assert margins.main(["--out", str(tmp_path), "--merge", str(tmp_path / "other.json")]) == 0
+    merged = json.loads((tmp_path / "margins.json").read_text())
+    assert [(r["target"], r["command"]) for r in merged["rows"]] == [("onnx", "a"), ("executorch", "b")]
+    assert "`a`, `b`" in (tmp_path / "margins.md").read_text()
+    (tmp_path / "other.json").write_text(json.dumps({**theirs, "seeds": [1, 3]}))  # other photos: refused
+    assert margins.main(["--out", str(tmp_path), "--merge", str(tmp_path / "other.json")]) == 2
