@@ -318,6 +318,10 @@ def margins(tol: Tolerance, worst: dict) -> dict:
             "top1_photos": (worst["top1_agreement"] - tol.top1_min) * POLICY.images}
 
 
+def _pct(v: float) -> str:
+    return f"{v:.0%}" if round(v * 100, 6).is_integer() else f"{v:.1%}"
+
+
 def _ratio(v: float) -> str:
     return "∞" if v == float("inf") else f"{v:.3g}x"
 
@@ -328,8 +332,9 @@ def render_markdown(result: dict) -> str:
     no = ", ".join(f for f, on in m["int8_extensions"].items() if not on)
     tools = ", ".join(f"{k} {v}" for k, v in result["tools"].items() if v)
     commands = sorted({r.get("command", result["command"]).strip() for r in result["rows"]})
+    family = f"family {m['cpu_family']}, model {m['cpu_model']}; " if m.get("cpu_family") else ""
     out = [f"Tolerance margins: {', '.join(f'`{c}`' for c in commands)} (finished {result['created']}), "
-           f"{m['cpu']} (family {m.get('cpu_family')}, model {m.get('cpu_model')}; {m['logical_cores']} cores; "
+           f"{m['cpu']} ({family}{m['logical_cores']} cores; "
            f"int8 extensions: {ext}; "
            f"absent: {no}); MobileViT {result['variant']} at {result['size']}x{result['size']}, "
            f"{result['weights']} weights; each artifact converted once, validated by the exporter's validation on "
@@ -338,8 +343,8 @@ def render_markdown(result: dict) -> str:
            f"Policy: (1 - cosine limit) >= {POLICY.cosine:g}x the worst (1 - cosine) seen; max_abs_rel limit >= "
            f"{POLICY.max_abs_rel:g}x the worst seen; top-1 limit <= the worst seen minus {POLICY.top1_photos} of "
            f"{POLICY.images} photos (a 100% row is exempt when 2x its max_abs_rel limit is under the smallest "
-           "top-1/top-2 logit gap seen, which no artifact within the limit can cross). Margin columns: today's "
-           "limit over the worst seen; top-1: photos of slack. "
+           "top-1/top-2 logit gap seen, which no artifact within the limit can cross: '(gap)'). Margin "
+           "columns: today's limit over the worst seen; top-1: photos of slack. "
            "Output logits: tensor in, logits out (the benchmarks'); classifier: Core ML's default image in, "
            "softmax probabilities out, judged on probabilities as the exporter does.", "",
            "| target | precision | output | limit max_abs_rel / cosine / top-1 | worst max_abs_rel (seed) "
@@ -350,19 +355,21 @@ def render_markdown(result: dict) -> str:
         tol = TOLERANCES.get((r["target"], r["precision"]))
         if tol is None:
             continue
-        limit = f"{tol.max_abs_rel:g} / {tol.cosine_min:g} / {tol.top1_min:.0%}"
+        limit = f"{tol.max_abs_rel:g} / {tol.cosine_min:g} / {_pct(tol.top1_min)}"
         head = f"| {r['target']} | {r['precision']} | {r['output']} | {limit} |"
         if "worst" not in r:
             out.append(f"{head} — | — | — | — | — | — | failed: {r.get('error', '')[:100]} |")
             continue
         w, mg = r["worst"], margins(tol, r["worst"])
         problems = POLICY.problems(tol, w)
+        gap = " (gap)" if tol.top1_min >= 1.0 and 2 * tol.max_abs_rel < w["top1_gap_rel"] else ""
         verdict = "ok" if not problems else "**short**: " + "; ".join(problems)
         if r.get("pending"):
             verdict += " (pending†)"
         out.append(f"{head} {w['max_abs_rel']:.3g} ({w['max_abs_rel_seed']}) | {w['cosine_min']:.6f} "
-                   f"({w['cosine_min_seed']}) | {w['top1_agreement']:.1%} ({w['top1_agreement_seed']}) | "
-                   f"{_ratio(mg['max_abs_rel'])} | {_ratio(mg['cosine'])} | {mg['top1_photos']:+.0f} | {verdict} |")
+                   f"({w['cosine_min_seed']}) | {_pct(w['top1_agreement'])} ({w['top1_agreement_seed']}) | "
+                   f"{_ratio(mg['max_abs_rel'])} | {_ratio(mg['cosine'])} | {mg['top1_photos']:+.0f}{gap} | "
+                   f"{verdict} |")
     pending = {f"{r['target']} {r['precision']}": r["pending"] for r in result["rows"] if r.get("pending")}
     if pending:
         out += [""] + [f"† {k}: {v}." for k, v in pending.items()]
