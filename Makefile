@@ -16,7 +16,7 @@ EXPORT_ARGS = $(if $(VARIANT),--variant $(VARIANT)) --out $(OUT) $(if $(WEIGHTS)
 	$(if $(PRECISION),--precision $(PRECISION)) $(if $(PATCHES),--patches $(PATCHES)) $(if $(FORCE),--force)
 
 .PHONY: setup test test-fast lint export-coreml export-onnx export-tflite export-executorch export-all bench bench-full readme strategies \
-	finetune bench-accuracy bench-accuracy-memory quant bench-int8 bench-segmentation clean
+	finetune bench-accuracy bench-accuracy-memory quant bench-int8 bench-segmentation margins clean
 
 setup: $(STAMP)
 
@@ -93,6 +93,10 @@ quant: setup
 # DeepLabV3-MobileViT xx_small at 512x512 on every runtime, 1 thread, and the masks figure (README "Segmentation")
 bench-segmentation: setup
 	$(PYTHON) -m benchmarks.segmentation
+
+# every validation limit against the worst drift seen over 5 photo seeds, 30+ min (README "Tolerances and their margins")
+margins: setup
+	$(PYTHON) -m benchmarks.margins
 
 readme: setup
 	$(PYTHON) -m benchmarks.readme

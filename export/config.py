@@ -37,19 +37,24 @@ class Tolerance:
 
 
 # (target, precision) -> tolerance. One visible table: change a limit here, nowhere else.
+# Each limit keeps a margin over the worst figure measured across photo seeds (`make margins`: xx_small,
+# calibrated synthetic weights, 16 photos x seeds 1, 0, 11, 2, 3, AMD EPYC with AVX-512 VNNI/BF16, no AMX):
+# 1 - cosine_min >= 2x the worst 1 - cosine, max_abs_rel >= 1.5x the worst, top1_min <= the worst minus one
+# photo of 16 (100% stands while 2x max_abs_rel is under the smallest top-1 gap, 8.4e-4 of the logit range).
+# The comment on each row: worst max_abs_rel / cosine / top-1 over the seeds, from
+# benchmarks/results/margins.json (tests/test_margins.py holds the table to the policy over that file).
+# int8 rows: the recipes of INT8_RECIPES; on synthetic weights fp16 itself flips 1 of 16 photos, and one photo's
+# largest logit error is 0.29 of the logit range on every int8 target.
 TOLERANCES: dict[tuple[str, str], Tolerance] = {
-    ("onnx", "fp32"): Tolerance(1e-4, 0.99999, 1.0),
-    ("onnx", "fp16"): Tolerance(2e-2, 0.999, 0.9),
-    # int8 rows: the recipes of INT8_RECIPES, measured on xx_small (synthetic weights) on the validation photos of
-    # the exporter (seed 1) and of benchmarks.quant (seed 0): max abs / max |logit|, worst and mean cosine, top-1;
-    # top-1 limits at 80%: on synthetic weights fp16 itself flips 1 of 16 photos
-    ("onnx", "int8"): Tolerance(0.35, 0.997, 0.8),  # 0.29 / 0.99777 / 0.99933 / 94% and 0.036 / 0.99817
-    # / 0.99933 / 94%; one photo's largest logit error is 0.29 of the logit range on every target
-    ("onnx", "int8_dynamic"): Tolerance(0.5, 0.95, 0.6),
-    ("tflite", "fp32"): Tolerance(1e-4, 0.99999, 1.0),
-    ("tflite", "fp16"): Tolerance(2e-2, 0.999, 0.9),
-    ("tflite", "int8_dynamic"): Tolerance(0.5, 0.95, 0.6),
-    ("tflite", "int8"): Tolerance(0.35, 0.997, 0.8),  # 0.29 / 0.99870 / 0.99931 / 94%; 0.042 / 0.99777 / 0.99917
+    ("onnx", "fp32"): Tolerance(1e-4, 0.99999, 1.0),  # 2.5e-6 / 1 - 5e-12 / 100% (margins.json)
+    ("onnx", "fp16"): Tolerance(2e-2, 0.999, 0.875),  # 0.0052 / 0.999964 / 94% (margins.json)
+    ("onnx", "int8"): Tolerance(0.44, 0.9955, 0.8),  # 0.293 / 0.997773 / 88% (margins.json)
+    ("onnx", "int8_dynamic"): Tolerance(0.5, 0.95, 0.6),  # 0.041 / 0.997924 / 88% (margins.json)
+    ("tflite", "fp32"): Tolerance(1e-4, 0.99999, 1.0),  # 2.4e-6 / 1 - 6e-12 / 100% (margins.json)
+    ("tflite", "fp16"): Tolerance(2e-2, 0.999, 0.875),  # 0.0052 / 0.999964 / 94% (margins.json)
+    ("tflite", "int8_dynamic"): Tolerance(0.5, 0.95, 0.6),  # 0.072 / 0.994134 / 88% (margins.json)
+    ("tflite", "int8"): Tolerance(0.44, 0.9954, 0.8),  # 0.293 / 0.997708 / 88% (margins.json)
+    # Core ML and ExecuTorch rows: not yet measured by benchmarks.margins (tests/test_margins.py NOT_YET_MEASURED)
     ("coreml", "fp32"): Tolerance(1e-4, 0.99999, 1.0),
     ("coreml", "fp16"): Tolerance(5e-2, 0.999, 0.9),
     ("coreml", "int8"): Tolerance(0.2, 0.99, 0.8),
