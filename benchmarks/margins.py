@@ -13,7 +13,7 @@ A limit set just under one run's value is a flaky test on the next machine (the 
   Core ML is also converted as the CLI ships it by default (image in, classifier out: judged on
   probabilities, as the exporter validates it), unless ``--outputs logits``;
 * each artifact is validated by ``export.validate.validate_artifact`` (the exporter's own validation, one
-  photo at a time, in the artifact's runtime) on 16 views of ``mobilevit.images.photo_variants`` for each
+  photo at a time, in the artifact's runtime) on 16 views of ``data.photos.photo_variants`` for each
   seed (the exporter validates on seed 1; the first 7 views of every seed are the whole photographs);
 * per seed it keeps max |diff| / max |reference|, the worst and mean cosine, top-1 agreement; per row the
   worst over seeds, and the margin of today's limit over it (:data:`POLICY`).
@@ -39,12 +39,12 @@ from pathlib import Path
 
 import numpy as np
 
-from export import convert_all, target_config, with_target_defaults
+from data.synthetic import synthetic_model
+from export import TARGETS, convert_all, target_config, with_target_defaults
 from export.config import TOLERANCES, Tolerance
 from export.convert import calibration_photos
 from export.validate import torch_reference, validate_artifact
 from mobilevit import DEFAULT_SIZE
-from mobilevit.synthetic import synthetic_model
 
 from .harness import _say, build_entries, machine_info
 
@@ -142,7 +142,7 @@ def tool_versions() -> dict:
 
 def seed_photos(cfg, seeds: tuple[int, ...], count: int = IMAGES, size: int = DEFAULT_SIZE) -> dict[int, np.ndarray]:
     """seed -> preprocessed ``[count, 3, size, size]`` views of the validation pool (as the exporter makes them)."""
-    from mobilevit.images import photo_variants
+    from data.photos import photo_variants
     from mobilevit.preprocess import preprocess
 
     return {s: preprocess(photo_variants(count, seed=s), cfg, size).numpy() for s in seeds}
@@ -212,8 +212,8 @@ def measure(seeds: tuple[int, ...], rows: dict[str, tuple[str, ...]], work: Path
     calibration = calibration_photos(model.cfg, DEFAULT_SIZE)
     records = []
     plans = [("logits", t, ps) for t, ps in rows.items()] if "logits" in outputs else []
-    if "classifier" in outputs and "coreml" in rows:
-        plans.append(("classifier", "coreml", rows["coreml"]))
+    if "classifier" in outputs:  # the targets that ship a classifier (softmax probabilities) by default
+        plans += [("classifier", t, ps) for t, ps in rows.items() if "output_kind" in TARGETS[t].request_fields]
     for output, target, precisions in plans:
         t0 = time.perf_counter()
         base = with_target_defaults(model, target)
@@ -267,7 +267,7 @@ def run(seeds: tuple[int, ...], rows: dict[str, tuple[str, ...]], work: Path, ou
                 "seconds": round(time.time() - start, 1), "machine": cpu_info(), "tools": tool_versions(),
                 "variant": VARIANT, "size": DEFAULT_SIZE, "weights": "synthetic-calibrated", "seeds": list(seeds),
                 "images_per_seed": IMAGES,
-                "photos": "mobilevit.images.photo_variants(16, seed) of the validation pool; calibration: "
+                "photos": "data.photos.photo_variants(16, seed) of the validation pool; calibration: "
                           "export.convert.calibration_photos (its own pool and seed)",
                 "policy": vars(POLICY), "rows": records}
 
