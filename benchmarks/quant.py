@@ -36,6 +36,7 @@ from data.synthetic import synthetic_model
 from export import convert
 from export.config import INT8_RECIPES, TARGETS, tolerance
 from export.convert import CALIBRATION_IMAGES, calibration_photos, with_target_defaults
+from export.int8 import float_kinds as kept_float
 from mobilevit.layers import KINDS, check_kinds, layer_macs, layers
 
 from .harness import _say, artifact_entry, machine_info, measure_drift, measure_latency
@@ -61,7 +62,7 @@ def plan(target: str, kinds: tuple[str, ...]) -> list[tuple[str, tuple[str, ...]
     everything = tuple(KINDS)
     rows = [("fp32", None), ("all", ())]
     rows += [(k, tuple(o for o in everything if o != k)) for k in kinds]
-    rows.append(("recipe", _recipe(target).float_kinds))
+    rows.append(("recipe", kept_float(target, _precision(target), None)))
     return rows
 
 

@@ -141,6 +141,37 @@ def int8_recipe(target: str, precision: str) -> Int8Recipe | None:
     return INT8_RECIPES.get((target, precision))
 
 
+# Where INT8_SENSITIVITY was measured: `python -m benchmarks.quant` (make quant) on 2026-11-25, results in
+# benchmarks/results/quant.json (tests/test_architecture.py checks this copy against it).
+INT8_SENSITIVITY_MEASURED = ("xx_small, calibrated synthetic weights, AMD EPYC; mean cosine to PyTorch fp32 on 16 "
+                             "validation views calibration never saw (32 views of their own pool)")
+
+# Mean cosine to PyTorch fp32 with one layer kind alone int8 (every other kind float): what an int8 artifact
+# that fails validation is explained with (export.validate.int8_blame); the lower, the more to blame.
+# One row per kind, one column per (target, precision) of INT8_RECIPES:
+#                 onnx int8   tflite int8   coreml w8a8   executorch int8
+_SENSITIVITY = {
+    "stem":        (0.995298,     0.995298,     0.995384,     0.995581),
+    "expand":      (0.980927,     0.983223,     0.977598,     0.990428),
+    "depthwise":   (0.980482,     0.980688,     0.960108,     0.989244),
+    "project":     (0.986904,     0.988785,     0.970228,     0.990603),
+    "local3x3":    (0.998844,     0.999150,     0.999213,     0.998972),
+    "conv_in":     (0.998575,     0.998609,     0.998125,     0.998955),
+    "qkv":         (0.999818,     0.999834,     0.999837,     0.999189),
+    "attn_matmul": (0.999489,     0.816382,     0.999991,     0.999474),
+    "attn_out":    (0.999317,     0.999249,     0.999506,     0.998750),
+    "ffn":         (0.999804,     0.999635,     0.999682,     0.999258),
+    "conv_proj":   (0.999868,     0.999872,     0.999882,     0.999240),
+    "fusion3x3":   (0.998631,     0.998583,     0.998570,     0.999160),
+    "conv_exp":    (0.999962,     0.999962,     0.999932,     0.999447),
+    "classifier":  (0.999872,     0.999872,     0.999819,     0.999334),
+}
+INT8_SENSITIVITY: dict[tuple[str, str], dict[str, float]] = {
+    column: {kind: cosines[i] for kind, cosines in _SENSITIVITY.items()}
+    for i, column in enumerate((("onnx", "int8"), ("tflite", "int8"), ("coreml", "w8a8"), ("executorch", "int8")))
+}
+
+
 @dataclass(frozen=True)
 class Baseline:
     """A benchmark baseline row: the Hugging Face model converted with ``options``; our fp32 must run at most

@@ -24,6 +24,7 @@ from mobilevit import DEFAULT_SIZE, MobileViT
 
 from .config import check_precision, check_sizes, load, target_config
 from .errors import ConversionError, ExportConfigError, ExportError
+from .int8 import Int8Options
 
 # How many real photos calibrate a conversion when the caller gives none, and their seed (the
 # validation photos use another seed, so nothing is validated on the crops it was calibrated on).
@@ -59,15 +60,19 @@ def _sizes(size: int | Sequence[int]) -> tuple[int, ...]:
     return (size,) if isinstance(size, int) else tuple(size)
 
 
-def target_options(target: str, options: dict):
-    """The target's options dataclass from keyword arguments; an unknown keyword is refused, not ignored."""
+def target_options(target: str, options: dict, precisions: Sequence[str] = ()):
+    """The target's options dataclass from keyword arguments; an unknown keyword is refused, not ignored,
+    and so are int8 options (``float_kinds``) for ``precisions`` that would ignore them."""
     cls = load(target_config(target).options)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(options) - known)
     if unknown:
         raise ExportConfigError(f"{target} has no option {', '.join(unknown)}; "
                                 f"its options are: {', '.join(sorted(known))}")
-    return cls(**options)
+    opts = cls(**options)
+    if isinstance(opts, Int8Options):
+        opts.check_precisions(precisions)
+    return opts
 
 
 def parse_options(target: str, pairs: Sequence[str]) -> tuple[tuple[str, object], ...]:
@@ -119,7 +124,7 @@ def convert_all(model: torch.nn.Module, target: str, precisions: Sequence[str], 
     for p in precisions:
         check_precision(target, p)
     sizes = check_sizes(target, _sizes(size))
-    opts = target_options(target, options)
+    opts = target_options(target, options, precisions)
     if calibration is None and set(precisions) & set(cfg.calibrated):
         calibration = calibration_photos(getattr(model, "cfg", None), sizes[0])
     workdir = Path(workdir)

@@ -151,7 +151,9 @@ def _int8(target: str, precision: str, options: dict) -> dict:
         return {}
     from mobilevit.layers import KINDS
 
-    kept = recipe.float_kinds if options.get("float_kinds") is None else tuple(options["float_kinds"])
+    from .int8 import float_kinds
+
+    kept = float_kinds(target, precision, options.get("float_kinds"))
     return {"int8_recipe": {"float_kinds": list(kept), "int8_kinds": [k for k in KINDS if k not in kept],
                             "calibration": recipe.calibration,
                             "source": "recipe" if options.get("float_kinds") is None else "--float-kinds"}}

@@ -137,7 +137,8 @@ def resolve(req: ExportRequest) -> ExportRequest:
 
     req = replace(req, precisions=precisions, patches=patches, attention=attention, sizes=sizes, out=Path(req.out),
                   output_kind=output_kind)
-    target_options(req.target, req.target_options())  # refuses bad option values now, not after loading
+    # refuses bad option values (and float_kinds for a precision that is not int8) now, not after loading
+    target_options(req.target, req.target_options(), precisions)
     if req.images:  # an unreadable photo is bad input: refuse it now, naming the file, before any work
         user_photos(req.images)
     return req

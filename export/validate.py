@@ -99,38 +99,28 @@ class ValidationReport:
             raise ValidationError(artifact, self.problems)
 
 
-# The sensitivity table ``python -m benchmarks.quant`` writes (data, read when an int8 artifact fails).
-SENSITIVITY_TABLE = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "quant.json"
-
-
-def int8_blame(target: str, precision: str, float_kinds: tuple[str, ...] | None,
-               table: Path = SENSITIVITY_TABLE) -> str:
+def int8_blame(target: str, precision: str, float_kinds: tuple[str, ...] | None) -> str:
     """For an int8 artifact that failed: the layer kinds it quantized, worst first by the sensitivity
-    table, and what to do about it. Empty for precisions without an int8 recipe."""
-    import json
+    table (``export.config.INT8_SENSITIVITY``), and what to do about it. Empty for precisions without an
+    int8 recipe."""
+    from .config import INT8_SENSITIVITY, INT8_SENSITIVITY_MEASURED, int8_recipe
+    from .int8 import float_kinds as kept_float
 
-    from .config import int8_recipe
-
-    recipe = int8_recipe(target, precision)
-    if recipe is None:
+    if int8_recipe(target, precision) is None:
         return ""
     from mobilevit.layers import KINDS
 
-    kept = recipe.float_kinds if float_kinds is None else float_kinds
+    kept = kept_float(target, precision, float_kinds)
     int8 = [k for k in KINDS if k not in kept]
     rank = f"`python -m benchmarks.quant --targets {target} --images YOUR_PHOTOS` ranks them on your photos"
-    rows = {}
-    if table.exists():
-        result = json.loads(table.read_text())
-        rows = {r["row"]: r for r in result.get("targets", {}).get(target, {}).get("rows", [])
-                if r.get("drift") and r["row"] in KINDS}
-    blamed = sorted((k for k in int8 if k in rows), key=lambda k: rows[k]["drift"]["cosine_mean"])
+    cosine = INT8_SENSITIVITY.get((target, precision), {})
+    blamed = sorted((k for k in int8 if k in cosine), key=lambda k: cosine[k])
     if not blamed:
         return (f"int8 layer kinds in this artifact: {', '.join(int8)}; keep the sensitive ones in float with "
                 f"--float-kinds {','.join(kept) or 'KIND,...'}[,KIND]; {rank}")
-    worst = ", ".join(f"{k} (cosine {rows[k]['drift']['cosine_mean']:.4f} when int8 alone)" for k in blamed[:3])
+    worst = ", ".join(f"{k} (cosine {cosine[k]:.4f} when int8 alone)" for k in blamed[:3])
     keep = ",".join(dict.fromkeys([*kept, *blamed[:2]]))
-    return (f"the sensitivity table ({table.name}, {result.get('variant')}, {result.get('weights')} weights) "
+    return (f"the sensitivity table (INT8_SENSITIVITY: {INT8_SENSITIVITY_MEASURED.split(';')[0]}) "
             f"blames {worst}; keep them in float with --float-kinds {keep}, or {rank}")
 
 

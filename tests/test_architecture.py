@@ -352,3 +352,32 @@ def test_every_int8_recipe_names_a_registered_precision_and_real_kinds():
         assert "float_kinds" in {f.name for f in fields(load(TARGETS[target].options))}
     # the same float exceptions on every target (README "int8")
     assert len({r.float_kinds for r in INT8_RECIPES.values()}) == 1
+
+
+def test_the_export_floor_never_reads_a_benchmark_results_file():
+    """Data flows export -> benchmarks: no export module imports benchmarks or names their results folder."""
+    for path in (ROOT / "export").glob("*.py"):
+        imported = _imports(path, "export")
+        assert not any(m == "benchmarks" or m.startswith("benchmarks.") for m in imported), path.name
+        strings = {n.value for n in ast.walk(ast.parse(path.read_text()))
+                   if isinstance(n, ast.Constant) and isinstance(n.value, str)}  # paths built in code, not comments
+        assert not [s for s in strings if s in ("benchmarks", "results") or "benchmarks/results" in s
+                    or s.endswith(".json") and "results" in s], path.name
+
+
+def test_the_int8_sensitivity_table_is_the_committed_measurement():
+    """export.config.INT8_SENSITIVITY is a copy of `python -m benchmarks.quant`'s kind rows (mean cosine, 6
+    decimals) for every recipe: re-measuring the table means updating the copy, which this test demands."""
+    import json
+
+    from export.config import INT8_RECIPES, INT8_SENSITIVITY, INT8_SENSITIVITY_MEASURED
+    from mobilevit.layers import KINDS
+
+    quant = json.loads((ROOT / "benchmarks" / "results" / "quant.json").read_text())
+    assert set(INT8_SENSITIVITY) == set(INT8_RECIPES)
+    assert quant["variant"] in INT8_SENSITIVITY_MEASURED and quant["machine"]["cpu"] in INT8_SENSITIVITY_MEASURED
+    for (target, precision), table in INT8_SENSITIVITY.items():
+        measured = quant["targets"][target]
+        assert measured["precision"] == precision
+        rows = {r["row"]: r["drift"]["cosine_mean"] for r in measured["rows"] if r["row"] in KINDS}
+        assert list(table) == list(KINDS) and table == {k: round(v, 6) for k, v in rows.items()}, target

@@ -21,6 +21,8 @@ def _run(args, capsys):
     (["tflite", "--dynamic-hw"], "--dynamic-hw applies to ONNX only"),
     (["onnx", "--precision", "int8", "--float-kinds", "conv3x3"], "--float-kinds: unknown layer kind(s) conv3x3"),
     (["onnx", "--precision", "int8", "--float-kinds", "stem,,mlp"], "unknown layer kind(s) mlp; choose from: stem"),
+    (["onnx", "--precision", "fp32", "--float-kinds", "stem"], "float_kinds (--float-kinds) applies to onnx int8, "
+                                                                "not to fp32: drop --float-kinds"),
     (["onnx", "--task", "segmentation", "--precision", "int8"], "segmentation is exported to onnx in fp32, fp16, "
                                                                  "not 'int8'"),
     (["executorch", "--task", "segmentation", "--precision", "coreml-fp16"], "in fp32, not 'coreml-fp16'"),
@@ -35,6 +37,18 @@ def test_bad_requests_exit_2_and_write_nothing(tmp_path, capsys, args, message):
     assert code == EXIT_BAD_REQUEST
     assert message in err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_float_kinds_for_fp32_exit_2_before_any_model_is_loaded(tmp_path, capsys, monkeypatch):
+    from export import pipeline
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a model was loaded for a request that had to be refused")
+
+    monkeypatch.setattr(pipeline, "load_model", no_work)
+    out = tmp_path / "out"
+    code, err = _run(["onnx", "--precision", "fp32", "--float-kinds", "stem", "--out", str(out)], capsys)
+    assert code == EXIT_BAD_REQUEST and "not to fp32" in err and not out.exists()
 
 
 def test_unknown_strategy_is_refused_by_argparse(capsys):

@@ -164,5 +164,5 @@ def test_int8_float_kinds_keep_those_weights_float(xxs_coreml):
     assert weight_from["qkv"] == weight_from["conv_exp"] == {"constexpr_affine_dequantize"}  # > 2048 weights
     with pytest.raises(ExportConfigError, match="unknown layer kind"):
         CoreMLOptions(float_kinds=("mlp",))
-    with pytest.raises(ExportConfigError, match="float_kinds applies to"):
+    with pytest.raises(ExportConfigError, match="applies to coreml int8, w8a8, not to fp16"):
         convert_coreml(xxs_coreml, "fp16", (256,), CoreMLOptions(float_kinds=("ffn",)))

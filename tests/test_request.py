@@ -39,6 +39,28 @@ def test_bad_requests_are_refused_at_resolution(kw, says):
         resolve(ExportRequest(variant="xx_small", **kw))
 
 
+@pytest.mark.parametrize("target, precisions, refused", [
+    ("tflite", ("fp32",), "fp32"),
+    ("tflite", ("int8", "int8_dynamic"), "int8_dynamic"),
+    ("executorch", ("fp32", "int8"), "fp32"),
+    ("executorch", ("coreml-fp16",), "coreml-fp16"),
+    ("coreml", ("fp16",), "fp16"),
+    ("onnx", ("fp16",), "fp16"),
+])
+def test_float_kinds_for_a_precision_that_is_not_int8_are_refused_at_resolution(target, precisions, refused):
+    """The same refusal on every target (export.int8.Int8Options), naming the precision and the fix."""
+    req = ExportRequest(target=target, variant="xx_small", precisions=precisions, float_kinds=("stem",))
+    with pytest.raises(ExportConfigError, match=f"applies to {target} .*, not to {refused}: drop --float-kinds"):
+        resolve(req)
+
+
+@pytest.mark.parametrize("target, precision", [("tflite", "int8"), ("executorch", "int8"), ("coreml", "w8a8"),
+                                               ("coreml", "int8"), ("onnx", "int8")])
+def test_float_kinds_for_int8_pass_resolution(target, precision):
+    req = resolve(ExportRequest(target=target, variant="xx_small", precisions=(precision,), float_kinds=("stem",)))
+    assert req.float_kinds == ("stem",) and req.precisions == (precision,)
+
+
 def test_a_user_folder_keeps_calibration_apart_from_validation(tmp_path):
     """With enough images, int8 is calibrated on photos validation never sees."""
     from data.photos import photo_variants

@@ -24,7 +24,8 @@ import torch
 
 from mobilevit.config import Preprocessing
 
-from ...errors import ExportConfigError, ExportError
+from ...errors import ExportConfigError
+from ...int8 import Int8Options, LayerOp, match_layers, ops_by_kind
 
 IMAGE_INPUT = "image"
 TENSOR_INPUT = "input"
@@ -46,25 +47,20 @@ OUTPUT_KINDS = ("classifier", "logits", "classmap")
 
 
 @dataclass(frozen=True)
-class CoreMLOptions:
-    """Core ML-only choices (keyword arguments of ``export.convert(model, "coreml", ...)``)."""
+class CoreMLOptions(Int8Options):
+    """Core ML-only choices (keyword arguments of ``export.convert(model, "coreml", ...)``); ``float_kinds``
+    (the layer kinds int8 / w8a8 keep in float; None = the precision's recipe): see ``export.int8.Int8Options``."""
 
+    target = "coreml"
+    weight_only = ("int8",)  # weight-only int8 has no recipe: every layer int8 unless float_kinds says otherwise
     input_kind: str = "image"  # image (what an app passes) | tensor
     output_kind: str = "classifier"  # classifier (softmax + class names) | logits
     labels: tuple[str, ...] | None = None  # classifier names; default: the model's (ImageNet for 1000 classes)
     metadata: dict[str, str] = field(default_factory=dict)  # user-defined metadata fields
     preprocessing: Preprocessing = Preprocessing()  # channel order and scale of the image input
-    # layer kinds (mobilevit.layers.KINDS) int8 / w8a8 keep in float; None = the precision's recipe
-    float_kinds: tuple[str, ...] | None = None
 
     def __post_init__(self):
-        if self.float_kinds is not None:
-            from mobilevit.layers import check_kinds
-
-            try:
-                object.__setattr__(self, "float_kinds", check_kinds(self.float_kinds))
-            except ValueError as e:
-                raise ExportConfigError(str(e)) from e
+        super().__post_init__()
         if self.input_kind not in INPUT_KINDS:
             raise ExportConfigError(f"unknown input kind {self.input_kind!r}; choose one of: {', '.join(INPUT_KINDS)}")
         if self.output_kind not in OUTPUT_KINDS:
@@ -160,14 +156,11 @@ def convert_coreml(model: torch.nn.Module, precision: str, sizes: tuple[int, ...
     import coremltools as ct
 
     from ...config import int8_recipe
+    from ...int8 import float_kinds as kept_float
 
+    opts.check_precisions((precision,))
+    float_kinds = kept_float("coreml", precision, opts.float_kinds)
     recipe = int8_recipe("coreml", "w8a8")
-    defaults = {"int8": (), "w8a8": recipe.float_kinds}  # precisions that can keep layer kinds in float
-    float_kinds = opts.float_kinds
-    if float_kinds is not None and float_kinds and precision not in defaults:
-        raise ExportConfigError(f"float_kinds applies to {', '.join(defaults)}, not to {precision}")
-    if float_kinds is None:
-        float_kinds = defaults.get(precision, ())
     if precision == "w8a8" and calibration is None:
         raise ExportConfigError("w8a8 needs calibration photos (export.convert fills them in)")
     size = sizes[0]
@@ -247,41 +240,16 @@ def mil_layer_ops(spec) -> list[tuple[str, str, tuple[int, ...] | None, int]]:
 
 
 def kind_ops(spec, model: torch.nn.Module) -> dict[str, list[str]]:
-    """``{kind: [MIL op names]}``: each quantizable layer of ``model`` (``mobilevit.layers.layers``, in
-    execution order) matched to the program's conv / linear / matmul ops in program order. A conv
-    layer must meet a ``conv`` with the module's weight shape and groups (so a depthwise 3x3 cannot
-    meet a pointwise 1x1), a linear a ``linear`` with its weight shape; an attention's matmul layer
-    takes the run of ``matmul`` ops that follows its qkv (2 per head with split attention). Raises
-    :class:`ExportError` at the first mismatch, naming both sides."""
-    from mobilevit.layers import layers
+    """``{kind: [MIL op names]}``: each quantizable layer of ``model`` matched to the program's conv / linear /
+    matmul ops in program order (``export.int8.match_layers``). A conv must carry the module's weight shape
+    and groups (so a depthwise 3x3 cannot meet a pointwise 1x1), a linear its weight shape; an attention's
+    matmul layer takes the run of ``matmul`` ops that follows its qkv (2 per head with split attention)."""
+    ops = [LayerOp(name, typ, typ, None if typ == "matmul" else (weight, groups))
+           for name, typ, weight, groups in mil_layer_ops(spec)]
 
-    modules = dict(model.named_modules())
-    mil = mil_layer_ops(spec)
-    out: dict[str, list[str]] = {}
-    k = 0
-    for layer in layers(model):
-        if layer.op == "matmul":
-            start = k
-            while k < len(mil) and mil[k][1] == "matmul":
-                k += 1
-            if k == start:
-                raise ExportError(f"{layer.name}: no matmul ops after its qkv projection in the program")
-            out.setdefault(layer.kind, []).extend(name for name, *_ in mil[start:k])
-            continue
-        module = modules[layer.name]
-        want = ("conv" if layer.op == "conv" else "linear", tuple(module.weight.shape), getattr(module, "groups", 1))
-        if k >= len(mil):
-            raise ExportError(f"{layer.name} ({layer.kind}): the program has no more conv/linear/matmul ops")
-        name, typ, weight, groups = mil[k]
-        if (typ, weight, groups) != want:
-            raise ExportError(f"{layer.name} ({layer.kind}) expects {want[0]} weight {want[1]} groups {want[2]}; "
-                              f"the program's next layer op is {typ} {name!r} weight {weight} groups {groups}")
-        out.setdefault(layer.kind, []).append(name)
-        k += 1
-    if k != len(mil):
-        raise ExportError(f"{len(mil) - k} conv/linear/matmul ops of the program belong to no layer "
-                          f"(first: {mil[k][1]} {mil[k][0]!r})")
-    return out
+    def weights(module) -> tuple:
+        return ((tuple(module.weight.shape), getattr(module, "groups", 1)),)
+    return ops_by_kind(match_layers("coreml", model, ops, weights))
 
 
 # ------------------------------------------------------------------------------------------

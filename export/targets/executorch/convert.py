@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ...graph import GraphReport, _report
+from ...int8 import Int8Options
 from ...quiet import quiet
 from ...runners import Runner
 from ..coreml.reference import CoreMLReferenceRunner
@@ -40,22 +41,19 @@ EXPORTERS = ("ours", "as-is")
 
 
 @dataclass(frozen=True)
-class ExecuTorchOptions:
-    """ExecuTorch-only choices (keyword arguments of ``export.convert(model, "executorch", ...)``)."""
+class ExecuTorchOptions(Int8Options):
+    """ExecuTorch-only choices (keyword arguments of ``export.convert(model, "executorch", ...)``);
+    ``float_kinds``: see ``export.int8.Int8Options``."""
 
+    target = "executorch"
     coreml_deployment_target: str = "iOS17"  # minimum OS of the coreml-fp16 program
     # ours: the registry's model rewrites first | as-is: the model exactly as given (the benchmarks' baseline)
     exporter: str = "ours"
-    # int8: mobilevit.layers kinds kept in float; None = the recipe in export.config.INT8_RECIPES
-    float_kinds: tuple[str, ...] | None = None
 
     def __post_init__(self):
         from ...errors import ExportConfigError
 
-        if self.float_kinds is not None:
-            from mobilevit.layers import check_kinds
-
-            object.__setattr__(self, "float_kinds", check_kinds(self.float_kinds))
+        super().__post_init__()
         if self.exporter not in EXPORTERS:
             raise ExportConfigError(f"unknown ExecuTorch exporter {self.exporter!r}; "
                                     f"choose one of: {', '.join(EXPORTERS)}")
@@ -148,11 +146,10 @@ def to_pte(model: torch.nn.Module, precision: str, path: Path, *, size: int, cal
     example = torch.zeros(1, 3, size, size)
     with quiet(stderr=True):
         if precision == "int8":
-            from ...config import int8_recipe
+            from ...int8 import float_kinds
 
-            kinds = options.float_kinds
-            program = quantize_int8(model, example, calibration,
-                                    int8_recipe("executorch", "int8").float_kinds if kinds is None else kinds)
+            program = quantize_int8(model, example, calibration, float_kinds("executorch", precision,
+                                                                             options.float_kinds))
         else:
             program = _export(model, example)
         edge = to_edge_transform_and_lower(program, partitioner=[_partitioner(precision, options)])

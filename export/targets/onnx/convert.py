@@ -17,6 +17,7 @@ import torch
 from mobilevit import DEFAULT_SIZE
 
 from ...errors import ExportConfigError
+from ...int8 import Int8Options, LayerOp, match_layers, ops_of_kinds
 from ...quiet import quiet
 
 OPSET = 18
@@ -27,23 +28,20 @@ EXPORTERS = ("ours", "as-is")
 
 
 @dataclass(frozen=True)
-class OnnxOptions:
-    """ONNX-only choices (keyword arguments of ``export.convert(model, "onnx", ...)``)."""
+class OnnxOptions(Int8Options):
+    """ONNX-only choices (keyword arguments of ``export.convert(model, "onnx", ...)``); ``float_kinds``: see
+    ``export.int8.Int8Options``."""
 
+    target = "onnx"
     dynamic_batch: bool = True
     dynamic_hw: bool = False  # symbolic height/width, multiples of 64
     exporter: str = "ours"  # ours: torch.export, opset 18, onnxsim | as-is: TorchScript exporter, opset 17
-    # int8: mobilevit.layers kinds kept in float; None = the recipe in export.config.INT8_RECIPES
-    float_kinds: tuple[str, ...] | None = None
     labels: tuple[str, ...] | None = None  # class names, written to metadata_props["labels"] (JSON list)
     metadata: dict[str, str] = field(default_factory=dict)  # more metadata_props (preprocessing, provenance)
 
     def __post_init__(self):
+        super().__post_init__()
         check_exporter(self.exporter)
-        if self.float_kinds is not None:
-            from mobilevit.layers import check_kinds
-
-            object.__setattr__(self, "float_kinds", check_kinds(self.float_kinds))
         if self.dynamic_hw and self.exporter != "ours":
             raise ExportConfigError("dynamic height/width needs exporter='ours'")
 
@@ -105,50 +103,30 @@ def int8_layers(model: torch.nn.Module, fp32_path: Path, float_kinds: tuple[str,
     """The ONNX nodes static int8 quantizes: those of every layer whose kind is not kept in float."""
     import onnx
 
-    from mobilevit.layers import layers
+    from mobilevit.layers import KINDS
 
-    from ...config import int8_recipe
+    from ...int8 import float_kinds as kept_float
 
-    if float_kinds is None:
-        float_kinds = int8_recipe("onnx", "int8").float_kinds
-    kinds = {layer.name: layer.kind for layer in layers(model)}
-    mapping = layer_nodes(onnx.load(str(fp32_path)), model)
-    return [n for name, nodes in mapping.items() if kinds[name] not in float_kinds for n in nodes]
+    kept = kept_float("onnx", "int8", float_kinds)
+    return ops_of_kinds(layer_nodes(onnx.load(str(fp32_path)), model), [k for k in KINDS if k not in kept])
 
 
-def layer_nodes(graph, model: torch.nn.Module) -> dict[str, list[str]]:
-    """``mobilevit.layers`` layer name -> its ONNX node names, by execution order.
+def layer_nodes(graph, model: torch.nn.Module):
+    """Each ``mobilevit.layers`` layer with its ONNX node names (``export.int8.match_layers``).
 
-    Weight-bearing nodes (Conv, Gemm, MatMul with a constant input) follow the model's layers one
-    to one, each checked against its module's weight shape; MatMuls between two activations belong
-    to the attention whose q/k/v projection came last. A mismatch raises instead of guessing.
+    Weight-bearing nodes: Conv, Gemm, MatMul with a constant weight (as the module's, or transposed);
+    a MatMul between two activations is an attention product.
     """
-    from mobilevit.layers import layers
-
     consts = {i.name: tuple(i.dims) for i in graph.graph.initializer}
-    modules = dict(model.named_modules())
-    todo = list(layers(model))
-    weighted = iter([layer for layer in todo if layer.weighted])
-    out: dict[str, list[str]] = {layer.name: [] for layer in todo}
-    attn = None
-    for node in graph.graph.node:
-        const = [consts[i] for i in node.input[1:2] if i in consts]
-        if node.op_type in ("Conv", "Gemm") or (node.op_type == "MatMul" and const):
-            layer = next(weighted, None)
-            shape = tuple(modules[layer.name].weight.shape) if layer else None
-            if layer is None or not const or const[0] not in (shape, shape[::-1]):
-                raise ValueError(f"ONNX node {node.name} ({node.op_type}, weight {const}) does not match the "
-                                 f"model's next layer {layer and layer.name} (weight {shape})")
-            out[layer.name].append(node.name)
-            attn = layer.name.split(".attn.")[0] + ".attn.matmul" if layer.kind == "qkv" else None
-        elif node.op_type == "MatMul":
-            if attn is None:
-                raise ValueError(f"ONNX MatMul {node.name} between activations outside an attention")
-            out[attn].append(node.name)
-    left = [layer.name for layer in weighted]
-    if left:
-        raise ValueError(f"the ONNX graph has no node for layers {left[:3]}...")
-    return out
+
+    def read(node) -> LayerOp | None:
+        weight = next((consts[i] for i in node.input[1:2] if i in consts), None)
+        if node.op_type in ("Conv", "Gemm") or (node.op_type == "MatMul" and weight is not None):
+            return LayerOp(node.name, node.op_type, "conv" if node.op_type == "Conv" else "linear", weight)
+        return LayerOp(node.name, node.op_type, "matmul", None) if node.op_type == "MatMul" else None
+
+    ops = [op for op in map(read, graph.graph.node) if op is not None]
+    return match_layers("onnx", model, ops, lambda m: (tuple(m.weight.shape), tuple(m.weight.shape)[::-1]))
 
 
 def export_onnx(model: torch.nn.Module, path: str | Path, *, size: int = DEFAULT_SIZE, dynamic_batch: bool = True,

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ConversionError, ExportConfigError
+from ...int8 import Int8Options, LayerMatchError, LayerOp, match_layers, ops_of_kinds
 
 # our precision name -> onnx2tf output file suffix
 OUTPUT_SUFFIX = {
@@ -45,12 +46,12 @@ class TFLiteConversionError(ConversionError):
 
 
 @dataclass(frozen=True)
-class TFLiteOptions:
-    """TFLite-only choices (keyword arguments of ``export.convert(model, "tflite", ...)``)."""
+class TFLiteOptions(Int8Options):
+    """TFLite-only choices (keyword arguments of ``export.convert(model, "tflite", ...)``); ``float_kinds``: see
+    ``export.int8.Int8Options``."""
 
+    target = "tflite"
     exporter: str = "ours"  # the ONNX step: ours (torch.export, opset 18, onnxsim) | as-is (see export.targets.onnx)
-    # int8: mobilevit.layers kinds kept in float; None = the recipe in export.config.INT8_RECIPES
-    float_kinds: tuple[str, ...] | None = None
     # RGB: the artifact takes RGB (the stem's input channels reversed), what apps hold and MediaPipe's metadata
     # can say | model: the checkpoint's own order (BGR for the public weights). The as-is exporter keeps the model's.
     channel_order: str = "RGB"
@@ -60,14 +61,11 @@ class TFLiteOptions:
     def __post_init__(self):
         from ..onnx.convert import check_exporter
 
+        super().__post_init__()
         check_exporter(self.exporter)
         if self.channel_order not in CHANNEL_ORDERS:
             raise ExportConfigError(f"unknown TFLite channel_order {self.channel_order!r}; "
                                     f"choose one of: {', '.join(CHANNEL_ORDERS)}")
-        if self.float_kinds is not None:
-            from mobilevit.layers import check_kinds
-
-            object.__setattr__(self, "float_kinds", check_kinds(self.float_kinds))
 
 
 def convert(model, precisions: tuple[str, ...], workdir: Path, *, sizes: tuple[int, ...],
@@ -77,6 +75,7 @@ def convert(model, precisions: tuple[str, ...], workdir: Path, *, sizes: tuple[i
     ``int8`` is :func:`full_int8` on the SavedModel of that same onnx2tf run, with the recipe's float kinds
     and op types (``export.config.INT8_RECIPES``) or ``options.float_kinds``."""
     from ...config import int8_recipe
+    from ...int8 import float_kinds
     from ..onnx.convert import export_fp32
 
     workdir = Path(workdir)
@@ -91,10 +90,9 @@ def convert(model, precisions: tuple[str, ...], workdir: Path, *, sizes: tuple[i
         results = {}
         for p in precisions:
             if p == "int8":
-                recipe = int8_recipe("tflite", "int8")
-                kinds = recipe.float_kinds if options.float_kinds is None else options.float_kinds
-                results[p] = full_int8(model, workdir / "model_int8.tflite", calibration, kinds,
-                                       float_ops=recipe.float_ops, saved_model=saved)
+                results[p] = full_int8(model, workdir / "model_int8.tflite", calibration,
+                                       float_kinds("tflite", p, options.float_kinds),
+                                       float_ops=int8_recipe("tflite", p).float_ops, saved_model=saved)
             else:
                 results[p] = Path(shutil.move(str(made[p]), workdir / made[p].name))
     for p, path in results.items():
@@ -282,10 +280,6 @@ class GraphOp:
     weight_shape: tuple[int, ...] | None  # shape of its second input when that is a constant
 
 
-class KindMappingError(ConversionError):
-    """The weight-bearing ops of a TFLite graph do not line up with the model's layers."""
-
-
 def graph_ops(tflite: bytes) -> list[GraphOp]:
     """The operators of a ``.tflite`` flatbuffer in execution order."""
     from ai_edge_litert import schema_py_generated as schema
@@ -317,41 +311,14 @@ def _tflite_weight_shape(module) -> tuple[int, ...]:
     return (o, kh, kw, i)
 
 
-def map_kinds(model, tflite: bytes) -> list[tuple[str, str, list[GraphOp]]]:
-    """``[(layer name, kind, [its TFLite ops])]`` in execution order.
-
-    Walks the model's quantizable layers (``mobilevit.layers.layers``) and the graph's weight-bearing
-    ops side by side: a conv/linear layer takes the next op and its weight shape must match; an
-    attention's ``matmul`` entry takes the run of BATCH_MATMULs that follows (two per head).
-    """
-    from mobilevit.layers import KINDS, layers
-
-    modules = dict(model.named_modules())
-    weighted = [op for op in graph_ops(tflite) if op.op in WEIGHTED_OPS]
-    out, pos = [], 0
-    for layer in layers(model):
-        family = KINDS[layer.kind][1]
-        if family == "matmul":
-            taken = []
-            while pos < len(weighted) and weighted[pos].op == "BATCH_MATMUL" and weighted[pos].weight_shape is None:
-                taken.append(weighted[pos])
-                pos += 1
-            if not taken:
-                raise KindMappingError(f"{layer.name}: no BATCH_MATMUL at weight-bearing op {pos}")
-            out.append((layer.name, layer.kind, taken))
-            continue
-        if pos >= len(weighted):
-            raise KindMappingError(f"{layer.name}: the graph has only {len(weighted)} weight-bearing ops")
-        op = weighted[pos]
-        want = _tflite_weight_shape(modules[layer.name])
-        if op.op not in KIND_OPS[family] or op.weight_shape != want:
-            raise KindMappingError(f"{layer.name} ({layer.kind}, weight {want}) does not match TFLite op "
-                                   f"#{op.index} {op.op} (weight {op.weight_shape})")
-        out.append((layer.name, layer.kind, [op]))
-        pos += 1
-    if pos != len(weighted):
-        raise KindMappingError(f"{len(weighted) - pos} weight-bearing TFLite ops are left over after the last layer")
-    return out
+def map_kinds(model, tflite: bytes):
+    """Each ``mobilevit.layers`` layer with the output-tensor names of its TFLite ops
+    (``export.int8.match_layers``): CONV_2D / DEPTHWISE_CONV_2D and FULLY_CONNECTED with a constant weight
+    (in TFLite's layout); a BATCH_MATMUL without one is an attention product."""
+    family = {op: fam for fam, ops in KIND_OPS.items() for op in ops}
+    ops = [LayerOp(op.output, op.op, family[op.op], op.weight_shape) for op in graph_ops(tflite)
+           if op.op in WEIGHTED_OPS]
+    return match_layers("tflite", model, ops, lambda module: (_tflite_weight_shape(module),))
 
 
 def calibrate(saved_model: str | Path, calibration: np.ndarray) -> bytes:
@@ -399,11 +366,11 @@ def denylist(model, calibrated: bytes, float_kinds=(), float_ops=DEFAULT_FLOAT_O
         bad = [t for t in types if t in WEIGHTED_OPS]
         if bad:
             raise ExportConfigError(f"{bad} carry layer kinds: keep them in float with float_kinds, not float_ops")
-    names = [op.output for _, kind, ops in map_kinds(model, calibrated) if kind in float_kinds for op in ops]
+    names = ops_of_kinds(map_kinds(model, calibrated), float_kinds)
     if LAYER_NORM in float_ops:
         norms = [op.output for op in graph if "layer_normalization" in op.output and op.op not in WEIGHTED_OPS]
         if not norms and any(isinstance(m, nn.LayerNorm) for m in model.modules()):
-            raise KindMappingError("no op named .../layer_normalization... in the graph: "
+            raise LayerMatchError("tflite: no op named .../layer_normalization... in the graph: "
                                    "cannot keep LayerNorm in float")
         names += norms
     return types, names
