@@ -10,6 +10,7 @@ import errno
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -54,6 +55,16 @@ def _refusals(exc: BaseException) -> Iterator[tuple[int, str]]:
         todo += [e.__cause__, e.__context__]
 
 
+def _mount(path: str) -> Path:
+    """The mount point of the file system holding ``path`` (which may be gone: its nearest existing folder)."""
+    where = Path(os.path.abspath(path))
+    while not where.exists():
+        where = where.parent
+    while not os.path.ismount(where):
+        where = where.parent
+    return where
+
+
 def output_error(exc: BaseException, out: str | Path) -> OutputError | None:
     """The :class:`OutputError` to raise for ``exc`` if a disk refused a write (full, over quota, too large;
     read-only or forbidden at ``out``), naming the folder and the fix; else ``None``."""
@@ -67,9 +78,9 @@ def output_error(exc: BaseException, out: str | Path) -> OutputError | None:
             return OutputError(f"the output folder {out} {_DISK[code]} ({why}); nothing was left in it: free space "
                                "on its disk, or choose another --out")
         if code in _DISK:
-            where = Path(os.path.abspath(path)).parent
-            return OutputError(f"the folder {where}, where a converter writes temporary files, {_DISK[code]} "
-                               f"({why}): free space there, or set TMPDIR to a folder on another disk")
+            temporary = Path(os.path.abspath(path)).is_relative_to(os.path.abspath(tempfile.gettempdir()))
+            return OutputError(f"the disk mounted at {_mount(path)} {_DISK[code]} ({why}, writing {path}): free "
+                               "space on it" + (", or set TMPDIR to a folder on another disk" if temporary else ""))
         if code in _OUTPUT_ONLY and path and inside:
             return OutputError(f"the output folder {out} cannot be written ({why}: {path}): make it writable, or "
                                "choose another --out")

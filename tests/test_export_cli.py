@@ -202,6 +202,91 @@ def test_an_unreadable_image_in_images_exits_2_naming_it(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_decompression_bomb_in_images_exits_2_naming_it(tmp_path, capsys, decompression_bomb):
+    """A 138-byte PNG claiming 900 Mpixel among --images: PIL refuses it (DecompressionBombError, which is no
+    OSError); the export refuses the request (exit 2), names the file and the fix, and writes nothing."""
+    from PIL import Image
+
+    from mobilevit.images import photo_variants
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, p in enumerate(photo_variants(3)):
+        Image.fromarray(p).save(photos / f"{i}.jpg")
+    (photos / "huge.png").write_bytes(decompression_bomb)
+    out = tmp_path / "out"
+    code, err = _run(["coreml", "--variant", "xx_small", "--images", str(photos), "--out", str(out)], capsys)
+    assert code == EXIT_BAD_REQUEST, err[-2000:]
+    assert f"image {photos / 'huge.png'} is too large to decode" in err and "900000000 pixels" in err
+    assert "resize it to a few megapixels, or remove it from the folder" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_a_full_output_disk_exits_2_naming_it(small_disk, capsys):
+    """A real full disk: --out on a 2 MiB tmpfs, and the xx_small Core ML package (weights alone 2.6 MB in fp16)
+    does not fit. The ENOSPC reaches us as text inside coremltools' shutil.move error (shutil.Error), wrapped in a
+    ConversionError; it must be the output's error: exit 2, the folder and the fix named, no .build-* or
+    .partial-* folder and no half package left on the disk."""
+    import shutil
+
+    out = small_disk / "out"
+    code, err = _run(["coreml", "--variant", "xx_small", "--out", str(out)], capsys)
+    assert code == EXIT_BAD_REQUEST, err[-2000:]
+    assert f"coreml: the output folder {out} is full (ENOSPC, No space left on device)" in err
+    assert "free space on its disk, or choose another --out" in err and "conversion failed" not in err
+    assert "Nothing was written." in err
+    assert list(small_disk.rglob("*")) == [out]  # hidden folders included: nothing but the empty --out
+    assert shutil.disk_usage(small_disk).used == 0
+
+
+def test_disk_refusals_become_output_errors_however_they_are_reported(small_disk, tmp_path):
+    """Real refusals from the 2 MiB tmpfs, as the converters surface them: a bare OSError (torch.onnx, our own
+    writes), one wrapped by a ConversionError, one as shutil.move reports a folder copied across disks
+    (text in a shutil.Error); a read-only remount gives EROFS. Full counts anywhere (a full system temp folder
+    names that folder and TMPDIR), read-only only at --out, and an unrelated OSError is not the output's."""
+    import errno
+    import shutil
+    import subprocess
+
+    from export.errors import ConversionError, OutputError, output_error
+
+    out = small_disk / "out"
+    out.mkdir()
+    with pytest.raises(OSError) as bare:
+        (out / "big.bin").write_bytes(bytes(3 << 20))
+    assert bare.value.errno == errno.ENOSPC
+    (out / "big.bin").unlink()
+    try:
+        try:
+            raise RuntimeError("converter failed") from bare.value
+        except RuntimeError as e:
+            raise ConversionError("onnx conversion failed: RuntimeError") from e
+    except ConversionError as e:
+        wrapped = e
+    package = tmp_path / "model.mlpackage"
+    package.mkdir()
+    (package / "weight.bin").write_bytes(bytes(3 << 20))
+    with pytest.raises(shutil.Error) as moved:
+        shutil.move(str(package), str(out / "model.mlpackage"))
+    assert "[Errno 28]" in str(moved.value)
+    shutil.rmtree(out / "model.mlpackage")
+    for e in (bare.value, wrapped, moved.value):
+        refused = output_error(e, out)
+        assert isinstance(refused, OutputError), e
+        assert str(refused).startswith(f"the output folder {out} is full (ENOSPC"), refused
+    elsewhere = output_error(moved.value, tmp_path / "my-out")  # the full disk is not --out's, but the temp folder's
+    assert str(elsewhere).startswith(f"the disk mounted at {small_disk} is full (ENOSPC, No space left on device, "
+                                     f"writing {out / 'model.mlpackage' / 'weight.bin'}): free space on it, or set "
+                                     "TMPDIR to a folder on another disk"), elsewhere
+    assert output_error(FileNotFoundError(errno.ENOENT, "No such file", str(out / "x")), out) is None
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    with pytest.raises(OSError) as readonly:
+        (out / "labels.txt").write_text("a\n")
+    assert readonly.value.errno == errno.EROFS
+    assert str(output_error(readonly.value, out)).startswith(f"the output folder {out} cannot be written (EROFS")
+    assert output_error(readonly.value, tmp_path / "my-out") is None
+
+
 def _run_in_terminal(cmd: list[str], cwd, timeout: float) -> tuple[int, str, str]:
     """Run ``cmd`` with stderr on a pseudo-terminal 120 columns wide, as a user's shell gives it;
     ``(exit code, stdout, stderr)``. stdout stays a pipe (what the CLI prints there is the paths written)."""
