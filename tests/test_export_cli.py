@@ -344,6 +344,33 @@ def test_default_export_prints_only_our_own_lines(tmp_path):
     assert stdout.strip().endswith(".mlpackage")
 
 
+def test_environment_check_prints_one_line_of_its_own():
+    """`make setup`'s last step: every runtime imported, and of the ~20 lines their imports print (TensorFlow's C++
+    logs, coremltools' and torchao's warnings) none reaches the terminal; only ours, on stdout."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-m", "export.envcheck"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout == f"environment ok, torch {torch.__version__}\n"
+    assert done.stderr == ""
+
+
+def test_environment_check_names_a_module_that_does_not_import():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys, export.envcheck as e; e.MODULES = ('torch', 'no_such_runtime_xyz'); sys.exit(e.main())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=600)
+    assert done.returncode == 1 and done.stdout == ""
+    assert "environment broken" in done.stderr
+    assert "no_such_runtime_xyz: ModuleNotFoundError: No module named 'no_such_runtime_xyz'" in done.stderr
+
+
 def test_progress_bars_stay_out_of_logs():
     """Our bars draw only on a terminal: written to a file (a CI log), they print nothing."""
     import io
