@@ -30,7 +30,7 @@ class OutputError(ExportError):
 # A write the disk refused -> what it says of the folder. Full, over quota or over a file-size limit anywhere
 # the export writes; read-only or forbidden only at the output itself (elsewhere it is not --out to change).
 _DISK = {errno.ENOSPC: "is full", errno.EDQUOT: "is over its disk quota",
-         errno.EFBIG: "cannot take a file that large (the disk's or the process's file-size limit)"}
+         errno.EFBIG: "cannot take a file that large, over the disk's or the process's file-size limit"}
 _OUTPUT_ONLY = (errno.EROFS, errno.EACCES)
 _ERRNO_TEXT = re.compile(r"\[Errno (\d+)\]")
 

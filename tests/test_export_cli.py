@@ -344,6 +344,30 @@ def test_default_export_prints_only_our_own_lines(tmp_path):
     assert stdout.strip().endswith(".mlpackage")
 
 
+def test_a_file_size_limit_is_an_output_error_too(tmp_path):
+    """RLIMIT_FSIZE with SIGXFSZ ignored makes a write past the limit fail with EFBIG (a real refusal, in a child
+    process so the limit binds nothing else): mapped like a full disk, naming --out."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = f"""
+import resource, signal
+from export.errors import output_error
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    open({str(tmp_path / "out" / "model.onnx")!r}, "wb").write(bytes(2 << 20))
+except OSError as e:
+    print(output_error(e, {str(tmp_path / "out")!r}))
+"""
+    (tmp_path / "out").mkdir()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=600)
+    assert done.stdout.startswith(f"the output folder {tmp_path / 'out'} cannot take a file that large, over the disk's "
+                                  "or the process's file-size limit (EFBIG, File too large)"), done.stderr[-2000:]
+
+
 def test_environment_check_prints_one_line_of_its_own():
     """`make setup`'s last step: every runtime imported, and of the ~20 lines their imports print (TensorFlow's C++
     logs, coremltools' and torchao's warnings) none reaches the terminal; only ours, on stdout."""
