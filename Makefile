@@ -28,7 +28,7 @@ $(STAMP): requirements-torch.lock requirements.lock constraints.txt requirements
 	$(PYTHON) -m pip install -q -r requirements-torch.lock
 	$(PYTHON) -m pip install -q -r requirements.lock -c constraints.txt
 	$(PYTHON) -m pip install -q --no-deps -r requirements-nodeps.lock
-	$(PYTHON) -c "import torch, coremltools, onnxruntime, onnx2tf, ai_edge_litert, executorch.runtime, mediapipe; print('environment ok, torch', torch.__version__)"
+	$(PYTHON) -m export.envcheck
 	touch $(STAMP)
 
 test: setup

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from export import TARGETS
-from export.publish import current_umask
+from mobilevit.atomic import write_atomic
 
 from .stats import paired_delta_ci, proportion_ci
 
@@ -158,21 +158,8 @@ class Predictions:
     def save(self) -> None:
         if not self.path:
             return
-        _atomic(self.path, lambda f: np.save(f, self.top))
-        _atomic(self.path.with_suffix(".json"), lambda f: f.write(json.dumps({"done": self.done}).encode()))
-
-
-def _atomic(path: Path, write: Callable) -> None:
-    """Write ``path`` through a temporary file in the same folder and ``os.replace``: whole or not at all."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; results are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_atomic(self.path, lambda f: np.save(f, self.top))
+        write_atomic(self.path.with_suffix(".json"), lambda f: f.write(json.dumps({"done": self.done}).encode()))
 
 
 Source = Callable[[int, set], Iterator[tuple[np.ndarray, np.ndarray, list[int]]]]
@@ -343,7 +330,7 @@ def run_folder(weights: str | Path, images: str | Path, *, labels: str | Path | 
         _say(f"resuming the run in {store} (same checkpoint, images and options)")
 
     def save_state():
-        _atomic(state_file, lambda f: f.write(json.dumps(state, indent=1).encode()))
+        write_atomic(state_file, lambda f: f.write(json.dumps(state, indent=1).encode()))
 
     model = load_model(weights, ckpt.variant)
     calib = calibration_photos(cfg, size, folder=calibration) if any(a.precision in ("int8", "w8a8")
@@ -522,10 +509,10 @@ def write(result: dict, out: Path, stem: str = "accuracy") -> dict[str, Path]:
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     w.writeheader()
     w.writerows(csv_rows(result))
-    _atomic(paths["json"], lambda f: f.write((json.dumps(result, indent=1) + "\n").encode()))
-    _atomic(paths["csv"], lambda f: f.write(buf.getvalue().encode()))
-    _atomic(paths["md"], lambda f: f.write(render(result).encode()))
-    _atomic(paths["png"], lambda f: plot(result, f))
+    write_atomic(paths["json"], lambda f: f.write((json.dumps(result, indent=1) + "\n").encode()))
+    write_atomic(paths["csv"], lambda f: f.write(buf.getvalue().encode()))
+    write_atomic(paths["md"], lambda f: f.write(render(result).encode()))
+    write_atomic(paths["png"], lambda f: plot(result, f))
     return paths
 
 

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from mobilevit.atomic import write_text
+
 RESULTS = Path(__file__).parent / "results"
 SMALL, LARGE = 100, 400
 BOUND_MB = 64.0
@@ -70,13 +72,13 @@ def main() -> int:
               "peak_rss_mb": {str(n): round(v, 1) for n, v in peaks.items()}, "growth_mb": round(growth, 1),
               "bound_mb": BOUND_MB, "within_bound": ok, "targets": "pytorch fp32, onnx fp32", "batch": 32}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "accuracy_memory.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_text(RESULTS / "accuracy_memory.json", json.dumps(result, indent=1) + "\n")
     md = (f"Peak RSS of `python -m benchmarks.accuracy` (PyTorch + ONNX fp32, batch 32, xx_small, "
           f"{result['created']}): "
           f"{peaks[SMALL]:.0f} MB over {SMALL} images, {peaks[LARGE]:.0f} MB over {LARGE} images: "
           f"{growth:+.1f} MB for {LARGE - SMALL} more images (bound {BOUND_MB:.0f} MB: "
           f"{'met' if ok else 'BROKEN'}).\n")
-    (RESULTS / "accuracy_memory.md").write_text(md)
+    write_text(RESULTS / "accuracy_memory.md", md)
     print(md, end="")
     return 0 if ok else 1
 

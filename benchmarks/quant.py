@@ -37,6 +37,7 @@ from export import convert
 from export.config import INT8_RECIPES, TARGETS, tolerance
 from export.convert import CALIBRATION_IMAGES, calibration_photos, with_target_defaults
 from export.int8 import float_kinds as kept_float
+from mobilevit.atomic import write_atomic, write_text
 from mobilevit.layers import KINDS, check_kinds, layer_macs, layers
 
 from .harness import _say, artifact_entry, machine_info, measure_drift, measure_latency
@@ -272,7 +273,7 @@ def plot(result: dict, path: Path) -> Path:
     ax.set_title(f"int8 sensitivity by layer kind, MobileViT {result['variant']}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return path
 
@@ -280,8 +281,8 @@ def plot(result: dict, path: Path) -> Path:
 def write_all(result: dict, out: Path, stem: str = "quant") -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "png": out / f"{stem}.png"}
-    paths["json"].write_text(json.dumps(result, indent=1, default=float) + "\n")
-    paths["md"].write_text(render_markdown(result))
+    write_text(paths["json"], json.dumps(result, indent=1, default=float) + "\n")
+    write_text(paths["md"], render_markdown(result))
     plot(result, paths["png"])
     return paths
 

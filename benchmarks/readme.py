@@ -9,6 +9,8 @@ import re
 import sys
 from pathlib import Path
 
+from mobilevit.atomic import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 BLOCK = re.compile(r"(<!-- results:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results:(?P=name) -->)", re.S)
@@ -25,7 +27,7 @@ def update(readme: Path = ROOT / "README.md", results: Path = RESULTS) -> list[s
         done.append(m.group("name"))
         return m.group(1) + src.read_text().rstrip() + "\n" + m.group(4)
 
-    readme.write_text(BLOCK.sub(fill, text))
+    write_text(readme, BLOCK.sub(fill, text))
     return done
 
 

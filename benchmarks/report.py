@@ -6,8 +6,11 @@ Every latency is a median with its bootstrap 95% interval, every ratio too; a ta
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
+
+from mobilevit.atomic import write_atomic, write_text
 
 from .stats import SPREAD_WARNING, ratio_ci, verdict
 
@@ -271,13 +274,14 @@ def render_markdown(result: dict) -> str:
 def write_all(result: dict, out: Path, stem: str = "bench") -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{stem}.json", "csv": out / f"{stem}.csv", "md": out / f"{stem}.md"}
-    paths["json"].write_text(json.dumps(result, indent=1) + "\n")
+    write_text(paths["json"], json.dumps(result, indent=1) + "\n")
     rows = flat_rows(result)
-    with open(paths["csv"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    paths["md"].write_text(render_markdown(result))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(paths["csv"], buf.getvalue())
+    write_text(paths["md"], render_markdown(result))
     paths.update(plot(result, out, stem))
     return paths
 
@@ -290,7 +294,7 @@ def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda f: fig.savefig(f, format=path.suffix[1:], dpi=110))
     plt.close(fig)
     return path
 

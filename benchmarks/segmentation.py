@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from export.config import SEGMENTATION_TOLERANCES, preload_modules
+from mobilevit.atomic import write_atomic, write_text
 
 RESULTS = Path(__file__).parent / "results"
 STEM = "segmentation"
@@ -156,7 +156,7 @@ def plot(result: dict, photo: np.ndarray, maps: dict[str, np.ndarray], out: Path
         ax.axis("off")
     fig.tight_layout()
     paths = {"masks": out / f"{STEM}_masks.png"}
-    fig.savefig(paths["masks"], dpi=80)
+    write_atomic(paths["masks"], lambda f: fig.savefig(f, format="png", dpi=80))
     plt.close(fig)
     head = str(result["meta"]["threads"][0])
     v = result["variants"][0]
@@ -171,7 +171,7 @@ def plot(result: dict, photo: np.ndarray, maps: dict[str, np.ndarray], out: Path
     ax.invert_yaxis()
     fig.tight_layout()
     paths["latency"] = out / f"{STEM}_latency.png"
-    fig.savefig(paths["latency"], dpi=80)
+    write_atomic(paths["latency"], lambda f: fig.savefig(f, format="png", dpi=80))
     plt.close(fig)
     return paths
 
@@ -181,11 +181,7 @@ def write(result: dict, photo: np.ndarray, maps: dict[str, np.ndarray], out: Pat
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for suffix, text in (("json", json.dumps(result, indent=1) + "\n"), ("md", render(result))):
-        path = out / f"{STEM}.{suffix}"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-        paths[suffix] = path
+        paths[suffix] = write_text(out / f"{STEM}.{suffix}", text)
     return {**paths, **plot(result, photo, maps, out)}
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mobilevit.atomic import write_text
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -92,8 +94,8 @@ def measure(variants, targets, strategies, repeats: int, threads: int, out: Path
     meta = {"command": " ".join(["python -m benchmarks.strategies", *sys.argv[1:]]), "threads": threads,
             "repeats": repeats, "machine": platform.processor() or platform.machine(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "weights": "synthetic-calibrated"}
-    (out / "strategies.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    (out / "strategies.md").write_text(render(rows, meta))
+    write_text(out / "strategies.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    write_text(out / "strategies.md", render(rows, meta))
     return rows
 
 

@@ -240,12 +240,17 @@ def scan(root: str | Path, num_classes: int, class_names: list[str] | None = Non
 
 
 def decode(path: Path) -> np.ndarray:
-    """uint8 RGB pixels of one file, or :class:`UnreadableImageError` naming it."""
+    """uint8 RGB pixels of one file, or :class:`UnreadableImageError` naming it (a file over PIL's
+    decompression-bomb limit too: its header is read, its pixels never are)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
+    except Image.DecompressionBombError as e:
+        why = str(e).rstrip(".")
+        raise UnreadableImageError(f"image {path} is too large to decode ({why}): resize it to a few megapixels, "
+                                   "or remove it from the folder") from e
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise UnreadableImageError(
             f"cannot read image {path} ({type(e).__name__}: {e}): replace or delete it, or pass --skip-bad to "

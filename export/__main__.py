@@ -1,7 +1,7 @@
 """``python -m export {coreml,onnx,tflite,all}``: export MobileViT, validate it, publish it atomically.
 
 Exit codes: 0 exported and validated; 2 bad request (unknown name, bad size, bad checkpoint,
-unwritable or existing output; nothing written); 3 validation failed; 4 conversion failed. After
+unwritable, existing or full output; nothing written); 3 validation failed; 4 conversion failed. After
 a 3 or a 4, the last lines say exactly which artifacts were published (those that passed) and
 which were not.
 """

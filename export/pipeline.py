@@ -15,7 +15,7 @@ from pathlib import Path
 from . import publish
 from .config import hook, target_config
 from .convert import convert_all, target_options
-from .errors import ValidationError
+from .errors import ValidationError, writing_to
 from .graph import inspect
 from .quiet import silenced, ticking
 from .request import (
@@ -75,7 +75,8 @@ def run_export(req: ExportRequest) -> list[ExportResult]:
     converted = segmentation_output(model, req.output_kind) if req.segmentation else model
     published: list[ExportResult] = []
     failed: list[ValidationError] = []
-    with tempfile.TemporaryDirectory(prefix=".build-", dir=req.out) as work:
+    # a full or read-only output disk is the output's error (exit 2), raised once the work folder is gone
+    with writing_to(req.out), tempfile.TemporaryDirectory(prefix=".build-", dir=req.out) as work:
         start = time.time()
         what = f"{'DeepLabV3-' if req.segmentation else ''}MobileViT {model.cfg.name}"
         say(f"{req.target} {', '.join(req.precisions)}: converting {what} "

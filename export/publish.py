@@ -7,20 +7,20 @@ leaves nothing at the destination (the temporary folder is removed; a crash leav
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import platform
 import shutil
-import tempfile
 import time
 from pathlib import Path
+
+from mobilevit.atomic import staged_folder
 
 from .config import int8_recipe, target_config
 from .errors import OutputError
 
-__all__ = ["OutputError", "check_destination", "staging", "sha256_path", "tool_versions", "write_json",
+__all__ = ["OutputError", "check_destination", "sha256_path", "tool_versions", "write_json",
            "manifest", "publish"]
 
 
@@ -33,13 +33,6 @@ REPRODUCIBILITY = {
                    "TFLite: asking for int8/int8_dynamic in the same request changes onnx2tf's flags and so the "
                    "bytes of the fp32/fp16 files"],
 }
-
-
-def current_umask() -> int:
-    """The process umask (reading it means setting it, so it is put straight back)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def check_destination(dest: Path, force: bool) -> None:
@@ -55,28 +48,6 @@ def check_destination(dest: Path, force: bool) -> None:
         raise OutputError(f"output folder {parent} is not writable: choose another --out")
     if dest.exists() and not force:
         raise OutputError(f"{dest} already exists: pass --force to replace it, or choose another --out")
-
-
-@contextlib.contextmanager
-def staging(dest: Path, force: bool = False):
-    """Yield a temporary folder; on success it becomes ``dest`` in one rename, else it vanishes."""
-    check_destination(dest, force)
-    for stale in dest.parent.glob(f".partial-{dest.name}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".partial-{dest.name}-", dir=dest.parent))
-    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a published folder is an ordinary one
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if dest.exists():
-        old = dest.parent / f".old-{dest.name}-{os.getpid()}"
-        os.rename(dest, old)
-    os.rename(tmp, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def sha256_path(path: str | Path) -> str:
@@ -161,7 +132,8 @@ def _int8(target: str, precision: str, options: dict) -> dict:
 
 def publish(artifact: Path, dest: Path, manifest: dict, labels: list[str], force: bool = False) -> Path:
     """Move ``artifact`` with ``labels.txt`` and ``manifest.json`` into ``dest`` atomically; the final path."""
-    with staging(dest, force) as tmp:
+    check_destination(dest, force)
+    with staged_folder(dest) as tmp:
         shutil.move(str(artifact), tmp / artifact.name)
         (tmp / "labels.txt").write_text("\n".join(labels) + "\n")
         write_json(tmp / "manifest.json", manifest)

@@ -26,6 +26,40 @@ def synthetic_xxs():
     return synthetic_model("xx_small")
 
 
+@pytest.fixture(scope="session")
+def decompression_bomb() -> bytes:
+    """A 138-byte PNG whose header claims 30000x30000 pixels (900 Mpixel, over PIL's 179 Mpixel refusal limit);
+    its IDAT is 16 zlib-compressed all-zero rows (PIL refuses the header before it reads any pixel)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    side = 30000
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)  # 1-bit grayscale, no interlace
+    rows = zlib.compress(bytes(1 + side // 8) * 16, 9)  # filter byte + 3750 bytes per row
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MiB file system (tmpfs) mounted for the test and unmounted after: a write past 2 MiB fails with
+    ENOSPC. Mounting needs root (as in this project's container); elsewhere the test is skipped, saying so."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"skipped: cannot mount a 2 MiB tmpfs here ({done.stderr.strip()}); run as root")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
 # `make test-fast` (pytest -m "not slow") skips what converts a model or trains one; `make test` and CI run all.
 SLOW_MODULES = {"test_accuracy", "test_export_coreml", "test_export_segmentation", "test_export_executorch",
                 "test_export_onnx", "test_export_tflite", "test_tflite_full_int8", "test_reproducible", "test_quant",
@@ -33,7 +67,8 @@ SLOW_MODULES = {"test_accuracy", "test_export_coreml", "test_export_segmentation
 SLOW_FIXTURES = {"photos_xxs", "converted"}  # whole-model Core ML programs; the accuracy run with ONNX artifacts
 SLOW_TESTS = {"test_failed_validation_writes_nothing", "test_a_partly_failed_export_says_exactly_what_was_published",
               "test_checkpoint_export_takes_its_variant_and_records_its_origin",
-              "test_default_export_prints_only_our_own_lines"}
+              "test_default_export_prints_only_our_own_lines", "test_a_full_output_disk_exits_2_naming_it",
+              "test_environment_check_prints_one_line_of_its_own"}
 
 
 def pytest_collection_modifyitems(config, items):

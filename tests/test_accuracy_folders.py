@@ -274,6 +274,20 @@ def test_bad_input_is_refused_with_exit_2_and_nothing_written(user, tmp_path, ca
     assert not out.exists()
 
 
+def test_a_decompression_bomb_is_refused_with_exit_2_naming_it(user, tmp_path, capsys, decompression_bomb):
+    """A 138-byte PNG claiming 900 Mpixel in a class folder: exit 2 (not PIL's traceback), the file and the fix
+    named, and the fresh run's --out removed."""
+    bad = tmp_path / "bad"
+    shutil.copytree(user["synset"], bad)
+    huge = bad / TABLE[user["labels"][0]][0] / "huge.png"
+    huge.write_bytes(decompression_bomb)
+    out = tmp_path / "out"
+    err = _refused(capsys, "--weights", str(user["hf"]), "--images", str(bad), "--out", str(out))
+    assert f"image {huge} is too large to decode" in err and "900000000 pixels" in err
+    assert "resize it to a few megapixels, or remove it from the folder" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_skip_bad_counts_and_lists_unreadable_images(user, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(user["synset"], bad)

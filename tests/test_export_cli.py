@@ -216,6 +216,91 @@ def test_an_unreadable_image_in_images_exits_2_naming_it(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_decompression_bomb_in_images_exits_2_naming_it(tmp_path, capsys, decompression_bomb):
+    """A 138-byte PNG claiming 900 Mpixel among --images: PIL refuses it (DecompressionBombError, which is no
+    OSError); the export refuses the request (exit 2), names the file and the fix, and writes nothing."""
+    from PIL import Image
+
+    from data.photos import photo_variants
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, p in enumerate(photo_variants(3)):
+        Image.fromarray(p).save(photos / f"{i}.jpg")
+    (photos / "huge.png").write_bytes(decompression_bomb)
+    out = tmp_path / "out"
+    code, err = _run(["coreml", "--variant", "xx_small", "--images", str(photos), "--out", str(out)], capsys)
+    assert code == EXIT_BAD_REQUEST, err[-2000:]
+    assert f"image {photos / 'huge.png'} is too large to decode" in err and "900000000 pixels" in err
+    assert "resize it to a few megapixels, or remove it from the folder" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_a_full_output_disk_exits_2_naming_it(small_disk, capsys):
+    """A real full disk: --out on a 2 MiB tmpfs, and the xx_small Core ML package (weights alone 2.6 MB in fp16)
+    does not fit. The ENOSPC reaches us as text inside coremltools' shutil.move error (shutil.Error), wrapped in a
+    ConversionError; it must be the output's error: exit 2, the folder and the fix named, no .build-* or
+    .partial-* folder and no half package left on the disk."""
+    import shutil
+
+    out = small_disk / "out"
+    code, err = _run(["coreml", "--variant", "xx_small", "--out", str(out)], capsys)
+    assert code == EXIT_BAD_REQUEST, err[-2000:]
+    assert f"coreml: the output folder {out} is full (ENOSPC, No space left on device)" in err
+    assert "free space on its disk, or choose another --out" in err and "conversion failed" not in err
+    assert "Nothing was written." in err
+    assert list(small_disk.rglob("*")) == [out]  # hidden folders included: nothing but the empty --out
+    assert shutil.disk_usage(small_disk).used == 0
+
+
+def test_disk_refusals_become_output_errors_however_they_are_reported(small_disk, tmp_path):
+    """Real refusals from the 2 MiB tmpfs, as the converters surface them: a bare OSError (torch.onnx, our own
+    writes), one wrapped by a ConversionError, one as shutil.move reports a folder copied across disks
+    (text in a shutil.Error); a read-only remount gives EROFS. Full counts anywhere (a full system temp folder
+    names that folder and TMPDIR), read-only only at --out, and an unrelated OSError is not the output's."""
+    import errno
+    import shutil
+    import subprocess
+
+    from export.errors import ConversionError, OutputError, output_error
+
+    out = small_disk / "out"
+    out.mkdir()
+    with pytest.raises(OSError) as bare:
+        (out / "big.bin").write_bytes(bytes(3 << 20))
+    assert bare.value.errno == errno.ENOSPC
+    (out / "big.bin").unlink()
+    try:
+        try:
+            raise RuntimeError("converter failed") from bare.value
+        except RuntimeError as e:
+            raise ConversionError("onnx conversion failed: RuntimeError") from e
+    except ConversionError as e:
+        wrapped = e
+    package = tmp_path / "model.mlpackage"
+    package.mkdir()
+    (package / "weight.bin").write_bytes(bytes(3 << 20))
+    with pytest.raises(shutil.Error) as moved:
+        shutil.move(str(package), str(out / "model.mlpackage"))
+    assert "[Errno 28]" in str(moved.value)
+    shutil.rmtree(out / "model.mlpackage")
+    for e in (bare.value, wrapped, moved.value):
+        refused = output_error(e, out)
+        assert isinstance(refused, OutputError), e
+        assert str(refused).startswith(f"the output folder {out} is full (ENOSPC"), refused
+    elsewhere = output_error(moved.value, tmp_path / "my-out")  # the full disk is not --out's, but the temp folder's
+    assert str(elsewhere).startswith(f"the disk mounted at {small_disk} is full (ENOSPC, No space left on device, "
+                                     f"writing {out / 'model.mlpackage' / 'weight.bin'}): free space on it, or set "
+                                     "TMPDIR to a folder on another disk"), elsewhere
+    assert output_error(FileNotFoundError(errno.ENOENT, "No such file", str(out / "x")), out) is None
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    with pytest.raises(OSError) as readonly:
+        (out / "labels.txt").write_text("a\n")
+    assert readonly.value.errno == errno.EROFS
+    assert str(output_error(readonly.value, out)).startswith(f"the output folder {out} cannot be written (EROFS")
+    assert output_error(readonly.value, tmp_path / "my-out") is None
+
+
 def _run_in_terminal(cmd: list[str], cwd, timeout: float) -> tuple[int, str, str]:
     """Run ``cmd`` with stderr on a pseudo-terminal 120 columns wide, as a user's shell gives it;
     ``(exit code, stdout, stderr)``. stdout stays a pipe (what the CLI prints there is the paths written)."""
@@ -271,6 +356,57 @@ def test_default_export_prints_only_our_own_lines(tmp_path):
     assert any(s.startswith("[export] summary: | coreml | fp16 |") and "mobilevit_xx_small_coreml_fp16" in s
                for s in shown)
     assert stdout.strip().endswith(".mlpackage")
+
+
+def test_a_file_size_limit_is_an_output_error_too(tmp_path):
+    """RLIMIT_FSIZE with SIGXFSZ ignored makes a write past the limit fail with EFBIG (a real refusal, in a child
+    process so the limit binds nothing else): mapped like a full disk, naming --out."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = f"""
+import resource, signal
+from export.errors import output_error
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    open({str(tmp_path / "out" / "model.onnx")!r}, "wb").write(bytes(2 << 20))
+except OSError as e:
+    print(output_error(e, {str(tmp_path / "out")!r}))
+"""
+    (tmp_path / "out").mkdir()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=600)
+    assert done.stdout.startswith(f"the output folder {tmp_path / 'out'} cannot take a file that large, over the "
+                                  "disk's or the process's file-size limit (EFBIG, File too large)"), done.stderr[-999:]
+
+
+def test_environment_check_prints_one_line_of_its_own():
+    """`make setup`'s last step: every runtime imported, and of the ~20 lines their imports print (TensorFlow's C++
+    logs, coremltools' and torchao's warnings) none reaches the terminal; only ours, on stdout."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-m", "export.envcheck"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout == f"environment ok, torch {torch.__version__}\n"
+    assert done.stderr == ""
+
+
+def test_environment_check_names_a_module_that_does_not_import():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys, export.envcheck as e; e.MODULES = ('torch', 'no_such_runtime_xyz'); sys.exit(e.main())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=600)
+    assert done.returncode == 1 and done.stdout == ""
+    assert "environment broken" in done.stderr
+    assert "no_such_runtime_xyz: ModuleNotFoundError: No module named 'no_such_runtime_xyz'" in done.stderr
 
 
 def test_progress_bars_stay_out_of_logs():
