@@ -27,8 +27,9 @@ from .errors import ExportConfigError
 class Tolerance:
     """Limits on drift from PyTorch fp32 over the validation photographs.
 
-    ``max_abs_rel`` is max |artifact - torch| divided by max |torch| (logit scale differs between
-    checkpoints); ``top1_min`` is the fraction of photos whose top-1 class must agree.
+    ``max_abs_rel`` is max |artifact - torch| divided by max |torch| for logits (logit scale differs
+    between checkpoints), and max |artifact - torch| itself for a classifier's probabilities (their scale
+    is 1; ``export.validate.drift``); ``top1_min`` is the fraction of photos whose top-1 class must agree.
     """
 
     max_abs_rel: float
