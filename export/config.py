@@ -55,7 +55,9 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("coreml", "fp16"): Tolerance(5e-2, 0.999, 0.9),
     ("coreml", "int8"): Tolerance(0.2, 0.99, 0.8),
     ("coreml", "palettize8"): Tolerance(0.2, 0.99, 0.8),
-    ("coreml", "w8a8"): Tolerance(0.06, 0.998, 0.9),  # with attn_out int8 too: 0.025 / 0.99829 / 0.99928 / 100%
+    # w8a8 (reference executor, float64 sums: the same figures on every CPU), tensor in / logits out, validation
+    # seeds 0, 1, 2: 0.035 / 0.99835 / 0.99927 / 94%; 0.025 / 0.99855 / 0.99941 / 94%; 0.037 / 0.99874 / 0.99940 / 88%
+    ("coreml", "w8a8"): Tolerance(0.06, 0.9975, 0.8),
     ("executorch", "fp32"): Tolerance(1e-4, 0.99999, 1.0),
     ("executorch", "int8"): Tolerance(0.35, 0.985, 0.8),  # 0.30 / 0.99694 / 0.99880 / 94%; 0.067 / 0.99473 / 0.99861;
     # the benchmark's photos (seed 11): 0.27 / 0.99114 / 88%
