@@ -27,8 +27,9 @@ from .errors import ExportConfigError
 class Tolerance:
     """Limits on drift from PyTorch fp32 over the validation photographs.
 
-    ``max_abs_rel`` is max |artifact - torch| divided by max |torch| (logit scale differs between
-    checkpoints); ``top1_min`` is the fraction of photos whose top-1 class must agree.
+    ``max_abs_rel`` is max |artifact - torch| divided by max |torch| for logits (logit scale differs
+    between checkpoints), and max |artifact - torch| itself for a classifier's probabilities (their scale
+    is 1; ``export.validate.drift``); ``top1_min`` is the fraction of photos whose top-1 class must agree.
     """
 
     max_abs_rel: float
@@ -59,7 +60,10 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("coreml", "fp16"): Tolerance(5e-2, 0.999, 0.9),
     ("coreml", "int8"): Tolerance(0.2, 0.99, 0.8),
     ("coreml", "palettize8"): Tolerance(0.2, 0.99, 0.8),
-    ("coreml", "w8a8"): Tolerance(0.06, 0.998, 0.9),  # with attn_out int8 too: 0.025 / 0.99829 / 0.99928 / 100%
+    # w8a8, tensor in / logits out, reference executor with float64 sums (the same figures on every CPU), validation
+    # seeds 0-5 (the exporter's is 1): max abs / max |logit| 0.025-0.045 (worst 0.0446, seed 5), worst cosine
+    # 0.99813-0.99892 (worst seed 3; seed 1: 0.99855), mean cosine 0.99927-0.99942, top-1 88-94% (seed 2: 2 of 16)
+    ("coreml", "w8a8"): Tolerance(0.06, 0.9975, 0.8),
     ("executorch", "fp32"): Tolerance(1e-4, 0.99999, 1.0),
     ("executorch", "int8"): Tolerance(0.35, 0.985, 0.8),  # 0.30 / 0.99694 / 0.99880 / 94%; 0.067 / 0.99473 / 0.99861;
     # the benchmark's photos (seed 11): 0.27 / 0.99114 / 88%

@@ -92,7 +92,7 @@ def run_export(req: ExportRequest) -> list[ExportResult]:
                 f"at {', '.join(f'{s}x{s}' for s in val)} ...")
             with silenced():
                 report = validate_artifact(artifact, req.target, precision, torch_reference(converted, classifier), val,
-                                           task=req.task)
+                                           task=req.task, probabilities=classifier)
             for line in report.skipped:
                 say(f"{req.target} {precision}: {line}")
             if report.problems:

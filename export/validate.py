@@ -22,23 +22,30 @@ __all__ = ["Drift", "drift", "failures", "ValidationError", "ValidationReport", 
 
 @dataclass
 class Drift:
-    """Drift of one artifact's logits from PyTorch fp32 on the same batch."""
+    """Drift of one artifact's logits (or a classifier's probabilities) from PyTorch fp32 on the same batch."""
 
     images: int
     max_abs: float
-    max_abs_rel: float  # max_abs / max |torch logit|
+    max_abs_rel: float  # max_abs / the output's scale: max |torch logit|, or 1 for probabilities
     mean_abs: float
     cosine_min: float
     cosine_mean: float
     top1_agreement: float
     top5_agreement: float  # fraction of images whose torch top-1 is in the artifact's top-5
+    output: str = "logits"  # logits | probabilities (what was compared, and the scale of max_abs_rel)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def drift(reference: np.ndarray, output: np.ndarray) -> Drift:
-    """Compare ``[B, K]`` logits; numbers only, no judgement."""
+def drift(reference: np.ndarray, output: np.ndarray, probabilities: bool = False) -> Drift:
+    """Compare ``[B, K]`` logits, or a classifier's probabilities; numbers only, no judgement.
+
+    ``max_abs_rel`` puts the largest difference on the output's scale: logits' scale differs between
+    checkpoints (divide by max |logit|); probabilities live in [0, 1], so their difference is taken as
+    it is. Dividing by the largest probability instead would call a 0.0017 change of the near-uniform
+    0.005 probabilities of synthetic weights "0.32 of the range".
+    """
     ref, out = np.asarray(reference, np.float64), np.asarray(output, np.float64)
     if ref.shape != out.shape:
         raise ValueError(f"output shape {out.shape} differs from the reference {ref.shape}")
@@ -50,12 +57,13 @@ def drift(reference: np.ndarray, output: np.ndarray) -> Drift:
     return Drift(
         images=int(ref.shape[0]),
         max_abs=float(diff.max()),
-        max_abs_rel=float(diff.max() / max(np.abs(ref).max(), 1e-12)),
+        max_abs_rel=float(diff.max() if probabilities else diff.max() / max(np.abs(ref).max(), 1e-12)),
         mean_abs=float(diff.mean()),
         cosine_min=float(cos.min()),
         cosine_mean=float(cos.mean()),
         top1_agreement=float((out.argmax(1) == top1).mean()),
         top5_agreement=float(np.mean([t in row for t, row in zip(top1, top5)])),
+        output="probabilities" if probabilities else "logits",
     )
 
 
@@ -65,7 +73,9 @@ def failures(d: Drift, tol: Tolerance, where: str) -> list[str]:
     if not np.isfinite(d.max_abs):
         out.append(f"{where}: output is not finite (NaN/inf)")
         return out
-    if d.max_abs_rel > tol.max_abs_rel:
+    if d.max_abs_rel > tol.max_abs_rel and d.output == "probabilities":
+        out.append(f"{where}: a class probability moved by {d.max_abs:.3g} (limit {tol.max_abs_rel:g})")
+    elif d.max_abs_rel > tol.max_abs_rel:
         out.append(f"{where}: max abs diff {d.max_abs:.3g} is {d.max_abs_rel:.3g} of the logit range "
                    f"(limit {tol.max_abs_rel:g})")
     if d.cosine_min < tol.cosine_min:
@@ -135,9 +145,10 @@ def torch_reference(model: torch.nn.Module, softmax: bool = False) -> Callable[[
 
 def validate_artifact(path: Path, target: str, precision: str, reference: Callable[[np.ndarray], np.ndarray],
                       batches: dict[int, np.ndarray], progress: bool | None = None,
-                      task: str = "classification") -> ValidationReport:
+                      task: str = "classification", probabilities: bool = False) -> ValidationReport:
     """Run ``path`` in its runtime on each size's photos and compare with ``reference``: logits (and top-1)
-    for a classifier, logits and class maps for segmentation (``export.tasks``).
+    for a classifier, or its probabilities (``probabilities``: an artifact that ends in a softmax, and a
+    ``reference`` that does too), logits and class maps for segmentation (``export.tasks``).
 
     A progress bar counts the photos (``export.quiet.progress``; ``progress=None``: when stderr is a TTY)."""
     from .config import SEGMENTATION_TOLERANCES
@@ -170,7 +181,7 @@ def validate_artifact(path: Path, target: str, precision: str, reference: Callab
             d = segmentation_drift(reference(x), out, (x.shape[2], x.shape[3]))
             report.problems += segmentation_failures(d, report.tolerance, f"{size}x{size}")
         else:
-            d = drift(reference(x), out)
+            d = drift(reference(x), out, probabilities)
             report.problems += failures(d, report.tolerance, f"{size}x{size}")
         report.by_size[size] = d
     counter.close()

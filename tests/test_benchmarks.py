@@ -41,6 +41,29 @@ def test_drift_metrics_on_known_inputs():
     assert drift(ref, far).top5_agreement == 0.5
 
 
+def test_probabilities_are_judged_in_probability_units():
+    """A classifier's output is judged on what it is: 200 near-uniform probabilities of 0.005 (synthetic
+    weights), two of them moved by 0.00168, is a 0.00168 change of probability, not "0.34 of the range"."""
+    from export.config import Tolerance
+    from export.validate import failures
+
+    ref = np.full((1, 200), 0.005)
+    out = ref.copy()
+    out[0, :2] = [0.00668, 0.00332]  # still sums to 1
+    d = drift(ref, out, probabilities=True)
+    assert d.output == "probabilities" and d.max_abs == pytest.approx(0.00168)
+    assert d.max_abs_rel == pytest.approx(0.00168)
+    # by hand: ref . out = 0.005; |ref| = 0.005 * sqrt(200); |out| = sqrt(198 * 0.005^2 + 0.00668^2 + 0.00332^2)
+    assert d.cosine_min == pytest.approx(0.005 / (0.005 * 200 ** 0.5 * 0.0050056448 ** 0.5), rel=1e-9)
+    assert failures(d, Tolerance(0.06, 0.998, 0.9), "256x256") == []
+    assert failures(d, Tolerance(0.001, 0.998, 0.9), "256x256") == [
+        "256x256: a class probability moved by 0.00168 (limit 0.001)"]
+    as_logits = drift(ref, out)
+    assert as_logits.max_abs_rel == pytest.approx(0.00168 / 0.005)
+    assert failures(as_logits, Tolerance(0.06, 0.998, 0.9), "256x256") == [
+        "256x256: max abs diff 0.00168 is 0.336 of the logit range (limit 0.06)"]
+
+
 def test_benchmark_model_parser_on_real_output():
     desktop = parse_benchmark_model((DATA / "benchmark_model_mobilenet_v1.txt").read_text())
     assert desktop["timings_us"]["Init"] == 17187

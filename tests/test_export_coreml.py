@@ -166,3 +166,44 @@ def test_int8_float_kinds_keep_those_weights_float(xxs_coreml):
         CoreMLOptions(float_kinds=("mlp",))
     with pytest.raises(ExportConfigError, match="applies to coreml int8, w8a8, not to fp16"):
         convert_coreml(xxs_coreml, "fp16", (256,), CoreMLOptions(float_kinds=("ffn",)))
+
+
+def test_w8a8_artifact_and_its_figures_are_the_same_on_every_cpu(tmp_path, xxs_coreml):
+    """What differs from one machine to the next, forced here: the BLAS's thread count (how it splits
+    float32 sums: 1 and 2 OpenBLAS threads gave different activation ranges, scales and a validation
+    cosine of 0.99793 against 0.99777 with float32 sums) and flush-to-zero / denormals-are-zero, which MKL,
+    TensorFlow, onnxruntime or ``torch.set_flush_denormal`` switch on. The artifact's bytes and what the
+    validator computes from it must not move."""
+    import numpy as np
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from data.photos import photo_variants
+    from export.convert import calibration_photos
+    from export.request import VALIDATION_SEED
+    from export.targets.coreml.convert import normalise_package
+    from export.targets.coreml.reference import CoreMLReferenceRunner
+    from mobilevit.preprocess import preprocess
+
+    calibration = calibration_photos(xxs_coreml.cfg, 256, count=8)
+    photos = preprocess(photo_variants(4, seed=VALIDATION_SEED), xxs_coreml.cfg, 256).numpy()
+    opts = CoreMLOptions(input_kind="tensor", output_kind="logits")
+    made = {}
+    for condition, threads, flush in (("2 BLAS threads", 2, False), ("1 BLAS thread", 1, False),
+                                      ("flush-to-zero", 2, True)):
+        path = tmp_path / f"{threads}-{flush}.mlpackage"
+        with threadpool_limits(threads, user_api="blas"):
+            assert torch.set_flush_denormal(flush) or not flush, "this CPU cannot flush denormals"
+            try:
+                convert_coreml(xxs_coreml, "w8a8", (256,), opts, calibration=calibration).save(str(path))
+                outputs = CoreMLReferenceRunner(normalise_package(path))(photos)
+            finally:
+                torch.set_flush_denormal(False)
+        files = {f.relative_to(path).as_posix(): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
+        made[condition] = files, outputs
+    files, outputs = made.pop("2 BLAS threads")
+    for condition, (other_files, other_outputs) in made.items():
+        assert set(other_files) == set(files), condition
+        differ = [name for name in files if other_files[name] != files[name]]
+        assert not differ, f"{condition}: {differ} differ"
+        assert np.array_equal(other_outputs, outputs), f"{condition}: the validator's outputs differ"

@@ -319,15 +319,18 @@ def w8a8_configs(ops_by_kind: dict[str, list[str]], float_kinds=(), only_kinds=N
 
 def activation_ranges(path: str | Path, samples: list[dict]) -> dict[str, dict[str, float]]:
     """``{var: {"rmin", "rmax"}}`` over every float value of the saved program at ``path`` across
-    ``samples``, computed by the reference executor (``export.targets.coreml.reference``).
+    ``samples``, computed by the reference executor (``export.targets.coreml.reference``) with float64 sums.
 
     coremltools calibrates with ``MLModel.predict``, which exists on macOS only; its own loop also
     keeps only the *last* sample's range (``ModelDebugger.record_intermediate_output`` overwrites
     before taking the min/max, coremltools 9.0). Here the range is the min / max over all samples.
+    Float64 sums rounded to the program's fp16 storage give the same ranges, hence the same scales and
+    the same artifact, on every CPU (float32 sums follow the BLAS's split: 1 and 2 OpenBLAS threads gave
+    different scales and validation cosines 0.99793 and 0.99777).
     """
     from .reference import CoreMLReference
 
-    ref = CoreMLReference(path)
+    ref = CoreMLReference(path, accumulate="fp64")
     consts = set(ref._consts)
     stats: dict[str, dict[str, float]] = {}
     for feed in samples:

@@ -7,9 +7,15 @@ semantics.
 
 Precision modes:
 
-* ``accumulate="fp32"`` (default): every op computes in float32 from its inputs and rounds its
-  result to the dtype the program declares for that output (fp16 programs keep fp16 storage and
-  fp16 weights). This shows the drift that fp16 *storage* causes.
+* ``accumulate="fp64"`` (default): every op rounds its result to the dtype the program declares for
+  that output (fp16 programs keep fp16 storage and fp16 weights), and the sums inside matmul / linear
+  / conv, softmax, layer_norm and reduce_mean are taken in float64 (a product of two float32 values is
+  exact there). This shows the drift that fp16 *storage* causes, and nothing else: with float32 sums
+  the result depends on how the BLAS splits them (its kernel for the CPU, its thread count; measured:
+  1 or 2 OpenBLAS threads give different W8A8 activation ranges, scales and validation figures), and
+  an int8 program turns such one-ulp differences into whole quantization steps. Rounded to the stored
+  dtype, float64 sums agree on every CPU.
+* ``accumulate="fp32"``: the same with float32 sums (the BLAS's own order).
 * ``accumulate="fp16"`` (pessimistic): additionally, the sums inside matmul / linear / conv are
   rounded to fp16 every 32 products and accumulated in fp16, and softmax / layer_norm /
   reduce_mean reduce in fp16. Real hardware lies between the two modes.
@@ -100,10 +106,11 @@ def _f32(x):
 
 
 def _matmul(a, b, ctx):
-    """a @ b in float32, or with fp16 partial sums of _CHUNK products in the pessimistic mode."""
+    """a @ b with ``ctx``'s sums (float64 / float32), or with fp16 partial sums of _CHUNK products in the
+    pessimistic mode."""
     a, b = _f32(a), _f32(b)
     if not ctx.fp16_accumulate:
-        return np.matmul(a, b)
+        return np.matmul(a.astype(ctx.sum_dtype), b.astype(ctx.sum_dtype))
     k = a.shape[-1]
     acc = None
     for s in range(0, k, _CHUNK):
@@ -115,7 +122,7 @@ def _matmul(a, b, ctx):
 def _reduce(x, axes, ctx, keepdims=True):
     if ctx.fp16_accumulate:
         return np.mean(np.asarray(x, np.float16), axis=axes, keepdims=keepdims, dtype=np.float16).astype(np.float32)
-    return np.mean(_f32(x), axis=axes, keepdims=keepdims)
+    return np.mean(np.asarray(x, ctx.sum_dtype), axis=axes, keepdims=keepdims)
 
 
 def _pads(pad_type, pad, x_hw, k_hw, strides, dilations):
@@ -134,7 +141,7 @@ def _pads(pad_type, pad, x_hw, k_hw, strides, dilations):
 
 
 def _conv(i, a, ctx):
-    x, w = _f32(i["x"]), _f32(i["weight"])
+    x, w = np.asarray(i["x"], ctx.sum_dtype), np.asarray(i["weight"], ctx.sum_dtype)  # float32 values, exact
     strides = tuple(int(v) for v in i.get("strides", (1, 1)))
     dil = tuple(int(v) for v in i.get("dilations", (1, 1)))
     groups = int(i.get("groups", 1))
@@ -207,7 +214,7 @@ def _softmax(i, a, ctx):
     if ctx.fp16_accumulate:
         e = e.astype(np.float16)
         return (e / e.sum(axis=axis, keepdims=True, dtype=np.float16)).astype(np.float32)
-    return e / e.sum(axis=axis, keepdims=True)
+    return e / e.sum(axis=axis, keepdims=True, dtype=ctx.sum_dtype)
 
 
 def _matmul_op(i, a, ctx):
@@ -217,13 +224,13 @@ def _matmul_op(i, a, ctx):
     if bool(i.get("transpose_y", False)):
         y = np.swapaxes(y, -1, -2)
     if x.ndim == 1 or y.ndim == 1:
-        return np.matmul(x, y)
+        return np.matmul(x.astype(ctx.sum_dtype), y.astype(ctx.sum_dtype))
     return _matmul(x, y, ctx)
 
 
 def _linear(i, a, ctx):
     x, w = _f32(i["x"]), _f32(i["weight"])  # w: [out, in]
-    y = _matmul(x, w.T, ctx) if x.ndim > 1 else np.matmul(x, w.T)
+    y = _matmul(x, w.T, ctx) if x.ndim > 1 else np.matmul(x.astype(ctx.sum_dtype), w.T.astype(ctx.sum_dtype))
     return y + _f32(i["bias"]) if i.get("bias") is not None else y
 
 
@@ -435,9 +442,13 @@ OPS = {
 }
 
 
+_ACCUMULATE = {"fp64": np.float64, "fp32": np.float32, "fp16": np.float32}  # mode -> dtype of its sums
+
+
 class _Context:
-    def __init__(self, fp16_accumulate: bool):
-        self.fp16_accumulate = fp16_accumulate
+    def __init__(self, accumulate: str):
+        self.fp16_accumulate = accumulate == "fp16"
+        self.sum_dtype = _ACCUMULATE[accumulate]
         self.current_output_shape = None
         self.classifier_probs = None
 
@@ -453,11 +464,11 @@ class CoreMLReference:
     (0...255, before the program's own scale); tensor inputs take arrays.
     """
 
-    def __init__(self, path: str | Path, accumulate: str = "fp32"):
+    def __init__(self, path: str | Path, accumulate: str = "fp64"):
         import coremltools as ct
 
-        if accumulate not in ("fp32", "fp16"):
-            raise ValueError(f"accumulate must be 'fp32' or 'fp16', got {accumulate!r}")
+        if accumulate not in _ACCUMULATE:
+            raise ValueError(f"accumulate must be one of {', '.join(map(repr, _ACCUMULATE))}, got {accumulate!r}")
         self.path = Path(path)
         manifest = self.path / "Manifest.json"
         if not self.path.is_dir() or not manifest.exists():
@@ -524,7 +535,7 @@ class CoreMLReference:
     # -- execution ------------------------------------------------------------------------------
     def run(self, inputs: dict, keep: bool = False) -> dict[str, object]:
         """Execute ``main``; returns the block outputs (or every intermediate value if ``keep``)."""
-        ctx = _Context(self.accumulate == "fp16")
+        ctx = _Context(self.accumulate)
         env: dict[str, object] = dict(self._consts)
         env.update(self._feed(inputs))
         for index, op in enumerate(self.block.operations):
@@ -584,7 +595,7 @@ class CoreMLReferenceRunner:
     runtime = "coreml-reference"
     timeable = False  # numpy re-implementing Core ML: its speed says nothing about a device
 
-    def __init__(self, path, threads: int = 2, accumulate: str = "fp32"):
+    def __init__(self, path, threads: int = 2, accumulate: str = "fp64"):
         self.path = Path(path)
         self.threads = threads
         self.model = CoreMLReference(path, accumulate=accumulate)
