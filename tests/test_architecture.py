@@ -356,8 +356,8 @@ def test_every_int8_recipe_names_a_registered_precision_and_real_kinds():
 
 def test_the_export_floor_never_reads_a_benchmark_results_file():
     """Data flows export -> benchmarks: no export module imports benchmarks or names their results folder."""
-    for path in (ROOT / "export").glob("*.py"):
-        imported = _imports(path, "export")
+    for path in (ROOT / "export").rglob("*.py"):
+        imported = _imports(path)
         assert not any(m == "benchmarks" or m.startswith("benchmarks.") for m in imported), path.name
         strings = {n.value for n in ast.walk(ast.parse(path.read_text()))
                    if isinstance(n, ast.Constant) and isinstance(n.value, str)}  # paths built in code, not comments
