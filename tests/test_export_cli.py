@@ -18,7 +18,7 @@ def _run(args, capsys):
     (["onnx", "--size", "250"], "size 250 is not accepted"),
     (["onnx", "--size", "abc"], "--size must be integers"),
     (["coreml", "--size", "160,256"], "odd patch grid"),
-    (["tflite", "--dynamic-hw"], "--dynamic-hw applies to ONNX only"),
+    (["tflite", "--dynamic-hw"], "--dynamic-hw applies to onnx only, not tflite"),
     (["onnx", "--precision", "int8", "--float-kinds", "conv3x3"], "--float-kinds: unknown layer kind(s) conv3x3"),
     (["onnx", "--precision", "int8", "--float-kinds", "stem,,mlp"], "unknown layer kind(s) mlp; choose from: stem"),
     (["onnx", "--precision", "fp32", "--float-kinds", "stem"], "float_kinds (--float-kinds) applies to onnx int8, "
