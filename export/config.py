@@ -62,7 +62,9 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("coreml", "palettize8"): Tolerance(0.2, 0.99, 0.8),
     # w8a8, tensor in / logits out, reference executor with float64 sums (the same figures on every CPU), validation
     # seeds 0-5 (the exporter's is 1): max abs / max |logit| 0.025-0.045 (worst 0.0446, seed 5), worst cosine
-    # 0.99813-0.99892 (worst seed 3; seed 1: 0.99855), mean cosine 0.99927-0.99942, top-1 88-94% (seed 2: 2 of 16)
+    # 0.99813-0.99892 (worst seed 3; seed 1: 0.99855), mean cosine 0.99927-0.99942, top-1 88-94% (seed 2: 2 of 16);
+    # image in / classifier out, probabilities judged as such: max abs 7e-5-1.7e-3 (worst seed 1), worst cosine
+    # 0.99876 (seed 1; others >= 0.99985), top-1 88-100%;
     # limits by the margin policy of benchmarks.margins (1-cosine 2x, max abs 1.5x the worst seen, top-1 one photo
     # below it): 2 x 0.00187 -> 0.996, 1.5 x 0.0446 -> 0.07
     ("coreml", "w8a8"): Tolerance(0.07, 0.996, 0.8),
