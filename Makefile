@@ -16,7 +16,7 @@ EXPORT_ARGS = $(if $(VARIANT),--variant $(VARIANT)) --out $(OUT) $(if $(WEIGHTS)
 	$(if $(PRECISION),--precision $(PRECISION)) $(if $(PATCHES),--patches $(PATCHES)) $(if $(FORCE),--force)
 
 .PHONY: setup test test-fast lint export-coreml export-onnx export-tflite export-executorch export-all bench bench-full readme strategies \
-	finetune bench-accuracy bench-accuracy-memory quant bench-int8 bench-segmentation margins clean
+	finetune bench-accuracy bench-accuracy-memory bench-scaling quant bench-int8 bench-segmentation margins clean
 
 setup: $(STAMP)
 
@@ -77,6 +77,10 @@ bench-accuracy: setup
 # peak RSS of an accuracy run over 100 and 400 images: streaming keeps it flat (README "accuracy")
 bench-accuracy-memory: setup
 	$(PYTHON) -m benchmarks.memory
+
+# images/s of an accuracy job in one process and on a local Ray cluster (README "On a Ray cluster")
+bench-scaling: setup
+	$(PYTHON) -m benchmarks.scaling
 
 clean:
 	rm -rf artifacts .pytest_cache

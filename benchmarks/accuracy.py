@@ -34,9 +34,10 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -162,10 +163,41 @@ class Predictions:
         write_atomic(self.path.with_suffix(".json"), lambda f: f.write(json.dumps({"done": self.done}).encode()))
 
 
-Source = Callable[[int, set], Iterator[tuple[np.ndarray, np.ndarray, list[int]]]]
+class FolderReader:
+    """Files ``[lo, hi)`` of a labelled folder, decoded and preprocessed (``data.folders``). Picklable: a Ray
+    worker reads its own batches."""
+
+    def __init__(self, files: list[Path], size: int, cfg, skip_bad: bool):
+        self.files, self.size, self.cfg, self.skip_bad = list(files), size, cfg, skip_bad
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def read(self, lo: int, hi: int, skip: set[int]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """``(file indices, [b, 3, S, S] float32, unreadable indices)``; files in ``skip`` are not read."""
+        from data.folders import batches
+
+        local_skip = {i - lo for i in skip if lo <= i < hi}
+        idx, x, bad = next(batches(self.files[lo:hi], self.size, self.cfg, hi - lo, skip=local_skip,
+                                   skip_bad=self.skip_bad))
+        return idx + lo, x, [b + lo for b in bad]
 
 
-def predict(fn: Callable[[np.ndarray], np.ndarray], source: Source, preds: Predictions, unreadable: set[int],
+class ArrayReader:
+    """Images already preprocessed in memory (the digits demo)."""
+
+    def __init__(self, x: np.ndarray):
+        self.x = x
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def read(self, lo: int, hi: int, skip: set[int]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        idx = np.array([i for i in range(lo, hi) if i not in skip], np.int64)
+        return idx, self.x[idx], []
+
+
+def predict(fn: Callable[[np.ndarray], np.ndarray], reader, preds: Predictions, unreadable: set[int],
             batch: int, label: str, progress: bool = True) -> None:
     """Fill ``preds`` from ``preds.done`` on, batch by batch, saving every ``SAVE_EVERY`` batches."""
     from tqdm import tqdm
@@ -174,11 +206,12 @@ def predict(fn: Callable[[np.ndarray], np.ndarray], source: Source, preds: Predi
     bar = tqdm(total=n, initial=preds.done, desc=label, unit="img", file=sys.stderr, disable=not progress,
                dynamic_ncols=True, leave=False)
     try:
-        for step, (idx, x, bad) in enumerate(source(preds.done, unreadable), 1):
+        for step, lo in enumerate(range(preds.done, n, batch), 1):
+            idx, x, bad = reader.read(lo, min(lo + batch, n), unreadable)
             unreadable.update(bad)
             if len(idx):
                 preds.top[idx] = top_k(fn(x))
-            preds.done = min(n, preds.done + batch)  # each batch covers ``batch`` files (fewer at the end)
+            preds.done = min(n, lo + batch)  # each batch covers ``batch`` files (fewer at the end)
             bar.update(preds.done - bar.n)
             if step % SAVE_EVERY == 0:
                 preds.save()
@@ -187,11 +220,32 @@ def predict(fn: Callable[[np.ndarray], np.ndarray], source: Source, preds: Predi
         preds.save()
 
 
-def _torch_fn(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
-    def fn(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model(torch.from_numpy(x)).numpy()
-    return fn
+class LocalEngine:
+    """Predictions in this process, at ``threads`` runtime threads (the default engine; ``--ray`` swaps in
+    :class:`benchmarks.cluster.RayEngine`, which has the same two methods)."""
+
+    def __init__(self, threads: int = 2):
+        self.threads = threads
+
+    def describe(self) -> dict:
+        return {"engine": "local", "threads": self.threads}
+
+    def close(self) -> None:
+        pass
+
+    def predict_model(self, model, reader, preds, unreadable, batch, label, progress=True) -> str:
+        def fn(x: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return model(torch.from_numpy(x)).numpy()
+        predict(fn, reader, preds, unreadable, batch, label, progress)
+        return f"torch {torch.__version__}"
+
+    def predict_artifact(self, path, reader, preds, unreadable, batch, label, progress=True) -> str:
+        from export.runners import make_runner
+
+        runner = make_runner(path, threads=self.threads)
+        predict(runner, reader, preds, unreadable, batch, label, progress)
+        return f"{runner.runtime} {runner.version}"
 
 
 def _convert(model, target: str, precisions: list[str], size: int, calib: np.ndarray, work: Path,
@@ -213,21 +267,25 @@ def _convert(model, target: str, precisions: list[str], size: int, calib: np.nda
     return dict(paths)
 
 
-def evaluate(model: torch.nn.Module, source: Source, labels: np.ndarray, class_names: list[str],
+def evaluate(model: torch.nn.Module, reader, labels: np.ndarray, class_names: list[str],
              artifacts: list[Artifact], size: int, calib: np.ndarray, work: Path, *, batch: int = 32,
-             threads: int = 2, names: list[str] | None = None, store: Path | None = None,
+             engine=None, names: list[str] | None = None, store: Path | None = None,
              state: dict | None = None, save_state: Callable[[], None] = lambda: None,
              progress: bool = True) -> tuple[list[dict], list[int]]:
     """Every artifact on every image: ``(rows, unreadable file indices)``. PyTorch runs first: its
-    predictions are the reference, and its pass finds the unreadable files the others then skip."""
-    from export.runners import make_runner
+    predictions are the reference, and its pass finds the unreadable files the others then skip. The
+    ``engine`` runs the predictions (:class:`LocalEngine` by default); artifacts are converted here, once."""
+    from .cluster import ClusterError
 
+    engine = engine or LocalEngine()
     n = len(labels)
     unreadable = set((state or {}).get("unreadable", []))
     ref = Predictions(store, PYTORCH, n)
+    timing = state.setdefault("timing", {}) if state is not None else {}
     try:
         if not ref.complete:
-            predict(_torch_fn(model), source, ref, unreadable, batch, "pytorch fp32", progress)
+            with _timed(timing, PYTORCH.name, ref):
+                engine.predict_model(model, reader, ref, unreadable, batch, "pytorch fp32", progress)
     finally:
         if state is not None:
             state["unreadable"] = sorted(unreadable)
@@ -252,9 +310,11 @@ def evaluate(model: torch.nn.Module, source: Source, labels: np.ndarray, class_n
                     error = path
                 else:
                     try:
-                        runner = make_runner(path, threads=threads)
-                        runtime = f"{runner.runtime} {runner.version}"
-                        predict(runner, source, preds, set(unreadable), batch, f"{target} {p}", progress)
+                        with _timed(timing, a.name, preds):
+                            runtime = engine.predict_artifact(path, reader, preds, set(unreadable), batch,
+                                                              f"{target} {p}", progress)
+                    except ClusterError:  # a node without the runtime: no partial table
+                        raise
                     except Exception as e:
                         error = f"{type(e).__name__}: {e}"
                 if state is not None and not error:
@@ -265,6 +325,16 @@ def evaluate(model: torch.nn.Module, source: Source, labels: np.ndarray, class_n
             _say(f"{target} {p}: " + (f"top-1 {row['top1']:.2%}, {row['changed']} changed" if not error else error))
             rows.append(row)
     return rows, sorted(unreadable)
+
+
+@contextmanager
+def _timed(timing: dict, name: str, preds: Predictions):
+    """Record the wall time of one artifact's predictions and how many files it covered (this run's part)."""
+    start, done = time.perf_counter(), preds.done
+    try:
+        yield
+    finally:
+        timing[name] = {"seconds": round(time.perf_counter() - start, 3), "files": preds.done - done}
 
 
 def _row(a: Artifact, runtime: str, pred, ref, labels, class_names, names) -> dict:
@@ -286,10 +356,13 @@ def run_folder(weights: str | Path, images: str | Path, *, labels: str | Path | 
                targets: list[str] | None = None, precisions: list[str] | None = None, limit: int | None = None,
                batch: int = 32, out: Path = DEFAULT_OUT, size: int | None = None, variant: str | None = None,
                threads: int = 2, skip_bad: bool = False, force: bool = False, seed: int = 0,
-               calibration: str | Path | None = None, progress: bool = True) -> dict:
-    """The command on a user's checkpoint and labelled folder; everything is checked before any work."""
+               calibration: str | Path | None = None, progress: bool = True, ray: str | None = None,
+               workers: int | None = None) -> dict:
+    """The command on a user's checkpoint and labelled folder; everything is checked before any work.
+    ``ray``: run the predictions on a Ray cluster (``"local"``: one on this machine; ``"auto"``, an address
+    or ``ray://host:port``: an existing one) with ``workers`` actors per artifact (default: its CPUs)."""
     from data.datasets import DatasetError
-    from data.folders import batches, scan
+    from data.folders import scan
     from export.convert import calibration_photos
     from mobilevit import get_config
     from mobilevit.checkpoints import load_checkpoint, load_model
@@ -299,6 +372,8 @@ def run_folder(weights: str | Path, images: str | Path, *, labels: str | Path | 
         raise AccuracyConfigError(f"--batch {batch}: give a batch of at least 1 image")
     if limit is not None and limit < 1:
         raise AccuracyConfigError(f"--limit {limit}: give at least 1 image, or leave it out for all")
+    if workers is not None and (ray is None or workers < 1):
+        raise AccuracyConfigError(f"--workers {workers}: give --ray and at least 1 worker")
     ckpt = load_checkpoint(weights, variant)
     cfg = get_config(ckpt.variant, num_classes=ckpt.num_classes)
     size = int(size or ckpt.extra.get("eval_size") or cfg.preprocessing.crop_size)
@@ -336,19 +411,25 @@ def run_folder(weights: str | Path, images: str | Path, *, labels: str | Path | 
     calib = calibration_photos(cfg, size, folder=calibration) if any(a.precision in ("int8", "w8a8")
                                                                      for a in artifacts) else None
 
-    def source(start: int, skip: set) -> Iterator:
-        return batches(files.files, size, cfg, batch, skip=skip, start=start, skip_bad=skip_bad)
-
+    reader = FolderReader(files.files, size, cfg, skip_bad)
     save_state()
+    engine = LocalEngine(threads)
     try:
-        rows, unreadable = evaluate(model, source, files.labels, files.class_names, artifacts, size, calib,
-                                    store / "artifacts", batch=batch, threads=threads, names=files.names,
+        if ray is not None:
+            from .cluster import RayEngine
+
+            engine = RayEngine(ray, workers, log=_say)
+        rows, unreadable = evaluate(model, reader, files.labels, files.class_names, artifacts, size, calib,
+                                    store / "artifacts", batch=batch, engine=engine, names=files.names,
                                     store=store, state=state, save_state=save_state, progress=progress)
     except DatasetError:  # an unreadable image: bad input, so a fresh run leaves nothing behind
         if fresh:
             shutil.rmtree(store if out_existed else out, ignore_errors=True)
         raise
+    finally:
+        engine.close()
     result = {"meta": {**_meta(ckpt, weights, size, threads, batch, seed), "started": state["created"],
+                       "engine": engine.describe(), "timing": state.get("timing", {}),
                        "images_dir": str(files.root), "layout": files.layout, "labels_file": str(labels or ""),
                        "images": len(files), "limit": limit,
                        "unreadable": [files.names[i] for i in unreadable],
@@ -395,13 +476,8 @@ def run(checkpoint: Path, out: Path, train_if_missing: bool = True, limit: int |
     if limit:
         x, y = x[:limit], y[:limit]
     batch = 64
-
-    def source(start: int, skip: set) -> Iterator:
-        for lo in range(start, len(x), batch):
-            yield np.arange(lo, min(lo + batch, len(x))), x[lo:lo + batch], []
-
     with tempfile.TemporaryDirectory(prefix="acc-") as tmp:
-        rows, _ = evaluate(model, source, y, data.class_names, plan(), size, data.train.images[:64].numpy(),
+        rows, _ = evaluate(model, ArrayReader(x), y, data.class_names, plan(), size, data.train.images[:64].numpy(),
                            Path(tmp), batch=batch, progress=progress)
     result = {"meta": {**_meta(ckpt, checkpoint, size, 2, batch, 0), "dataset": data.name, "layout": "in-memory",
                        "preprocessing": f"{data.name} validation split, already {size}x{size} in memory "
@@ -539,7 +615,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help=f"output folder (default {DEFAULT_OUT}; the demo: {RESULTS})")
     p.add_argument("--size", type=int, help="input size (default: the checkpoint's, 256 for public weights)")
     p.add_argument("--variant", help="refuse a checkpoint of any other variant")
-    p.add_argument("--threads", type=int, default=2, help="runtime threads (default 2)")
+    p.add_argument("--threads", type=int, default=2, help="runtime threads of a local run (default 2; Ray workers: 1)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run on a Ray cluster: alone, one started on this machine; 'auto', HOST:PORT or "
+                        "ray://HOST:PORT, an existing one (the image folder must be at the same path on every node)")
+    p.add_argument("--workers", type=int, help="with --ray: actors per artifact, 1 CPU each (default: all CPUs)")
     p.add_argument("--calibration", help="folder of images that calibrate int8 (default: photos the packages ship)")
     p.add_argument("--skip-bad", action="store_true", help="count and list unreadable images instead of stopping")
     p.add_argument("--force", action="store_true", help="replace another run's predictions in --out")
@@ -557,6 +637,8 @@ def main(argv=None) -> int:
     from mobilevit.checkpoints import CheckpointError
     from mobilevit.config import UnknownVariantError
 
+    from .cluster import ClusterError
+
     try:
         if a.weights or a.images:
             if not (a.weights and a.images):
@@ -565,10 +647,12 @@ def main(argv=None) -> int:
                                 precisions=_list(a.precisions), limit=a.limit, batch=a.batch,
                                 out=a.out or DEFAULT_OUT, size=a.size, variant=a.variant, threads=a.threads,
                                 skip_bad=a.skip_bad, force=a.force, calibration=a.calibration,
-                                progress=not a.no_progress)
+                                progress=not a.no_progress, ray=a.ray, workers=a.workers)
         else:
+            if a.ray is not None:
+                raise AccuracyConfigError("--ray runs a folder: give --weights CKPT and --images DIR")
             result = run(a.checkpoint, a.out or RESULTS, limit=a.limit)
-    except (AccuracyConfigError, DatasetError, CheckpointError, UnknownVariantError) as e:
+    except (AccuracyConfigError, DatasetError, CheckpointError, UnknownVariantError, ClusterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -365,3 +366,138 @@ def test_limit_takes_a_class_balanced_subset(tmp_path):
     assert sorted(np.bincount(sub.labels).tolist()) == [2, 3, 3]
     assert files.balanced(8).files == sub.files  # seeded
     assert files.balanced(None) is files
+
+
+# ----------------------------------------------------------------------------------- Ray
+# A real Ray cluster on loopback (`ray start --head`, as the README tells users), started once for this module's
+# Ray tests; the runs connect to it by address. Expected predictions come from the one-process run (the local
+# engine at 1 thread, the same batches), never from the Ray engine.
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import os
+    import secrets
+    import subprocess
+    import sys
+
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    # loopback only, and Ray's token authentication with a token of this test's (the driver reads the same)
+    settings = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
+    port = _free_port()
+    subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                    "--disable-usage-stats"], check=True, capture_output=True)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True)
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def _predictions(out: Path) -> dict[str, np.ndarray]:
+    return {p.stem: np.load(p) for p in sorted((out / "predictions").glob("*.npy"))}
+
+
+def test_a_ray_run_gives_the_local_runs_predictions(user, tmp_path, ray_cluster, capsys):
+    """ONNX and Core ML fp32 through `--ray ADDRESS`: the same predictions image by image, the same rows, as the
+    one-process run at 1 thread; artifacts converted once (the local run reuses the Ray run's)."""
+    ray_out, local_out = tmp_path / "ray", tmp_path / "local"
+    args = ["--weights", str(user["hf"]), "--images", str(user["synset"]), "--targets", "onnx,coreml",
+            "--precisions", "fp32", "--batch", "4", "--threads", "1", "--no-progress"]
+    assert main(args + ["--out", str(ray_out), "--ray", ray_cluster, "--workers", "2"]) == 0
+    capsys.readouterr()
+    (local_out / "predictions").mkdir(parents=True)
+    shutil.copy(ray_out / "predictions" / "run.json", local_out / "predictions" / "run.json")  # its artifacts
+    assert main(args + ["--out", str(local_out)]) == 0
+    ray_result, local_result = (json.loads((o / "accuracy.json").read_text()) for o in (ray_out, local_out))
+    assert ray_result["meta"]["engine"] == {"engine": "ray 2.60.0", "address": ray_cluster, "nodes": 1,
+                                            "workers": 2, "threads_per_worker": 1}
+    assert local_result["meta"]["engine"] == {"engine": "local", "threads": 1}
+    ray_preds, local_preds = _predictions(ray_out), _predictions(local_out)
+    assert list(ray_preds) == ["coreml_fp32", "onnx_fp32", "pytorch_fp32"]
+    for name in ray_preds:
+        np.testing.assert_array_equal(ray_preds[name], local_preds[name], err_msg=name)
+    assert (ray_preds["pytorch_fp32"][:, 0] >= 0).all()
+    assert ray_result["rows"] == local_result["rows"]
+    assert [r["artifact"] for r in ray_result["rows"]] == ["pytorch_fp32", "onnx_fp32", "coreml_fp32"]
+    assert not any(r["error"] for r in ray_result["rows"])
+
+
+def test_a_worker_killed_mid_run_loses_no_image_and_repeats_none(user, tmp_path, ray_cluster):
+    """192 files (the 24 photos, hard-linked 8 times): a Ray worker process is killed (SIGKILL) once a third of
+    the predictions are saved; Ray restarts it and re-runs its batches, and every prediction equals the local
+    run's (a batch arriving twice would stop the run)."""
+    import threading
+
+    import psutil
+
+    tiled = tmp_path / "tiled"
+    for f in user["files"]:
+        (tiled / f.parent.name).mkdir(parents=True, exist_ok=True)
+        for k in range(8):
+            (tiled / f.parent.name / f"{f.stem}_{k}{f.suffix}").hardlink_to(f)
+    kw = dict(targets=[], batch=4, threads=1, progress=False)
+    local = run_folder(user["hf"], tiled, out=tmp_path / "local", **kw)
+    saved = tmp_path / "ray" / "predictions" / "pytorch_fp32.json"
+    killed = {}
+
+    def kill_a_worker_mid_run():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            done = json.loads(saved.read_text())["done"] if saved.exists() else 0
+            workers = [p for p in psutil.process_iter(["cmdline"]) if "MapWorker" in " ".join(p.info["cmdline"] or [])]
+            if done >= 32 and workers:
+                workers[0].kill()
+                killed.update(done=done, pid=workers[0].pid)
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=kill_a_worker_mid_run, daemon=True)
+    watcher.start()
+    result = run_folder(user["hf"], tiled, out=tmp_path / "ray", ray=ray_cluster, workers=2, **kw)
+    watcher.join(timeout=5)
+    assert killed and 32 <= killed["done"] < 192, killed  # killed while predictions were still missing
+    np.testing.assert_array_equal(np.load(tmp_path / "ray" / "predictions" / "pytorch_fp32.npy"),
+                                  np.load(tmp_path / "local" / "predictions" / "pytorch_fp32.npy"))
+    assert json.loads(saved.read_text())["done"] == 192
+    assert result["rows"] == local["rows"] and result["rows"][0]["images"] == 192
+
+
+def test_a_worker_that_cannot_load_the_runtime_ends_the_run_with_exit_2(user, tmp_path, ray_cluster, capsys):
+    """An artifact the worker's onnxruntime cannot load (not an ONNX model): exit 2 naming the artifact and the
+    node, no accuracy table."""
+    out = tmp_path / "out"
+    assert run_folder(user["hf"], user["synset"], out=out, targets=[], batch=8, progress=False)["rows"]
+    state = json.loads((out / "predictions" / "run.json").read_text())
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not an onnx model")
+    state["artifacts"] = {"onnx": {"fp32": str(bad)}}  # the driver's "conversion" of an earlier run
+    (out / "predictions" / "run.json").write_text(json.dumps(state))
+    (out / "accuracy.json").unlink()
+    assert main(["--weights", str(user["hf"]), "--images", str(user["synset"]), "--targets", "onnx", "--precisions",
+                 "fp32", "--batch", "8", "--out", str(out), "--ray", "--no-progress"]) == 2  # a cluster of its own
+    err = capsys.readouterr().err
+    assert "cannot load model.onnx" in err and "onnx fp32" in err and "on node " in err
+    assert not (out / "accuracy.json").exists()
+
+
+def test_without_ray_the_accuracy_command_does_not_import_it(user, tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from benchmarks.accuracy import main; "
+            "rc = main(sys.argv[1:]); print(rc, 'ray' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code, "--weights", str(user["hf"]), "--images", str(user["synset"]),
+                          "--targets", "none", "--batch", "8", "--out", str(tmp_path / "o"), "--no-progress"],
+                         capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "0 False"
