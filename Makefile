@@ -32,7 +32,7 @@ $(STAMP): requirements-torch.lock requirements.lock constraints.txt requirements
 	touch $(STAMP)
 
 test: setup
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q --durations=25 tests
 
 # the development loop: everything but conversions and training (README gives its time); make test runs all
 test-fast: setup

@@ -143,6 +143,7 @@ class Predictions:
         self.path = folder / f"{artifact.name}.npy" if folder else None
         self.top = np.full((n, TOP_K), -1, np.int32)
         self.done = 0  # files [0, done) are predicted (or unreadable)
+        self.first_at: float | None = None  # perf_counter when this run's first batch came back
         if self.path and self.path.exists():
             try:  # a save cut between its two files: start this artifact over
                 saved = np.load(self.path)
@@ -211,6 +212,7 @@ def predict(fn: Callable[[np.ndarray], np.ndarray], reader, preds: Predictions, 
             unreadable.update(bad)
             if len(idx):
                 preds.top[idx] = top_k(fn(x))
+            preds.first_at = preds.first_at or time.perf_counter()
             preds.done = min(n, lo + batch)  # each batch covers ``batch`` files (fewer at the end)
             bar.update(preds.done - bar.n)
             if step % SAVE_EVERY == 0:
@@ -329,12 +331,14 @@ def evaluate(model: torch.nn.Module, reader, labels: np.ndarray, class_names: li
 
 @contextmanager
 def _timed(timing: dict, name: str, preds: Predictions):
-    """Record the wall time of one artifact's predictions and how many files it covered (this run's part)."""
+    """Record the wall time of one artifact's predictions, how many files it covered (this run's part) and
+    when its first batch came back (loading the runtime, starting workers: the fixed cost of a pass)."""
     start, done = time.perf_counter(), preds.done
     try:
         yield
     finally:
-        timing[name] = {"seconds": round(time.perf_counter() - start, 3), "files": preds.done - done}
+        timing[name] = {"seconds": round(time.perf_counter() - start, 3), "files": preds.done - done,
+                        "first_batch_s": round((preds.first_at or time.perf_counter()) - start, 3)}
 
 
 def _row(a: Artifact, runtime: str, pred, ref, labels, class_names, names) -> dict:

@@ -215,6 +215,11 @@ class RayEngine:
         if self.owned and self.ray.is_initialized():
             self.ray.shutdown()
 
+    def map(self, fn: Callable, calls: list[tuple]) -> list:
+        """``[fn(*args) for args in calls]``, one Ray task (1 CPU) each; Ray re-runs a task whose worker died."""
+        remote = self.ray.remote(num_cpus=1, max_retries=3)(fn)
+        return self.ray.get([remote.remote(*args) for args in calls])
+
     def predict_model(self, model, reader, preds, unreadable: set, batch: int, label: str,
                       progress: bool = True) -> str:
         return self._predict("pytorch", "pytorch", self.ray.put(model), reader, preds, unreadable, batch, label,
@@ -262,6 +267,7 @@ class RayEngine:
                     preds.top[lo:hi] = top[: hi - lo]
                     unreadable.update((lo + np.flatnonzero(bad[: hi - lo])).tolist())
                     preds.done = hi
+                    preds.first_at = preds.first_at or time.perf_counter()
                     runtime = runtime or str(b["runtime"][k])
                     got += hi - lo
                 if step % SAVE_EVERY == 0:

@@ -79,34 +79,80 @@ def _float_precision(target: str) -> str:
     return "fp32" if "fp32" in TARGETS[target].precisions else TARGETS[target].default_precision
 
 
-def run_target(model, target: str, kinds: tuple[str, ...], calibration: np.ndarray, images: np.ndarray,
-               work: Path, *, threads: int, runs: int, shares: dict[str, float]) -> dict:
-    """Convert and measure every row of :func:`plan` for ``target``."""
+def _row_plan(target: str, kinds: tuple[str, ...], shares: dict[str, float]) -> list[dict]:
+    """One record per row of :func:`plan`: its precision, float kinds and share of MACs in int8."""
     precision = _precision(target)
+    return [{"row": row, "precision": precision if fk is not None else _float_precision(target),
+             "float_kinds": list(fk) if fk is not None else None,
+             "int8_macs_share": sum(s for k, s in shares.items() if k not in fk) if fk is not None else 0.0}
+            for row, fk in plan(target, kinds)]
+
+
+def convert_row(model, target: str, record: dict, calibration: np.ndarray, images: np.ndarray, work: Path):
+    """Convert one row through ``export.convert`` and measure its drift; ``(record, entry or None)``."""
     base = with_target_defaults(model, target)
-    options = dict(TARGETS[target].logits_options)
-    entries, rows = [], []
-    for row, float_kinds in plan(target, kinds):
-        p = precision if float_kinds is not None else _float_precision(target)
-        extra = {} if float_kinds is None else {"float_kinds": float_kinds}
-        t0 = time.perf_counter()
-        record = {"row": row, "precision": p, "float_kinds": list(float_kinds) if float_kinds is not None else None,
-                  "int8_macs_share": (sum(s for k, s in shares.items() if k not in float_kinds)
-                                      if float_kinds is not None else 0.0)}
-        try:
-            path = convert(base, target, p, work / target / row, size=images.shape[-1],
-                           calibration=calibration, **options, **extra)
-        except Exception as e:  # a conversion that fails is a row of the table, not the end of the run
-            record["error"] = f"{type(e).__name__}: {e}"
-            rows.append(record)
-            _say(f"  {target} {row}: conversion failed: {record['error'][:200]}")
+    extra = {} if record["float_kinds"] is None else {"float_kinds": tuple(record["float_kinds"])}
+    t0 = time.perf_counter()
+    try:
+        path = convert(base, target, record["precision"], work / target / record["row"], size=images.shape[-1],
+                       calibration=calibration, **TARGETS[target].logits_options, **extra)
+    except Exception as e:  # a conversion that fails is a row of the table, not the end of the run
+        _say(f"  {target} {record['row']}: conversion failed: {type(e).__name__}: {str(e)[:200]}")
+        return {**record, "error": f"{type(e).__name__}: {e}"}, None
+    record = {**record, "convert_s": round(time.perf_counter() - t0, 1)}
+    entry = artifact_entry(target, record["precision"], "ours", ("", ""), path, prefix=f"{record['row']}: ")
+    measure_drift([entry], model, images)
+    return record, entry
+
+
+def _row_on_a_worker(model, target: str, record: dict, calibration: np.ndarray, images: np.ndarray):
+    """A Ray task: :func:`convert_row` in a temporary folder; the artifact comes back packed with its figures."""
+    from .cluster import pack
+
+    with tempfile.TemporaryDirectory(prefix="quant-row-") as tmp:
+        record, entry = convert_row(model, target, record, calibration, images, Path(tmp))
+        if entry is None:
+            return record, None
+        return record, {"name": Path(entry.artifact).name, "blob": pack(Path(entry.artifact)),
+                        "results": entry.results, "error": entry.error}
+
+
+def _rows_on_cluster(cluster, model, target, records, calibration, images, work) -> list:
+    """Every row as one Ray task (conversion and drift); the artifacts land in ``work`` for the timing."""
+    from .cluster import unpack
+
+    shared = [cluster.ray.put(v) for v in (model, calibration, images)]  # once, not once per task
+    done = cluster.map(_row_on_a_worker, [(shared[0], target, r, shared[1], shared[2]) for r in records])
+    out = []
+    for record, shipped in done:
+        if shipped is None:
+            out.append((record, None))
             continue
-        record["convert_s"] = round(time.perf_counter() - t0, 1)
-        entry = artifact_entry(target, p, "ours", ("", ""), path, prefix=f"{row}: ")
-        entries.append(entry)
-        rows.append(record)
-        record["_entry"] = entry
-    measure_drift(entries, model, images)
+        folder = work / target / record["row"]
+        folder.mkdir(parents=True, exist_ok=True)
+        path = unpack(shipped["blob"], shipped["name"], folder)
+        entry = artifact_entry(target, record["precision"], "ours", ("", ""), path, prefix=f"{record['row']}: ")
+        entry.results.update(shipped["results"])
+        entry.error = entry.error or shipped["error"]
+        out.append((record, entry))
+    return out
+
+
+def run_target(model, target: str, kinds: tuple[str, ...], calibration: np.ndarray, images: np.ndarray,
+               work: Path, *, threads: int, runs: int, shares: dict[str, float], cluster=None) -> dict:
+    """Convert and measure every row of :func:`plan` for ``target``: conversions and drift here, or one Ray
+    task per row on ``cluster``; latency here afterwards (timings need the machine to themselves)."""
+    precision = _precision(target)
+    records = _row_plan(target, kinds, shares)
+    if cluster is None:
+        done = [convert_row(model, target, r, calibration, images, work) for r in records]
+    else:
+        done = _rows_on_cluster(cluster, model, target, records, calibration, images, work)
+    rows = [record for record, _ in done]
+    entries = [entry for _, entry in done if entry is not None]
+    for record, entry in done:
+        if entry is not None:
+            record["_entry"] = entry
     measure_latency(entries, [threads], runs, 3, images[:1])
     fp32 = next((r["_entry"] for r in rows if r["row"] == "fp32" and "_entry" in r), None)
     ref = (fp32.results.get("latency") or {}).get(str(threads)) if fp32 else None
@@ -146,7 +192,7 @@ def ranking(result: dict) -> list[tuple[str, float]]:
 
 
 def run(variant: str, targets: list[str], kinds: tuple[str, ...], *, images_dir: str | None, num_images: int,
-        runs: int, threads: int, work: Path) -> dict:
+        runs: int, threads: int, work: Path, cluster=None) -> dict:
     from data.photos import load_folder, photo_variants
     from mobilevit.preprocess import preprocess
 
@@ -177,7 +223,7 @@ def run(variant: str, targets: list[str], kinds: tuple[str, ...], *, images_dir:
         _say(f"{target}: {len(kinds) + 3} conversions ...")
         t0 = time.perf_counter()
         result["targets"][target] = run_target(model, target, kinds, calibration, images, work, threads=threads,
-                                               runs=runs, shares=shares)
+                                               runs=runs, shares=shares, cluster=cluster)
         result["targets"][target]["seconds"] = round(time.perf_counter() - t0, 1)
         result["targets"][target]["created"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         result["targets"][target]["command"] = result["command"]
@@ -298,6 +344,10 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=30, help="timed runs per row (default 30)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="convert and measure drift as one Ray task per row: alone, a cluster on this machine; "
+                        "'auto', HOST:PORT or ray://HOST:PORT, an existing one (latency is still timed here)")
+    p.add_argument("--workers", type=int, help="with --ray on this machine: its CPUs for the cluster (default all)")
     p.add_argument("--work", type=Path, default=None, help="keep the artifacts here (default: a temporary folder)")
     p.add_argument("--render", action="store_true",
                    help="only re-render quant.md and quant.png from --out's quant.json (e.g. after a tolerance change)")
@@ -319,11 +369,21 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: --kinds: {e}", file=sys.stderr)
         return 2
+    from .cluster import ClusterError, RayEngine
+
     work = a.work or Path(tempfile.mkdtemp(prefix="quant-"))
+    cluster = None
     try:
+        if a.ray is not None:
+            cluster = RayEngine(a.ray, a.workers, log=_say)
         result = run(a.variant, targets, kinds, images_dir=a.images, num_images=a.num_images, runs=a.runs,
-                     threads=a.threads, work=work)
+                     threads=a.threads, work=work, cluster=cluster)
+    except ClusterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     finally:
+        if cluster is not None:
+            cluster.close()
         if a.work is None:
             shutil.rmtree(work, ignore_errors=True)
     previous = a.out / "quant.json"

@@ -10,9 +10,12 @@ with the artifacts converted once, by the first run, and reused by the others (a
 and artifact: the wall time of its predictions and images/s; per Ray run, the ratio to the one-process run
 (the engine's overhead is ``1 - ratio / workers``) and the cluster's start-up time, kept apart. From the
 measured one-process cost per image of each artifact, the wall time of 50,000 images on 1, 8 and 64 workers
-(cost x images / workers: the linear estimate, which the measured 2-worker efficiency qualifies).
+(cost x images / workers at the measured per-worker efficiency). The estimate covers PyTorch and every
+precision the registry offers per target, each precision at its target's measured cost (the job measures
+one precision per target; at 1 thread the int8 and fp16 artifacts of a runtime run within about 15% of its
+fp32, ``benchmarks/results/bench.md``).
 
-Results: ``benchmarks/results/scaling.{json,md}`` (the README's table). Record the CPU with them: absolute
+Results: ``benchmarks/results/scaling.{json,md,png}`` (the README's table). Record the CPU with them: absolute
 figures differ between machines; the ratios are the result.
 """
 from __future__ import annotations
@@ -25,7 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mobilevit.atomic import write_text
+from export import TARGETS
+from mobilevit.atomic import write_atomic, write_text
 
 from .accuracy import run_folder
 from .margins import cpu_info
@@ -61,6 +65,11 @@ def measure(limit: int, targets: list[str], precisions: list[str], workers: list
                                         for row in r["rows"]]} for name, r in runs.items()}
 
 
+def _steady(t: dict, batch: int) -> float:
+    """Images/s after the first batch: the rate once the runtime is loaded and the workers started."""
+    return (t["files"] - batch) / max(t["seconds"] - t["first_batch_s"], 1e-9)
+
+
 def summarise(runs: dict, limit: int) -> dict:
     local = runs["local"]["timing"]
     table = []
@@ -69,9 +78,12 @@ def summarise(runs: dict, limit: int) -> dict:
         for artifact, t in meta["timing"].items():
             ips = t["files"] / t["seconds"]
             ratio = local[artifact]["seconds"] / t["seconds"]
+            steady = _steady(t, meta["batch"])
             table.append({"run": name, "workers": workers, "artifact": artifact, "files": t["files"],
-                          "seconds": t["seconds"], "images_per_s": round(ips, 2), "speedup": round(ratio, 3),
-                          "efficiency": round(ratio / workers, 3)})
+                          "seconds": t["seconds"], "first_batch_s": t["first_batch_s"], "images_per_s": round(ips, 2),
+                          "speedup": round(ratio, 3), "efficiency": round(ratio / workers, 3),
+                          "steady_images_per_s": round(steady, 2),
+                          "steady_speedup": round(steady / _steady(local[artifact], meta["batch"]), 3)})
     totals = {}
     for name, meta in runs.items():
         seconds = sum(t["seconds"] for t in meta["timing"].values())
@@ -83,6 +95,19 @@ def summarise(runs: dict, limit: int) -> dict:
             "one_process_seconds_per_image": {a: round(v, 4) for a, v in per_image.items()}}
 
 
+def estimated_costs(measured: dict[str, float]) -> dict[str, float]:
+    """Seconds per image at 1 thread of PyTorch and of every registered artifact: measured where the job ran it,
+    else its target's measured cost (one precision per target is measured)."""
+    costs = {"pytorch_fp32": measured["pytorch_fp32"]}
+    for target, cfg in TARGETS.items():
+        ran = [v for name, v in measured.items() if name.startswith(f"{target}_")]
+        if not ran:
+            continue
+        for precision in cfg.precisions:
+            costs[f"{target}_{precision}"] = measured.get(f"{target}_{precision}", ran[0])
+    return costs
+
+
 def render(result: dict) -> str:
     m = result["meta"]
     cpu = m["cpu"]
@@ -91,28 +116,60 @@ def render(result: dict) -> str:
              f"{cpu['cpu']}, family {cpu['cpu_family']} model {cpu['cpu_model']}, {cpu['logical_cores']} cores, "
              f"int8 extensions: {ext}; {m['created']}): images/s per artifact in one process at 1 thread and on "
              "a Ray cluster on this machine (1 thread per worker). Speed-up: one-process time / this run's time.", "",
-             "| run | workers | artifact | images/s | speed-up | per worker |", "|---|---|---|---|---|---|"]
+             "Steady: after the first batch (runtime loaded, workers started).", "",
+             "| run | workers | artifact | images/s | speed-up | per worker | first batch after | steady images/s "
+             "| steady speed-up |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["table"]:
         lines.append(f"| {r['run']} | {r['workers']} | {r['artifact']} | {r['images_per_s']:.1f} | "
-                     f"{r['speedup']:.2f}x | {100 * r['efficiency']:.0f}% |")
+                     f"{r['speedup']:.2f}x | {100 * r['efficiency']:.0f}% | {r['first_batch_s']:.1f} s | "
+                     f"{r['steady_images_per_s']:.1f} | {r['steady_speedup']:.2f}x |")
     lines += ["", "| run | prediction time | speed-up | whole run (with cluster start and conversions) |",
               "|---|---|---|---|"]
     for name, t in result["totals"].items():
         lines.append(f"| {name} | {t['prediction_seconds']:.1f} s | {t['speedup']:.2f}x | {t['wall_seconds']:.1f} s |")
     est = result["estimate"]
-    lines += ["", f"Estimate for {ESTIMATE_IMAGES:,} images x the {len(est['artifacts'])} artifacts above "
-              f"({est['seconds_per_image_all']:.3f} s per image at 1 thread, all artifacts together), at the "
+    lines += ["", f"Estimate for {ESTIMATE_IMAGES:,} images x {len(est['artifacts'])} rows (PyTorch and every "
+              f"registered artifact, each at its target's measured cost: {est['seconds_per_image_all']:.3f} s per "
+              f"image at 1 thread, all rows together), at the "
               f"measured {100 * est['efficiency']:.0f}% per-worker efficiency: "
               + ", ".join(f"{w} worker{'s' if w > 1 else ''}: {h:.1f} h" for w, h in est["hours"].items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    """Images/s of the whole job (all rows) against workers, with the linear ideal from the one-process run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    totals = result["totals"]
+    rows = len(result["one_process_seconds_per_image"])
+    points = sorted((t["workers"], rows * result["images"] / t["prediction_seconds"], name)
+                    for name, t in totals.items())
+    base = rows * result["images"] / totals["local"]["prediction_seconds"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    most = max(w for w, _, _ in points)
+    ax.plot([1, most], [base, base * most], ls="--", color="#999999", label="linear (one process x workers)")
+    for w, ips, name in points:
+        ax.scatter([w], [ips], color="#999999" if name == "local" else "#1f77b4", zorder=3)
+        ax.annotate(f"{name}: {ips:.1f}", (w, ips), textcoords="offset points", xytext=(6, -10), fontsize=8)
+    ax.set_xlabel("workers (1 thread each)")
+    ax.set_ylabel("images/s, all rows together")
+    ax.set_xticks(range(1, most + 1))
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(f"Accuracy job, {result['images']} photos x {rows} rows", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--limit", type=int, default=160, help="photos in the job (default 160)")
-    p.add_argument("--targets", default="onnx,coreml", help="targets (default onnx,coreml)")
-    p.add_argument("--precisions", default="fp16", help="precisions (default fp16)")
+    p.add_argument("--targets", default=",".join(TARGETS), help="targets (default: all)")
+    p.add_argument("--precisions", default="fp32", help="precisions (default fp32)")
     p.add_argument("--workers", default="1,2", help="Ray worker counts to run (default 1,2)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -123,8 +180,10 @@ def main(argv=None) -> int:
     best = max((t for t in summary["totals"].values() if t["workers"] > 1), key=lambda t: t["workers"],
                default=None)
     efficiency = best["speedup"] / best["workers"] if best else 1.0
-    per_image = sum(summary["one_process_seconds_per_image"].values())
-    estimate = {"artifacts": list(summary["one_process_seconds_per_image"]), "seconds_per_image_all": per_image,
+    measured = summary["one_process_seconds_per_image"]
+    costs = estimated_costs(measured)
+    per_image = sum(costs.values())
+    estimate = {"artifacts": list(costs), "measured": list(measured), "seconds_per_image_all": round(per_image, 4),
                 "efficiency": round(efficiency, 3),
                 "hours": {str(w): round(ESTIMATE_IMAGES * per_image / (w * (efficiency if w > 1 else 1)) / 3600, 2)
                           for w in ESTIMATE_WORKERS}}
@@ -133,7 +192,8 @@ def main(argv=None) -> int:
               **summary, "estimate": estimate, "runs": runs}
     a.out.mkdir(parents=True, exist_ok=True)
     write_text(a.out / "scaling.json", json.dumps(result, indent=1) + "\n")
-    write_text(a.out / "scaling.md", render(result))
+    write_text(a.out / "scaling.md", render(result) + "\n![images/s against workers](benchmarks/results/scaling.png)\n")
+    write_atomic(a.out / "scaling.png", lambda f: plot(result, f))
     print(render(result), end="")
     return 0
 

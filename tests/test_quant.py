@@ -37,23 +37,47 @@ def test_merge_keeps_other_targets_only_when_the_settings_match():
     assert quant.merge(None, new) is new
 
 
+ONNX_RUN = ["--targets", "onnx", "--kinds", "classifier", "--runs", "5", "--num-images", "8"]
+
+
+@pytest.fixture(scope="module")
+def onnx_run(tmp_path_factory):
+    """One ONNX sensitivity run over one kind, in this process."""
+    out = tmp_path_factory.mktemp("quant-local")
+    assert quant.main(ONNX_RUN + ["--out", str(out)]) == 0
+    return out
+
+
 @pytest.mark.slow
-def test_a_real_onnx_run_writes_the_table(tmp_path):
+def test_a_real_onnx_run_writes_the_table(onnx_run):
     """One ONNX sensitivity run over one kind (onnxruntime, real photos): fp32 exact, the kind's row drifts,
     every output is written and the markdown shows the rows."""
-    code = quant.main(["--targets", "onnx", "--kinds", "classifier", "--runs", "5", "--num-images", "8",
-                       "--out", str(tmp_path)])
-    assert code == 0
-    result = json.loads((tmp_path / "quant.json").read_text())
+    result = json.loads((onnx_run / "quant.json").read_text())
     rows = {r["row"]: r for r in result["targets"]["onnx"]["rows"]}
     assert list(rows) == ["fp32", "all", "classifier", "recipe"]
     assert rows["fp32"]["drift"]["max_abs_rel"] < 1e-4
     assert 0 < 1 - rows["classifier"]["drift"]["cosine_mean"] < 1 - rows["all"]["drift"]["cosine_mean"]
     assert rows["classifier"]["int8_macs_share"] == pytest.approx(result["macs_share"]["classifier"])
     assert rows["recipe"]["speedup"]["ci95_low"] <= rows["recipe"]["speedup"]["value"]
-    md = (tmp_path / "quant.md").read_text()
+    md = (onnx_run / "quant.md").read_text()
     assert "### onnx int8" in md and "| classifier |" in md and "**recipe**" in md
-    assert (tmp_path / "quant.png").read_bytes()[:4] == b"\x89PNG"
+    assert (onnx_run / "quant.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_a_ray_run_converts_on_workers_and_measures_the_same_drift(onnx_run, tmp_path):
+    """The same run with `--ray` (a real cluster on this machine, loopback): one Ray task per row converts and
+    measures drift; the figures equal the one-process run's row by row, to 1e-6 (a worker's PyTorch reference
+    runs at 1 thread, this process's at 2: its logits differ in the 7th digit, measured 5e-8), and the artifacts
+    come back for the timing."""
+    assert quant.main(ONNX_RUN + ["--out", str(tmp_path), "--ray", "--workers", "2"]) == 0
+    local, ray = (json.loads((d / "quant.json").read_text())["targets"]["onnx"]["rows"] for d in (onnx_run, tmp_path))
+    assert [r["row"] for r in ray] == ["fp32", "all", "classifier", "recipe"]
+    for a, b in zip(local, ray):
+        figures = {k: v for k, v in a["drift"].items() if isinstance(v, (int, float))}
+        assert figures and {k: b["drift"][k] for k in figures} == pytest.approx(figures, abs=1e-6), a["row"]
+        assert b["int8_macs_share"] == a["int8_macs_share"] and b["artifact_bytes"] == a["artifact_bytes"]
+        assert b["latency"]["median_ms"] > 0
 
 
 def test_bad_arguments_exit_2(capsys):
