@@ -504,6 +504,20 @@ def test_shape_changing_ops(tmp_path):
     assert got[-2].dtype == np.int32
 
 
+def test_reshape_zero_counts_from_the_right_ios17(tmp_path):
+    """iOS17/test_tensor_transformation.py: TestReshape.test_reshape_with_zero_different_len_iOS17 ([2, 3] with
+    shape [1, 0, -1, 0] -> [[[[1, 2, 3], [4, 5, 6]]]]); and [2, 3, 4] with shape [0, -1]: by the iOS17 rule quoted
+    there the 0 lines up with x's dim 1 (3), so [3, 8], as coremltools' type inference declares it."""
+    x3 = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 3)), mb.TensorSpec(shape=x3.shape)], opset_version=ct.target.iOS17)
+    def prog(x, y):
+        return mb.reshape(x=x, shape=[1, 0, -1, 0]), mb.reshape(x=y, shape=[0, -1])
+
+    got = _run(prog, tmp_path, "reshape", target=ct.target.iOS17, x=X23, y=x3)
+    _assert_all_close(got, [[[[[1, 2, 3], [4, 5, 6]]]], x3.reshape(3, 8)])
+
+
 # iOS14/test_tensor_transformation.py: TestSliceByIndex.test_builder_eval, the cases with their numpy answers
 # (x = arange(24) as [2, 3, 4]); each entry: slice_by_index arguments, then the answer as coremltools writes it.
 _X = np.arange(24, dtype=np.float32).reshape(2, 3, 4)

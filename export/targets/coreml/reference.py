@@ -258,8 +258,11 @@ def _linear(i, a, ctx):
 
 
 def _reshape(i, a, ctx):
-    x, shape = i["x"], [int(v) for v in i["shape"]]
-    shape = [x.shape[k] if v == 0 else v for k, v in enumerate(shape)]  # 0 copies the input dim
+    """MIL ``reshape``. A 0 copies the input dim it lines up with counting from the right, or is 1 past x's rank
+    (iOS17; before it, 0 needs ``len(shape) == rank(x)``, where both countings agree)."""
+    x, shape = np.asarray(i["x"]), [int(v) for v in i["shape"]]
+    off = len(shape) - x.ndim  # shape[k] lines up with x.shape[k - off]
+    shape = [(x.shape[k - off] if 0 <= k - off < x.ndim else 1) if v == 0 else v for k, v in enumerate(shape)]
     return np.reshape(x, shape)
 
 
