@@ -25,6 +25,12 @@ Quantized programs: weight-only modes decode their ``constexpr_*`` weights exact
 the MIL spec says, clip(round(x / scale) + zero_point), with round half to even and the division in
 float32; an int8 device kernel that fuses the pairs may round its accumulators differently.
 
+What it refuses: ``check_supported`` runs before every op and raises UnsupportedOpError (naming the op,
+the attribute and its value) for what no kernel here computes (3-D conv, conv_transpose with pad type
+"same" or another output shape than its pads give, ...); and a result whose shape is not the one the program
+declares stops the run. Neither returns a silently different answer. ``tests/test_coreml_peer_ops.py`` checks
+the kernels against coremltools' own op unit tests.
+
 What it cannot prove: the Neural Engine's and GPU's own kernels (their accumulation order,
 fused ops, their fp16 transcendental approximations) and Core ML's scheduling. It proves that the
 saved program, with its saved weights, computes what PyTorch computes within fp32 rounding, and
@@ -509,25 +515,25 @@ def check_supported(op_type: str, inputs: dict, output_shape) -> None:
     """Refuse, before any kernel runs, an op whose inputs ask for something this executor does not compute,
     rather than return a silently different result. Raises UnsupportedOpError naming the op, the attribute
     and its value; ``output_shape`` is the program's declared shape of the op's first output (None if symbolic)."""
-    def refuse(what: str):
-        raise UnsupportedOpError(f"{op_type}: {what} is not supported by the reference executor")
+    def refuse(what: str, why: str):
+        raise UnsupportedOpError(f"{op_type}: {what} is not supported by the reference executor ({why})")
 
     if op_type in ("conv", "conv_transpose") and np.ndim(inputs["x"]) not in (3, 4):
-        refuse(f"x of rank {np.ndim(inputs['x'])} ({np.ndim(inputs['x']) - 2}-D {op_type}; 1-D and 2-D are)")
+        refuse(f"x of rank {np.ndim(inputs['x'])}", f"a {np.ndim(inputs['x']) - 2}-D {op_type}; it runs 1-D and 2-D")
     if op_type == "conv_transpose":
         pad_type = str(inputs.get("pad_type", "valid"))
         if pad_type not in ("valid", "custom"):
-            refuse(f"pad_type={pad_type!r} (its output size is underdetermined; 'valid' and 'custom' are)")
+            refuse(f"pad_type={pad_type!r}", "the MIL spec leaves its output underdetermined; 'valid' and 'custom' run")
         # the output_shape input, else the declared shape: the kernel computes only the size its pads give
         declared = inputs.get("output_shape")
         declared = output_shape if declared is None else [int(v) for v in declared]
         size = _transpose_conv_size(np.shape(inputs["x"]), np.shape(inputs["weight"]), inputs)
         if declared is not None and tuple(declared[2:]) != size:
-            refuse(f"output_shape={list(declared)} (spatial {list(declared[2:])}, not the {list(size)} its "
-                   "strides, dilations and pads give)")
+            refuse(f"output_shape={list(declared)}", f"spatial {list(declared[2:])}, not the {list(size)} its "
+                   "strides, dilations and pads give")
     if op_type == "upsample_bilinear" and bool(inputs.get("align_corners", False)) and bool(
             inputs.get("half_pixel_centers", False)):
-        refuse("align_corners=True with half_pixel_centers=True")
+        refuse("align_corners=True with half_pixel_centers=True", "the two place samples differently")
 
 
 _ACCUMULATE = {"fp64": np.float64, "fp32": np.float32, "fp16": np.float32}  # mode -> dtype of its sums
@@ -653,6 +659,10 @@ class CoreMLReference:
             results = result if isinstance(result, tuple) else (result,)
             for out, value in zip(op.outputs, results):
                 if out.type.HasField("tensorType") and isinstance(value, np.ndarray):
+                    declared = _shape(out.type.tensorType)  # a kernel that misreads an attribute mostly shows here
+                    if declared is not None and out.type.tensorType.rank == len(declared) and value.shape != declared:
+                        raise CoreMLReferenceError(f"{op.type} at {where} computed shape {value.shape}; the program "
+                                                   f"declares {declared}")
                     dt = _DTYPES.get(out.type.tensorType.dataType)
                     if dt is not None:
                         value = value.astype(dt)  # storage in the declared dtype (fp16 stays fp16)
