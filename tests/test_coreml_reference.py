@@ -311,8 +311,9 @@ def test_corrupted_weight_is_detected(xxs_package, tmp_path, photos_xxs):
     assert not np.isfinite(diff).all() or diff.max() > 1e-3
 
 
-def _plant_perm(pkg, rank, edit):
-    """Rewrite the perm of the first transpose of ``rank``; returns (old, new) so a test can see they differ."""
+def _plant_perm(pkg, rank, edit, declare=False):
+    """Rewrite the perm of the first transpose of ``rank``; returns (old, new) so a test can see they differ.
+    ``declare``: also rewrite its declared output shape to the one the new perm gives (a consistent, wrong program)."""
     seen = []
 
     def change(block):
@@ -325,6 +326,11 @@ def _plant_perm(pkg, rank, edit):
             if len(vals) == rank:
                 seen.extend([list(vals), edit(list(vals))])
                 vals[:] = seen[1]
+                if declare:
+                    dims = op.outputs[0].type.tensorType.dimensions
+                    size_in = {p: dims[k].constant.size for k, p in enumerate(seen[0])}  # input dim p -> its size
+                    for k, p in enumerate(seen[1]):
+                        dims[k].constant.size = size_in[p]
                 return
         raise AssertionError(f"no rank-{rank} transpose found")
 
@@ -333,10 +339,11 @@ def _plant_perm(pkg, rank, edit):
 
 
 def test_wrong_transpose_perm_changes_the_output(xxs_package, tmp_path, photos_xxs):
-    """Tokens -> patches [0, 2, 3, 1] becomes [0, 2, 1, 3]: the reshape after it still fits, the values do not."""
+    """Tokens -> patches [0, 2, 3, 1] becomes [0, 2, 1, 3], its declared shape edited to match: the reshape after
+    it still fits, the values do not."""
     _, path = xxs_package
     pkg = _copy(path, tmp_path)
-    old, new = _plant_perm(pkg, 4, lambda v: [v[0], v[1], v[3], v[2]])
+    old, new = _plant_perm(pkg, 4, lambda v: [v[0], v[1], v[3], v[2]], declare=True)
     assert (old, new) == ([0, 2, 3, 1], [0, 2, 1, 3])  # the fault is really planted
     want = _outputs(path, photos_xxs[:1])
     got = _outputs(pkg, photos_xxs[:1])  # no exception: the executor must compute a (wrong) result
@@ -345,11 +352,13 @@ def test_wrong_transpose_perm_changes_the_output(xxs_package, tmp_path, photos_x
 
 
 def test_wrong_transpose_perm_is_a_named_shape_mismatch(xxs_package, tmp_path, photos_xxs):
-    """k -> k^T [0, 2, 1] made the identity: the q @ k^T matmul that follows gets [B, N, d] and says so."""
+    """k -> k^T [0, 2, 1] made the identity: the transpose computes [B, N, d] where the program declares
+    [B, d, N], and the run stops there, naming both."""
     pkg = _copy(xxs_package[1], tmp_path)
     old, new = _plant_perm(pkg, 3, lambda v: sorted(v))
     assert (old, new) == ([0, 2, 1], [0, 1, 2])
-    with pytest.raises(CoreMLReferenceError, match=r"matmul at op #\d+ .*mismatch in its core dimension"):
+    with pytest.raises(CoreMLReferenceError, match=r"transpose at op #\d+ .* computed shape \(4, 256, 64\); the "
+                                                   r"program declares \(4, 64, 256\)"):
         _outputs(pkg, photos_xxs[:1])
 
 
@@ -362,6 +371,21 @@ def test_unknown_op_names_the_op(xxs_package, tmp_path, photos_xxs):
     _edit_spec(pkg, rename)
     with pytest.raises(UnsupportedOpError, match="'swish_v2' at op #"):
         _outputs(pkg, photos_xxs[:1])
+
+
+def test_result_shape_differs_from_declared_is_named(tmp_path):
+    """A kernel result whose shape is not the one the program declares stops the run, naming both shapes
+    (planted: the transpose's declared [3, 2] output edited to [3, 7] in memory)."""
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 3))], opset_version=ct.target.iOS16)
+    def prog(x):
+        return mb.relu(x=mb.transpose(x=x, perm=[1, 0]))
+
+    ref = _save_program(prog, tmp_path / "p.mlpackage")
+    op = next(op for op in ref.block.operations if op.type == "transpose")
+    op.outputs[0].type.tensorType.dimensions[1].constant.size = 7
+    with pytest.raises(CoreMLReferenceError, match=r"transpose at op #\d+ .* computed shape \(3, 2\); the program "
+                                                   r"declares \(3, 7\)"):
+        ref.run({"x": np.zeros((2, 3), np.float32)})
 
 
 def test_not_an_mlpackage(tmp_path):

@@ -25,6 +25,12 @@ Quantized programs: weight-only modes decode their ``constexpr_*`` weights exact
 the MIL spec says, clip(round(x / scale) + zero_point), with round half to even and the division in
 float32; an int8 device kernel that fuses the pairs may round its accumulators differently.
 
+What it refuses: ``check_supported`` runs before every op and raises UnsupportedOpError (naming the op,
+the attribute and its value) for what no kernel here computes (3-D conv, conv_transpose with pad type
+"same" or another output shape than its pads give, ...); and a result whose shape is not the one the program
+declares stops the run. Neither returns a silently different answer. ``tests/test_coreml_peer_ops.py`` checks
+the kernels against coremltools' own op unit tests.
+
 What it cannot prove: the Neural Engine's and GPU's own kernels (their accumulation order,
 fused ops, their fp16 transcendental approximations) and Core ML's scheduling. It proves that the
 saved program, with its saved weights, computes what PyTorch computes within fp32 rounding, and
@@ -140,7 +146,22 @@ def _pads(pad_type, pad, x_hw, k_hw, strides, dilations):
     return tuple(out)
 
 
+def _lift_1d(i):
+    """A 1-D conv / conv_transpose's inputs as those of a 2-D one over a height of 1 (exact: one kernel row)."""
+    j = dict(i)
+    j["x"] = np.asarray(i["x"])[:, :, None]  # [n, c, w] -> [n, c, 1, w]
+    j["weight"] = np.asarray(i["weight"])[:, :, None]  # [o, c, k] -> [o, c, 1, k]
+    for key in ("strides", "dilations"):
+        if i.get(key) is not None:
+            j[key] = [1] + [int(v) for v in i[key]]
+    if i.get("pad") is not None:
+        j["pad"] = [0, 0] + [int(v) for v in i["pad"]]  # (left, right) -> (top 0, bottom 0, left, right)
+    return j
+
+
 def _conv(i, a, ctx):
+    if np.ndim(i["x"]) == 3:
+        return _conv(_lift_1d(i), a, ctx)[:, :, 0]  # [n, o, 1, w] -> [n, o, w]
     x, w = np.asarray(i["x"], ctx.sum_dtype), np.asarray(i["weight"], ctx.sum_dtype)  # float32 values, exact
     strides = tuple(int(v) for v in i.get("strides", (1, 1)))
     dil = tuple(int(v) for v in i.get("dilations", (1, 1)))
@@ -170,14 +191,19 @@ def _conv(i, a, ctx):
 
 
 def _conv_transpose(i, a, ctx):
-    """Transposed conv as a strided scatter of each input pixel times the kernel."""
+    """Transposed conv as a strided scatter of each input pixel times the kernel (tap p lands p * dilation
+    rows down). ``check_supported`` has refused the pad types and output shapes this does not compute."""
+    if np.ndim(i["x"]) == 3:
+        return _conv_transpose(_lift_1d(i), a, ctx)[:, :, 0]  # [n, o, 1, w] -> [n, o, w]
     x, w = _f32(i["x"]), _f32(i["weight"])  # w: [C_in, C_out / groups, kh, kw]
     s = tuple(int(v) for v in i.get("strides", (1, 1)))
+    d = tuple(int(v) for v in i.get("dilations", (1, 1)))
     groups = int(i.get("groups", 1))
     pad = [int(p) for p in i.get("pad", (0, 0, 0, 0))] if str(i.get("pad_type", "valid")) == "custom" else [0] * 4
     n, cin, h, wd = x.shape
     _, og, kh, kw = w.shape
-    full = np.zeros((n, og * groups, (h - 1) * s[0] + kh, (wd - 1) * s[1] + kw), np.float32)
+    full = np.zeros((n, og * groups, (h - 1) * s[0] + (kh - 1) * d[0] + 1, (wd - 1) * s[1] + (kw - 1) * d[1] + 1),
+                    np.float32)
     cg = cin // groups
     for g in range(groups):
         xs = x[:, g * cg:(g + 1) * cg]  # [n, cg, h, w]
@@ -185,7 +211,8 @@ def _conv_transpose(i, a, ctx):
         contrib = np.einsum("nchw,coij->noijhw", xs, wg)  # [n, og, kh, kw, h, w]
         for p in range(kh):
             for q in range(kw):
-                full[:, g * og:(g + 1) * og, p:p + (h - 1) * s[0] + 1:s[0], q:q + (wd - 1) * s[1] + 1:s[1]] += \
+                r0, c0 = p * d[0], q * d[1]
+                full[:, g * og:(g + 1) * og, r0:r0 + (h - 1) * s[0] + 1:s[0], c0:c0 + (wd - 1) * s[1] + 1:s[1]] += \
                     contrib[:, :, p, q]
     y = full[:, :, pad[0]:full.shape[2] - pad[1], pad[2]:full.shape[3] - pad[3]]
     if i.get("bias") is not None:
@@ -200,10 +227,12 @@ def _layer_norm(i, a, ctx):
     mean = _reduce(x, axes, ctx)
     var = _reduce((x - mean) ** 2, axes, ctx)
     y = (x - mean) / np.sqrt(var + eps)
+    # gamma / beta have the normalized shape (x's sizes on ``axes``, in axis order): put them on those axes
+    param_shape = [x.shape[d] if d in {ax % x.ndim for ax in axes} else 1 for d in range(x.ndim)]
     if i.get("gamma") is not None:
-        y = y * _f32(i["gamma"])
+        y = y * _f32(i["gamma"]).reshape(param_shape)
     if i.get("beta") is not None:
-        y = y + _f32(i["beta"])
+        y = y + _f32(i["beta"]).reshape(param_shape)
     return y
 
 
@@ -235,8 +264,11 @@ def _linear(i, a, ctx):
 
 
 def _reshape(i, a, ctx):
-    x, shape = i["x"], [int(v) for v in i["shape"]]
-    shape = [x.shape[k] if v == 0 else v for k, v in enumerate(shape)]  # 0 copies the input dim
+    """MIL ``reshape``. A 0 copies the input dim it lines up with counting from the right, or is 1 past x's rank
+    (iOS17; before it, 0 needs ``len(shape) == rank(x)``, where both countings agree)."""
+    x, shape = np.asarray(i["x"]), [int(v) for v in i["shape"]]
+    off = len(shape) - x.ndim  # shape[k] lines up with x.shape[k - off]
+    shape = [(x.shape[k - off] if 0 <= k - off < x.ndim else 1) if v == 0 else v for k, v in enumerate(shape)]
     return np.reshape(x, shape)
 
 
@@ -290,15 +322,17 @@ def _pixel_unshuffle(i, a, ctx):
     return y.reshape(n, c * r * r, h // r, w // r)
 
 
-def _bilinear_axis(n_in, n_out, align_corners):
+def _bilinear_axis(n_in, n_out, align_corners, half_pixel_centers):
     """Source indices and weights along one axis. The ratio comes from the sizes (the program's
     declared output shape), not from the stored fp32 scale factor, whose rounding (1.2 for 5 -> 6)
     would shift every sample."""
     dst = np.arange(n_out, dtype=np.float64)
     if align_corners:
         src = dst * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
-    else:  # half-pixel centres, clamped at 0: torch's F.interpolate(align_corners=False)
+    elif half_pixel_centers:  # clamped at 0: torch's F.interpolate(align_corners=False)
         src = np.maximum((dst + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    else:  # iOS16 half_pixel_centers=False: output pixel k samples input k * n_in / n_out
+        src = dst * (n_in / n_out)
     i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
     lam = (src - i0).astype(np.float32)
@@ -306,15 +340,18 @@ def _bilinear_axis(n_in, n_out, align_corners):
 
 
 def _upsample_bilinear(i, a, ctx):
+    """MIL ``upsample_bilinear`` over the last two axes of a rank >= 3 ``x``; ``half_pixel_centers``
+    (iOS16; absent before) defaults to ``not align_corners``."""
     x = _f32(i["x"])
     sh, sw = float(i.get("scale_factor_height", 1)), float(i.get("scale_factor_width", 1))
     ac = bool(i.get("align_corners", False))
+    hpc = not ac if i.get("half_pixel_centers") is None else bool(i["half_pixel_centers"])
     out_shape = ctx.current_output_shape
-    ho = out_shape[2] if out_shape else int(np.floor(x.shape[2] * sh + 1e-4))
-    wo = out_shape[3] if out_shape else int(np.floor(x.shape[3] * sw + 1e-4))
-    h0, h1, lh = _bilinear_axis(x.shape[2], ho, ac)
-    w0, w1, lw = _bilinear_axis(x.shape[3], wo, ac)
-    rows = x[:, :, h0] * (1 - lh)[:, None] + x[:, :, h1] * lh[:, None]
+    ho = out_shape[-2] if out_shape else int(np.floor(x.shape[-2] * sh + 1e-4))
+    wo = out_shape[-1] if out_shape else int(np.floor(x.shape[-1] * sw + 1e-4))
+    h0, h1, lh = _bilinear_axis(x.shape[-2], ho, ac, hpc)
+    w0, w1, lw = _bilinear_axis(x.shape[-1], wo, ac, hpc)
+    rows = x[..., h0, :] * (1 - lh)[:, None] + x[..., h1, :] * lh[:, None]
     return rows[..., w0] * (1 - lw) + rows[..., w1] * lw
 
 
@@ -405,6 +442,26 @@ def _reduce_argmax(i, a, ctx):
     return np.expand_dims(out, int(i["axis"])) if bool(i.get("keep_dims", False)) else out
 
 
+def _gather(i, a, ctx):
+    """MIL ``gather``: ``np.take`` along ``axis``; with ``batch_dims`` b, the first b axes of ``x`` and
+    ``indices`` pair up, and each pair is a gather of its own."""
+    x, idx = np.asarray(i["x"]), np.asarray(i["indices"]).astype(np.int64)
+    axis = int(i.get("axis", 0)) % x.ndim
+    bd = int(i.get("batch_dims", 0))
+    bd = bd + idx.ndim if bd < 0 else bd
+    if bd == 0:
+        return np.take(x, idx, axis=axis)
+    lead = x.shape[:bd]
+    parts = [np.take(x[b], idx[b], axis=axis - bd) for b in np.ndindex(*lead)]
+    return np.stack(parts).reshape(lead + parts[0].shape)  # [prod(lead), ...] -> [*lead, ...]
+
+
+def _reduce_mean(i, a, ctx):
+    """MIL ``reduce_mean``; no ``axes`` means every axis."""
+    axes = None if i.get("axes") is None else tuple(int(v) for v in i["axes"])
+    return _reduce(i["x"], axes, ctx, bool(i.get("keep_dims", False)))
+
+
 def _binary(fn):
     return lambda i, a, ctx: fn(_f32(i["x"]) if np.asarray(i["x"]).dtype.kind == "f" else np.asarray(i["x"]),
                                 _f32(i["y"]) if np.asarray(i["y"]).dtype.kind == "f" else np.asarray(i["y"]))
@@ -428,11 +485,10 @@ OPS = {
     "expand_dims": lambda i, a, ctx: np.expand_dims(i["x"], tuple(int(v) for v in i["axes"])),
     "pixel_shuffle": _pixel_shuffle, "pixel_unshuffle": _pixel_unshuffle,
     "upsample_bilinear": _upsample_bilinear,
-    "reduce_mean": lambda i, a, ctx: _reduce(i["x"], tuple(int(v) for v in i["axes"]), ctx,
-                                             bool(i.get("keep_dims", False))),
+    "reduce_mean": _reduce_mean,
     "cast": lambda i, a, ctx: np.asarray(i["x"]).astype(_CAST[str(i["dtype"])]),
     "shape": lambda i, a, ctx: np.asarray(np.shape(i["x"]), np.int32),
-    "gather": lambda i, a, ctx: np.take(i["x"], np.asarray(i["indices"]).astype(np.int64), axis=int(i.get("axis", 0))),
+    "gather": _gather,
     "identity": lambda i, a, ctx: i["x"],
     "tile": lambda i, a, ctx: np.tile(i["x"], [int(r) for r in i["reps"]]),  # MIL tile: x repeated reps times per axis
     "reduce_argmax": _reduce_argmax,
@@ -440,6 +496,44 @@ OPS = {
     "quantize": _quantize, "dequantize": _dequantize,
     "classify": _classify,
 }
+
+
+def _transpose_conv_size(x_shape, w_shape, i) -> tuple[int, ...]:
+    """Spatial output size of a ``valid`` / ``custom`` conv_transpose, by the MIL spec:
+    (D_in - 1) * stride + (K - 1) * dilation + 1 - pad_before - pad_after."""
+    rank = len(x_shape) - 2
+    strides = [int(v) for v in i.get("strides", [1] * rank)]
+    dil = [int(v) for v in i.get("dilations", [1] * rank)]
+    pad = [0] * 2 * rank
+    if str(i.get("pad_type", "valid")) == "custom":
+        pad = [int(v) for v in i.get("pad", pad)]
+    return tuple((x_shape[2 + k] - 1) * strides[k] + (w_shape[2 + k] - 1) * dil[k] + 1 - pad[2 * k] - pad[2 * k + 1]
+                 for k in range(rank))
+
+
+def check_supported(op_type: str, inputs: dict, output_shape) -> None:
+    """Refuse, before any kernel runs, an op whose inputs ask for something this executor does not compute,
+    rather than return a silently different result. Raises UnsupportedOpError naming the op, the attribute
+    and its value; ``output_shape`` is the program's declared shape of the op's first output (None if symbolic)."""
+    def refuse(what: str, why: str):
+        raise UnsupportedOpError(f"{op_type}: {what} is not supported by the reference executor ({why})")
+
+    if op_type in ("conv", "conv_transpose") and np.ndim(inputs["x"]) not in (3, 4):
+        refuse(f"x of rank {np.ndim(inputs['x'])}", f"a {np.ndim(inputs['x']) - 2}-D {op_type}; it runs 1-D and 2-D")
+    if op_type == "conv_transpose":
+        pad_type = str(inputs.get("pad_type", "valid"))
+        if pad_type not in ("valid", "custom"):
+            refuse(f"pad_type={pad_type!r}", "the MIL spec leaves its output underdetermined; 'valid' and 'custom' run")
+        # the output_shape input, else the declared shape: the kernel computes only the size its pads give
+        declared = inputs.get("output_shape")
+        declared = output_shape if declared is None else [int(v) for v in declared]
+        size = _transpose_conv_size(np.shape(inputs["x"]), np.shape(inputs["weight"]), inputs)
+        if declared is not None and tuple(declared[2:]) != size:
+            refuse(f"output_shape={list(declared)}", f"spatial {list(declared[2:])}, not the {list(size)} its "
+                   "strides, dilations and pads give")
+    if op_type == "upsample_bilinear" and bool(inputs.get("align_corners", False)) and bool(
+            inputs.get("half_pixel_centers", False)):
+        refuse("align_corners=True with half_pixel_centers=True", "the two place samples differently")
 
 
 _ACCUMULATE = {"fp64": np.float64, "fp32": np.float32, "fp16": np.float32}  # mode -> dtype of its sums
@@ -555,12 +649,20 @@ class CoreMLReference:
             ctx.current_output_shape = _shape(op.outputs[0].type.tensorType) if op.outputs[0].type.HasField(
                 "tensorType") else None
             try:
+                check_supported(op.type, args, ctx.current_output_shape)
+            except UnsupportedOpError as e:
+                raise UnsupportedOpError(f"{e} (at {where} in {self.path})") from None
+            try:
                 result = fn(args, attrs, ctx)
-            except (KeyError, ValueError, IndexError) as e:
+            except (KeyError, ValueError, IndexError, TypeError) as e:
                 raise CoreMLReferenceError(f"{op.type} at {where} failed: {type(e).__name__}: {e}") from e
             results = result if isinstance(result, tuple) else (result,)
             for out, value in zip(op.outputs, results):
                 if out.type.HasField("tensorType") and isinstance(value, np.ndarray):
+                    declared = _shape(out.type.tensorType)  # a kernel that misreads an attribute mostly shows here
+                    if declared is not None and out.type.tensorType.rank == len(declared) and value.shape != declared:
+                        raise CoreMLReferenceError(f"{op.type} at {where} computed shape {value.shape}; the program "
+                                                   f"declares {declared}")
                     dt = _DTYPES.get(out.type.tensorType.dataType)
                     if dt is not None:
                         value = value.astype(dt)  # storage in the declared dtype (fp16 stays fp16)
