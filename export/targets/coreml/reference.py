@@ -20,6 +20,10 @@ Precision modes:
   rounded to fp16 every 32 products and accumulated in fp16, and softmax / layer_norm /
   reduce_mean reduce in fp16. Real hardware lies between the two modes.
 
+Kernel sets: ``kernels="numpy"`` (the ops below) is the reference; ``kernels="torch"``
+(``torch_kernels.py``) runs the same program walk on torch's kernels with the same storage
+rounding and sums, and is checked against it op by op in the tests. The fp16 mode is numpy-only.
+
 Quantized programs: weight-only modes decode their ``constexpr_*`` weights exactly; W8A8 programs
 (iOS 17 ``quantize`` / ``dequantize`` pairs around conv, linear and add) quantize activations as
 the MIL spec says, clip(round(x / scale) + zero_point), with round half to even and the division in
@@ -33,6 +37,7 @@ brackets the error of fp16 storage.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -445,6 +450,53 @@ OPS = {
 _ACCUMULATE = {"fp64": np.float64, "fp32": np.float32, "fp16": np.float32}  # mode -> dtype of its sums
 
 
+class _Step(NamedTuple):
+    """One non-const op of the program, as ``CoreMLReference.run`` executes it."""
+
+    type: str
+    where: str
+    inputs: list  # (key, is_list, [(is_env_name, env name or immediate value)])
+    attrs: dict  # constexpr ops only
+    output_shape: tuple | None
+    outputs: list  # (name, declared numpy dtype or None)
+
+
+class _NumpyKernels:
+    """The reference kernel set: the ops above, values kept as numpy arrays."""
+
+    ops = OPS
+
+    @staticmethod
+    def const(value):
+        return value
+
+    feed = const
+
+    @staticmethod
+    def store(value, dtype):
+        return value.astype(dtype) if dtype is not None and isinstance(value, np.ndarray) else value
+
+    @staticmethod
+    def to_numpy(value):
+        return value
+
+
+KERNELS = ("numpy", "torch")
+
+
+def _kernel_set(kernels: str, accumulate: str):
+    if kernels == "numpy":
+        return _NumpyKernels
+    if kernels == "torch":
+        if accumulate == "fp16":
+            raise ValueError('kernels="torch" has no fp16 accumulate mode (it is numpy-only): '
+                             'use kernels="numpy" with accumulate="fp16"')
+        from .torch_kernels import TorchKernels
+
+        return TorchKernels(accumulate, OPS, _pads)
+    raise ValueError(f"kernels must be one of {', '.join(map(repr, KERNELS))}, got {kernels!r}")
+
+
 class _Context:
     def __init__(self, accumulate: str):
         self.fp16_accumulate = accumulate == "fp16"
@@ -464,11 +516,12 @@ class CoreMLReference:
     (0...255, before the program's own scale); tensor inputs take arrays.
     """
 
-    def __init__(self, path: str | Path, accumulate: str = "fp64"):
+    def __init__(self, path: str | Path, accumulate: str = "fp64", kernels: str = "numpy"):
         import coremltools as ct
 
         if accumulate not in _ACCUMULATE:
             raise ValueError(f"accumulate must be one of {', '.join(map(repr, _ACCUMULATE))}, got {accumulate!r}")
+        self.kernels = _kernel_set(kernels, accumulate)
         self.path = Path(path)
         manifest = self.path / "Manifest.json"
         if not self.path.is_dir() or not manifest.exists():
@@ -493,6 +546,8 @@ class CoreMLReference:
             self._blobs = _BlobStorageReader(str(weights))
         self._consts: dict[str, object] = {}
         self._load_consts()
+        self._kernel_consts = {k: self.kernels.const(v) for k, v in self._consts.items()}
+        self._steps = [self._step(index, op) for index, op in enumerate(self.block.operations) if op.type != "const"]
 
     # -- program structure ------------------------------------------------------------------
     def _attr(self, op, key):
@@ -502,6 +557,21 @@ class CoreMLReference:
         for op in self.block.operations:
             if op.type == "const":
                 self._consts[op.outputs[0].name] = self._attr(op, "val")
+
+    def _step(self, index, op) -> _Step:
+        """What ``run`` needs of one op, read out of the spec once: its inputs (env names, or immediate
+        values already in the kernel set's form), constexpr attributes, declared output shape and dtypes."""
+        inputs = []
+        for key, arg in op.inputs.items():
+            refs = [(True, b.name) if b.WhichOneof("binding") == "name"
+                    else (False, self.kernels.const(_tensor_value(b.value, self._blobs))) for b in arg.arguments]
+            inputs.append((key, key == "values", refs))
+        attrs = {k: self._attr(op, k) for k in op.attributes if k != "name"} if op.type.startswith("constexpr") else {}
+        first = op.outputs[0].type
+        shape = _shape(first.tensorType) if first.HasField("tensorType") else None
+        outputs = [(out.name, _DTYPES.get(out.type.tensorType.dataType) if out.type.HasField("tensorType") else None)
+                   for out in op.outputs]
+        return _Step(op.type, f"op #{index} (output {op.outputs[0].name!r})", inputs, attrs, shape, outputs)
 
     @property
     def input_names(self) -> list[str]:
@@ -536,39 +606,29 @@ class CoreMLReference:
     def run(self, inputs: dict, keep: bool = False) -> dict[str, object]:
         """Execute ``main``; returns the block outputs (or every intermediate value if ``keep``)."""
         ctx = _Context(self.accumulate)
-        env: dict[str, object] = dict(self._consts)
-        env.update(self._feed(inputs))
-        for index, op in enumerate(self.block.operations):
-            if op.type == "const":
-                continue
-            fn = OPS.get(op.type)
-            where = f"op #{index} (output {op.outputs[0].name!r})"
+        kernels = self.kernels
+        env: dict[str, object] = dict(self._kernel_consts)
+        env.update({k: kernels.feed(v) for k, v in self._feed(inputs).items()})
+        for step in self._steps:
+            fn = kernels.ops.get(step.type)
             if fn is None:
-                raise UnsupportedOpError(f"unsupported MIL op {op.type!r} at {where} in {self.path}")
+                raise UnsupportedOpError(f"unsupported MIL op {step.type!r} at {step.where} in {self.path}")
             args = {}
-            for key, arg in op.inputs.items():
-                vals = [env[b.name] if b.WhichOneof("binding") == "name" else _tensor_value(b.value, self._blobs)
-                        for b in arg.arguments]
-                args[key] = vals if key == "values" else vals[0]
-            attrs = {k: self._attr(op, k) for k in op.attributes if k != "name"} if op.type.startswith(
-                "constexpr") else {}
-            ctx.current_output_shape = _shape(op.outputs[0].type.tensorType) if op.outputs[0].type.HasField(
-                "tensorType") else None
+            for key, is_list, refs in step.inputs:
+                vals = [env[v] if is_name else v for is_name, v in refs]
+                args[key] = vals if is_list else vals[0]
+            ctx.current_output_shape = step.output_shape
             try:
-                result = fn(args, attrs, ctx)
-            except (KeyError, ValueError, IndexError) as e:
-                raise CoreMLReferenceError(f"{op.type} at {where} failed: {type(e).__name__}: {e}") from e
+                result = fn(args, step.attrs, ctx)
+            except (KeyError, ValueError, IndexError, RuntimeError) as e:
+                raise CoreMLReferenceError(f"{step.type} at {step.where} failed: {type(e).__name__}: {e}") from e
             results = result if isinstance(result, tuple) else (result,)
-            for out, value in zip(op.outputs, results):
-                if out.type.HasField("tensorType") and isinstance(value, np.ndarray):
-                    dt = _DTYPES.get(out.type.tensorType.dataType)
-                    if dt is not None:
-                        value = value.astype(dt)  # storage in the declared dtype (fp16 stays fp16)
-                env[out.name] = value
+            for (name, dtype), value in zip(step.outputs, results):
+                env[name] = kernels.store(value, dtype)  # storage in the declared dtype (fp16 stays fp16)
         self._last_probs = ctx.classifier_probs
         if keep:
-            return env
-        return {name: env[name] for name in self.block.outputs}
+            return {k: self._consts[k] if k in self._consts else kernels.to_numpy(v) for k, v in env.items()}
+        return {name: kernels.to_numpy(env[name]) for name in self.block.outputs}
 
     def predict(self, inputs: dict) -> dict[str, object]:
         """Outputs by their model-description names, like ``MLModel.predict``."""
