@@ -650,26 +650,33 @@ class CoreMLReferenceRunner:
 
     Takes the same float32 ``[B, 3, H, W]`` batch as PyTorch (model channel order, pixels / 255);
     for an image-input program it feeds ``x * 255`` (exact for inputs made from uint8 photos).
+    Runs on the torch kernel set unless ``kernels="numpy"`` (the pessimistic ``accumulate="fp16"``
+    mode is numpy-only); both give the same values (``tests/test_coreml_reference.py``).
     """
 
     runtime = "coreml-reference"
     timeable = False  # numpy re-implementing Core ML: its speed says nothing about a device
 
-    def __init__(self, path, threads: int = 2, accumulate: str = "fp64"):
+    def __init__(self, path, threads: int = 2, accumulate: str = "fp64", kernels: str = "torch"):
         self.path = Path(path)
         self.threads = threads
-        self.model = CoreMLReference(path, accumulate=accumulate)
+        self.model = CoreMLReference(path, accumulate=accumulate, kernels=kernels)
+        self.kernels = kernels
         desc = self.model.spec.description.input[0]
         self.input_name = desc.name
         self.is_image = desc.type.HasField("imageType")
 
     @property
     def version(self) -> str:
+        if self.kernels == "torch":
+            import torch
+
+            return f"torch {torch.__version__} kernels ({self.model.accumulate} accumulate)"
         return f"numpy {np.__version__} ({self.model.accumulate} accumulate)"
 
     @property
     def settings(self) -> dict:
-        return {"threads": "numpy's", "accumulate": self.model.accumulate}
+        return {"threads": f"{self.kernels}'s", "accumulate": self.model.accumulate, "kernels": self.kernels}
 
     def prepare(self, x: np.ndarray):
         x = x.astype(np.float32)
