@@ -485,6 +485,7 @@ KERNELS = ("numpy", "torch")
 
 
 def _kernel_set(kernels: str, accumulate: str):
+    """The op table and value handling ``run`` uses: numpy (the reference) or torch."""
     if kernels == "numpy":
         return _NumpyKernels
     if kernels == "torch":
@@ -620,7 +621,9 @@ class CoreMLReference:
             ctx.current_output_shape = step.output_shape
             try:
                 result = fn(args, step.attrs, ctx)
-            except (KeyError, ValueError, IndexError, RuntimeError) as e:
+            except CoreMLReferenceError:
+                raise
+            except (KeyError, ValueError, IndexError, RuntimeError) as e:  # RuntimeError: torch's shape errors
                 raise CoreMLReferenceError(f"{step.type} at {step.where} failed: {type(e).__name__}: {e}") from e
             results = result if isinstance(result, tuple) else (result,)
             for (name, dtype), value in zip(step.outputs, results):
@@ -655,7 +658,7 @@ class CoreMLReferenceRunner:
     """
 
     runtime = "coreml-reference"
-    timeable = False  # numpy re-implementing Core ML: its speed says nothing about a device
+    timeable = False  # a re-implementation of Core ML: its speed says nothing about a device
 
     def __init__(self, path, threads: int = 2, accumulate: str = "fp64", kernels: str = "torch"):
         self.path = Path(path)
