@@ -284,8 +284,8 @@ def _concat(i, numpy_concat):
 
 def _split(i, a, ctx):
     x, axis = i["x"], int(i["axis"])
-    if i.get("split_sizes") is not None:
-        return tuple(torch.split(x, _ints(i["split_sizes"]), dim=axis))
+    if i.get("split_sizes") is not None:  # cut at the same bounds as the numpy op (the last part takes the rest)
+        return tuple(torch.tensor_split(x, np.cumsum(_ints(i["split_sizes"]))[:-1].tolist(), dim=axis))
     n = int(i["num_splits"])
     if x.shape[axis] % n:
         raise ValueError(f"split: {x.shape[axis]} does not divide into {n} equal parts")
