@@ -17,6 +17,10 @@ numpy path stores them. What keeps the two paths equal:
 
 ``accumulate="fp32"`` takes float32 sums in torch's own order (the numpy path's follow its BLAS);
 the pessimistic ``"fp16"`` mode exists in numpy only.
+
+Speed (xx_small, 256x256, one thread, CPU time on a loaded 2-core AVX-512 VM): fp16 program 149 ms
+against numpy's 206 ms, fp32 program 113 against 113; with float32 sums 67 ms. The float64 sums set
+the floor: PyTorch's own float64 forward of the model took 70 ms there, its float32 one 26 ms.
 """
 from __future__ import annotations
 
