@@ -23,21 +23,42 @@ from export.targets.coreml.reference import CoreMLReference, UnsupportedOpError
 ATOL, RTOL = 1e-4, 1e-5  # coremltools' run_compare_builder defaults
 
 
-def _reference(prog, tmp_path, target=ct.target.iOS16, name="p") -> CoreMLReference:
-    """Save the program as an fp32 ML program, graph passes off (so every op stays as built), and load it."""
+KERNELS = ("numpy", "torch")  # every case runs on both kernel sets of the executor
+
+
+def _save(prog, tmp_path, target=ct.target.iOS16, name="p"):
+    """Save the program as an fp32 ML program, graph passes off (so every op stays as built)."""
     ml = ct.convert(prog, convert_to="mlprogram", minimum_deployment_target=target,
                     compute_precision=ct.precision.FLOAT32, pass_pipeline=ct.PassPipeline.EMPTY, skip_model_load=True)
     path = tmp_path / f"{name}.mlpackage"
     ml.save(str(path))
-    return CoreMLReference(path)
+    return path
+
+
+def _reference(prog, tmp_path, target=ct.target.iOS16, name="p", kernels="numpy") -> CoreMLReference:
+    return CoreMLReference(_save(prog, tmp_path, target, name), kernels=kernels)
 
 
 def _run(prog, tmp_path, op_type, target=ct.target.iOS16, **inputs) -> list:
-    """The program's outputs in order, after checking the saved program still holds ``op_type``."""
-    ref = _reference(prog, tmp_path, target)
-    assert op_type in ref.op_types(), f"{op_type} not in the saved program: {ref.op_types()}"
-    out = ref.run(inputs)
-    return [out[k] for k in ref.block.outputs]
+    """The program's outputs in order (numpy kernels), after checking the saved program still holds ``op_type``
+    and that the torch kernels give the same outputs (to 1e-6 of their range)."""
+    path = _save(prog, tmp_path, target)
+    outs = {}
+    for kernels in KERNELS:
+        ref = CoreMLReference(path, kernels=kernels)
+        assert op_type in ref.op_types(), f"{op_type} not in the saved program: {ref.op_types()}"
+        out = ref.run(inputs)
+        outs[kernels] = [out[k] for k in ref.block.outputs]
+    for k, (a, b) in enumerate(zip(outs["numpy"], outs["torch"])):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.shape == b.shape, f"output {k}: torch kernels give shape {b.shape}, numpy {a.shape}"
+        if a.dtype.kind in "fc" and a.size:
+            scale = max(float(np.abs(a.astype(np.float64)).max()), 1e-30)
+            np.testing.assert_allclose(b.astype(np.float64), a.astype(np.float64), rtol=0, atol=1e-6 * scale,
+                                       err_msg=f"output {k}: torch kernels")
+        else:
+            np.testing.assert_array_equal(b, a, err_msg=f"output {k}: torch kernels")
+    return outs["numpy"]
 
 
 def _assert_all_close(got, want, atol=ATOL, rtol=RTOL):
@@ -50,12 +71,13 @@ def _assert_all_close(got, want, atol=ATOL, rtol=RTOL):
 
 
 def _refused(prog, tmp_path, feed, *words, target=ct.target.iOS16):
-    """Running the program raises UnsupportedOpError whose message holds each of ``words``."""
-    ref = _reference(prog, tmp_path, target)
-    with pytest.raises(UnsupportedOpError) as info:
-        ref.run(feed)
-    for word in words:
-        assert word in str(info.value), f"{word!r} not in {info.value}"
+    """Running the program raises UnsupportedOpError whose message holds each of ``words``, on both kernel sets."""
+    path = _save(prog, tmp_path, target)
+    for kernels in KERNELS:
+        with pytest.raises(UnsupportedOpError) as info:
+            CoreMLReference(path, kernels=kernels).run(feed)
+        for word in words:
+            assert word in str(info.value), f"{word!r} not in {info.value} ({kernels} kernels)"
 
 
 T23 = np.array([[-1, 2, -3], [4, -5, 6]], np.float32)  # the [2, 3] input of several activation tests

@@ -254,14 +254,26 @@ def test_fp32_program_equals_pytorch(tmp_path_factory, variant, strategy):
     assert np.abs(got - want).max() / np.abs(want).max() < 1e-5
 
 
+@pytest.fixture(scope="module")
+def fp16_package(tmp_path_factory):
+    """``fp16_package(variant)``: (model, path) of its fp16 program, converted once per module."""
+    made = {}
+
+    def get(variant):
+        if variant not in made:
+            made[variant] = _export(tmp_path_factory, variant, "pixel_shuffle", "fp16")
+        return made[variant]
+    return get
+
+
 @pytest.mark.parametrize("variant", ["xx_small", "small"])
-def test_fp16_program_within_bound_both_modes(tmp_path_factory, variant):
-    model, path = _export(tmp_path_factory, variant, "pixel_shuffle", "fp16")
+def test_fp16_program_within_bound_both_modes(fp16_package, variant):
+    model, path = fp16_package(variant)
     x = sample_batch(model.cfg, 8, seed=6).numpy()
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
     storage = drift(want, CoreMLReferenceRunner(path, accumulate="fp32")(x))
-    pessimistic = drift(want, CoreMLReferenceRunner(path, accumulate="fp16")(x))
+    pessimistic = drift(want, CoreMLReferenceRunner(path, accumulate="fp16", kernels="numpy")(x))
     for d in (storage, pessimistic):
         assert 1e-5 < d.max_abs_rel < FP16_BOUND  # fp16 really is in play, and bounded
         assert d.top1_agreement == 1.0
@@ -422,3 +434,46 @@ def test_matches_the_real_core_ml_runtime(xxs_package, photos_xxs):  # pragma: n
     real = CoreMLRuntimeRunner(path)(photos_xxs)
     ours = CoreMLReferenceRunner(path)(photos_xxs)
     assert drift(real, ours).cosine_min > 0.9999
+
+
+# ------------------------------------------------------------------ torch kernels against numpy
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_torch_kernels_equal_numpy_op_by_op(xxs_package, fp16_package, photos_xxs, precision):
+    """Every intermediate value of a real program, torch kernels against the numpy reference, with
+    float64 sums: equal bit for bit (both round float64 sums to the same stored dtype; fp16 storage
+    leaves no room for a tolerance: one ulp is 1e-3 of the value). The logits also within 1e-6 of
+    their range over four photos."""
+    path = xxs_package[1] if precision == "fp32" else fp16_package("xx_small")[1]
+    numpy_ref, torch_ref = CoreMLReference(path), CoreMLReference(path, kernels="torch")
+    feed = CoreMLReferenceRunner(path).prepare(photos_xxs[:1])
+    want, got = numpy_ref.run(feed, keep=True), torch_ref.run(feed, keep=True)
+    assert set(got) == set(want)
+    compared = 0
+    for op in numpy_ref.block.operations:
+        for out in op.outputs:
+            if isinstance(want[out.name], np.ndarray):
+                assert got[out.name].dtype == want[out.name].dtype, (op.type, out.name)
+                np.testing.assert_array_equal(got[out.name], want[out.name], err_msg=f"{op.type} {out.name}")
+                compared += 1
+    assert compared > 300
+    logits = CoreMLReferenceRunner(path, kernels="numpy")(photos_xxs)
+    torch_logits = CoreMLReferenceRunner(path, kernels="torch")(photos_xxs)
+    assert np.abs(torch_logits - logits).max() <= 1e-6 * np.ptp(logits)
+
+
+def test_torch_kernels_fp32_sums_and_refusals(xxs_package, photos_xxs, tmp_path):
+    """float32 sums in torch's order stay within fp32 rounding of numpy's; the pessimistic fp16 mode
+    and unknown kernel sets are refused by name; an unknown op is refused by both kernel sets."""
+    path = xxs_package[1]
+    want = CoreMLReferenceRunner(path, accumulate="fp32", kernels="numpy")(photos_xxs[:2])
+    got = CoreMLReferenceRunner(path, accumulate="fp32", kernels="torch")(photos_xxs[:2])
+    assert np.abs(got - want).max() <= 1e-5 * np.ptp(want)
+    with pytest.raises(ValueError, match='no fp16 accumulate mode .* kernels="numpy"'):
+        CoreMLReference(path, accumulate="fp16", kernels="torch")
+    with pytest.raises(ValueError, match="kernels must be one of 'numpy', 'torch', got 'jax'"):
+        CoreMLReference(path, kernels="jax")
+    pkg = _copy(path, tmp_path)
+    _edit_spec(pkg, lambda block: setattr(next(op for op in block.operations if op.type == "silu"), "type", "gelu_x"))
+    for kernels in ("numpy", "torch"):
+        with pytest.raises(UnsupportedOpError, match="'gelu_x' at op #"):
+            CoreMLReference(pkg, kernels=kernels).run(CoreMLReferenceRunner(pkg).prepare(photos_xxs[:1]))

@@ -330,7 +330,7 @@ def activation_ranges(path: str | Path, samples: list[dict]) -> dict[str, dict[s
     """
     from .reference import CoreMLReference
 
-    ref = CoreMLReference(path, accumulate="fp64")
+    ref = CoreMLReference(path, accumulate="fp64", kernels="torch")
     consts = set(ref._consts)
     stats: dict[str, dict[str, float]] = {}
     for feed in samples:

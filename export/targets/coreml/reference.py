@@ -20,6 +20,10 @@ Precision modes:
   rounded to fp16 every 32 products and accumulated in fp16, and softmax / layer_norm /
   reduce_mean reduce in fp16. Real hardware lies between the two modes.
 
+Kernel sets: ``kernels="numpy"`` (the ops below) is the reference; ``kernels="torch"``
+(``torch_kernels.py``) runs the same program walk on torch's kernels with the same storage
+rounding and sums, and is checked against it op by op in the tests. The fp16 mode is numpy-only.
+
 Quantized programs: weight-only modes decode their ``constexpr_*`` weights exactly; W8A8 programs
 (iOS 17 ``quantize`` / ``dequantize`` pairs around conv, linear and add) quantize activations as
 the MIL spec says, clip(round(x / scale) + zero_point), with round half to even and the division in
@@ -39,6 +43,7 @@ brackets the error of fp16 storage.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -539,6 +544,54 @@ def check_supported(op_type: str, inputs: dict, output_shape) -> None:
 _ACCUMULATE = {"fp64": np.float64, "fp32": np.float32, "fp16": np.float32}  # mode -> dtype of its sums
 
 
+class _Step(NamedTuple):
+    """One non-const op of the program, as ``CoreMLReference.run`` executes it."""
+
+    type: str
+    where: str
+    inputs: list  # (key, is_list, [(is_env_name, env name or immediate value)])
+    attrs: dict  # constexpr ops only
+    output_shape: tuple | None
+    outputs: list  # (name, declared numpy dtype or None, declared shape or None)
+
+
+class _NumpyKernels:
+    """The reference kernel set: the ops above, values kept as numpy arrays."""
+
+    ops = OPS
+
+    @staticmethod
+    def const(value):
+        return value
+
+    feed = const
+
+    @staticmethod
+    def store(value, dtype):
+        return value.astype(dtype) if dtype is not None and isinstance(value, np.ndarray) else value
+
+    @staticmethod
+    def to_numpy(value):
+        return value
+
+
+KERNELS = ("numpy", "torch")
+
+
+def _kernel_set(kernels: str, accumulate: str):
+    """The op table and value handling ``run`` uses: numpy (the reference) or torch."""
+    if kernels == "numpy":
+        return _NumpyKernels
+    if kernels == "torch":
+        if accumulate == "fp16":
+            raise ValueError('kernels="torch" has no fp16 accumulate mode (it is numpy-only): '
+                             'use kernels="numpy" with accumulate="fp16"')
+        from .torch_kernels import TorchKernels
+
+        return TorchKernels(accumulate, OPS, _pads)
+    raise ValueError(f"kernels must be one of {', '.join(map(repr, KERNELS))}, got {kernels!r}")
+
+
 class _Context:
     def __init__(self, accumulate: str):
         self.fp16_accumulate = accumulate == "fp16"
@@ -558,11 +611,12 @@ class CoreMLReference:
     (0...255, before the program's own scale); tensor inputs take arrays.
     """
 
-    def __init__(self, path: str | Path, accumulate: str = "fp64"):
+    def __init__(self, path: str | Path, accumulate: str = "fp64", kernels: str = "numpy"):
         import coremltools as ct
 
         if accumulate not in _ACCUMULATE:
             raise ValueError(f"accumulate must be one of {', '.join(map(repr, _ACCUMULATE))}, got {accumulate!r}")
+        self.kernels = _kernel_set(kernels, accumulate)
         self.path = Path(path)
         manifest = self.path / "Manifest.json"
         if not self.path.is_dir() or not manifest.exists():
@@ -587,6 +641,8 @@ class CoreMLReference:
             self._blobs = _BlobStorageReader(str(weights))
         self._consts: dict[str, object] = {}
         self._load_consts()
+        self._kernel_consts = {k: self.kernels.const(v) for k, v in self._consts.items()}
+        self._steps = [self._step(index, op) for index, op in enumerate(self.block.operations) if op.type != "const"]
 
     # -- program structure ------------------------------------------------------------------
     def _attr(self, op, key):
@@ -596,6 +652,21 @@ class CoreMLReference:
         for op in self.block.operations:
             if op.type == "const":
                 self._consts[op.outputs[0].name] = self._attr(op, "val")
+
+    def _step(self, index, op) -> _Step:
+        """What ``run`` needs of one op, read out of the spec once: its inputs (env names, or immediate
+        values already in the kernel set's form), constexpr attributes, declared output shape and dtypes."""
+        inputs = []
+        for key, arg in op.inputs.items():
+            refs = [(True, b.name) if b.WhichOneof("binding") == "name"
+                    else (False, self.kernels.const(_tensor_value(b.value, self._blobs))) for b in arg.arguments]
+            inputs.append((key, key == "values", refs))
+        attrs = {k: self._attr(op, k) for k in op.attributes if k != "name"} if op.type.startswith("constexpr") else {}
+        first = op.outputs[0].type
+        shape = _shape(first.tensorType) if first.HasField("tensorType") else None
+        outputs = [(out.name, _DTYPES.get(out.type.tensorType.dataType), _shape(out.type.tensorType))
+                   if out.type.HasField("tensorType") else (out.name, None, None) for out in op.outputs]
+        return _Step(op.type, f"op #{index} (output {op.outputs[0].name!r})", inputs, attrs, shape, outputs)
 
     @property
     def input_names(self) -> list[str]:
@@ -630,47 +701,39 @@ class CoreMLReference:
     def run(self, inputs: dict, keep: bool = False) -> dict[str, object]:
         """Execute ``main``; returns the block outputs (or every intermediate value if ``keep``)."""
         ctx = _Context(self.accumulate)
-        env: dict[str, object] = dict(self._consts)
-        env.update(self._feed(inputs))
-        for index, op in enumerate(self.block.operations):
-            if op.type == "const":
-                continue
-            fn = OPS.get(op.type)
-            where = f"op #{index} (output {op.outputs[0].name!r})"
+        kernels = self.kernels
+        env: dict[str, object] = dict(self._kernel_consts)
+        env.update({k: kernels.feed(v) for k, v in self._feed(inputs).items()})
+        for step in self._steps:
+            fn = kernels.ops.get(step.type)
             if fn is None:
-                raise UnsupportedOpError(f"unsupported MIL op {op.type!r} at {where} in {self.path}")
+                raise UnsupportedOpError(f"unsupported MIL op {step.type!r} at {step.where} in {self.path}")
             args = {}
-            for key, arg in op.inputs.items():
-                vals = [env[b.name] if b.WhichOneof("binding") == "name" else _tensor_value(b.value, self._blobs)
-                        for b in arg.arguments]
-                args[key] = vals if key == "values" else vals[0]
-            attrs = {k: self._attr(op, k) for k in op.attributes if k != "name"} if op.type.startswith(
-                "constexpr") else {}
-            ctx.current_output_shape = _shape(op.outputs[0].type.tensorType) if op.outputs[0].type.HasField(
-                "tensorType") else None
+            for key, is_list, refs in step.inputs:
+                vals = [env[v] if is_name else v for is_name, v in refs]
+                args[key] = vals if is_list else vals[0]
+            ctx.current_output_shape = step.output_shape
             try:
-                check_supported(op.type, args, ctx.current_output_shape)
+                check_supported(step.type, args, step.output_shape)
             except UnsupportedOpError as e:
-                raise UnsupportedOpError(f"{e} (at {where} in {self.path})") from None
+                raise UnsupportedOpError(f"{e} (at {step.where} in {self.path})") from None
             try:
-                result = fn(args, attrs, ctx)
-            except (KeyError, ValueError, IndexError, TypeError) as e:
-                raise CoreMLReferenceError(f"{op.type} at {where} failed: {type(e).__name__}: {e}") from e
+                result = fn(args, step.attrs, ctx)
+            except CoreMLReferenceError:
+                raise
+            except (KeyError, ValueError, IndexError, TypeError, RuntimeError) as e:  # RuntimeError: torch's
+                raise CoreMLReferenceError(f"{step.type} at {step.where} failed: {type(e).__name__}: {e}") from e
             results = result if isinstance(result, tuple) else (result,)
-            for out, value in zip(op.outputs, results):
-                if out.type.HasField("tensorType") and isinstance(value, np.ndarray):
-                    declared = _shape(out.type.tensorType)  # a kernel that misreads an attribute mostly shows here
-                    if declared is not None and out.type.tensorType.rank == len(declared) and value.shape != declared:
-                        raise CoreMLReferenceError(f"{op.type} at {where} computed shape {value.shape}; the program "
-                                                   f"declares {declared}")
-                    dt = _DTYPES.get(out.type.tensorType.dataType)
-                    if dt is not None:
-                        value = value.astype(dt)  # storage in the declared dtype (fp16 stays fp16)
-                env[out.name] = value
+            for (name, dtype, declared), value in zip(step.outputs, results):
+                # a kernel that misreads an attribute mostly shows here
+                if declared is not None and hasattr(value, "shape") and tuple(value.shape) != declared:
+                    raise CoreMLReferenceError(f"{step.type} at {step.where} computed shape {tuple(value.shape)}; "
+                                               f"the program declares {declared}")
+                env[name] = kernels.store(value, dtype)  # storage in the declared dtype (fp16 stays fp16)
         self._last_probs = ctx.classifier_probs
         if keep:
-            return env
-        return {name: env[name] for name in self.block.outputs}
+            return {k: self._consts[k] if k in self._consts else kernels.to_numpy(v) for k, v in env.items()}
+        return {name: kernels.to_numpy(env[name]) for name in self.block.outputs}
 
     def predict(self, inputs: dict) -> dict[str, object]:
         """Outputs by their model-description names, like ``MLModel.predict``."""
@@ -692,26 +755,33 @@ class CoreMLReferenceRunner:
 
     Takes the same float32 ``[B, 3, H, W]`` batch as PyTorch (model channel order, pixels / 255);
     for an image-input program it feeds ``x * 255`` (exact for inputs made from uint8 photos).
+    Runs on the torch kernel set unless ``kernels="numpy"`` (the pessimistic ``accumulate="fp16"``
+    mode is numpy-only); both give the same values (``tests/test_coreml_reference.py``).
     """
 
     runtime = "coreml-reference"
-    timeable = False  # numpy re-implementing Core ML: its speed says nothing about a device
+    timeable = False  # a re-implementation of Core ML: its speed says nothing about a device
 
-    def __init__(self, path, threads: int = 2, accumulate: str = "fp64"):
+    def __init__(self, path, threads: int = 2, accumulate: str = "fp64", kernels: str = "torch"):
         self.path = Path(path)
         self.threads = threads
-        self.model = CoreMLReference(path, accumulate=accumulate)
+        self.model = CoreMLReference(path, accumulate=accumulate, kernels=kernels)
+        self.kernels = kernels
         desc = self.model.spec.description.input[0]
         self.input_name = desc.name
         self.is_image = desc.type.HasField("imageType")
 
     @property
     def version(self) -> str:
+        if self.kernels == "torch":
+            import torch
+
+            return f"torch {torch.__version__} kernels ({self.model.accumulate} accumulate)"
         return f"numpy {np.__version__} ({self.model.accumulate} accumulate)"
 
     @property
     def settings(self) -> dict:
-        return {"threads": "numpy's", "accumulate": self.model.accumulate}
+        return {"threads": f"{self.kernels}'s", "accumulate": self.model.accumulate, "kernels": self.kernels}
 
     def prepare(self, x: np.ndarray):
         x = x.astype(np.float32)
