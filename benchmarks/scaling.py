@@ -218,7 +218,10 @@ def main(argv=None) -> int:
 
 def write(result: dict, out: Path) -> int:
     """scaling.md and scaling.png from the numbers."""
-    write_text(out / "scaling.md", render(result) + "\n![images/s against workers](benchmarks/results/scaling.png)\n")
+    root = Path(__file__).resolve().parents[1]
+    png = out.resolve() / "scaling.png"
+    link = png.relative_to(root) if png.is_relative_to(root) else png  # as the README, at the repo root, sees it
+    write_text(out / "scaling.md", render(result) + f"\n![images/s against workers]({link})\n")
     write_atomic(out / "scaling.png", lambda f: plot(result, f))
     print(render(result), end="")
     return 0
