@@ -45,15 +45,14 @@ import torch
 from export import TARGETS
 from mobilevit.atomic import write_atomic
 
+from .predictions import SAVE_EVERY, Predictions, top_k
 from .stats import paired_delta_ci, proportion_ci
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_OUT = Path("artifacts/accuracy")  # a user run's outputs (the demo writes RESULTS)
 MATRIX = {name: t.precisions for name, t in TARGETS.items()}  # every precision of every registered target
-TOP_K = 5
 CLASSES_LISTED = 5  # classes that lost most, per artifact
 FLIPS_LISTED = 20  # file names of right -> wrong flips kept per artifact in the JSON
-SAVE_EVERY = 8  # batches between two saves of an artifact's partial predictions
 STATE = "run.json"  # OUT/predictions/run.json: what the saved predictions are of, for resuming
 EXIT_BAD_INPUT = 2
 
@@ -96,14 +95,6 @@ def plan(targets: list[str] | None = None, precisions: list[str] | None = None) 
 
 
 # ------------------------------------------------------------------------------------ metrics
-def top_k(logits: np.ndarray, k: int = TOP_K) -> np.ndarray:
-    """``[B, k]`` class indices, best first."""
-    k = min(k, logits.shape[1])
-    part = np.argpartition(-logits, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(logits, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1).astype(np.int32)
-
-
 def score(pred: np.ndarray, reference: np.ndarray, labels: np.ndarray, class_names: list[str],
           names: list[str] | None = None, resamples: int = 2000, seed: int = 0) -> dict:
     """Accuracy figures of ``pred`` (``[N, k]`` top-k, -1 rows: not scored) against ``labels`` and against
@@ -136,34 +127,6 @@ def score(pred: np.ndarray, reference: np.ndarray, labels: np.ndarray, class_nam
 
 
 # ------------------------------------------------------------------------------------ running
-class Predictions:
-    """One artifact's top-k predictions ``[N, k]`` (-1: not yet, or unreadable), saved as it goes."""
-
-    def __init__(self, folder: Path | None, artifact: Artifact, n: int):
-        self.path = folder / f"{artifact.name}.npy" if folder else None
-        self.top = np.full((n, TOP_K), -1, np.int32)
-        self.done = 0  # files [0, done) are predicted (or unreadable)
-        self.first_at: float | None = None  # perf_counter when this run's first batch came back
-        if self.path and self.path.exists():
-            try:  # a save cut between its two files: start this artifact over
-                saved = np.load(self.path)
-                done = int(json.loads(self.path.with_suffix(".json").read_text())["done"])
-            except (OSError, ValueError, KeyError):
-                return
-            if saved.shape == self.top.shape:
-                self.top, self.done = saved, done
-
-    @property
-    def complete(self) -> bool:
-        return self.done >= len(self.top)
-
-    def save(self) -> None:
-        if not self.path:
-            return
-        write_atomic(self.path, lambda f: np.save(f, self.top))
-        write_atomic(self.path.with_suffix(".json"), lambda f: f.write(json.dumps({"done": self.done}).encode()))
-
-
 class FolderReader:
     """Files ``[lo, hi)`` of a labelled folder, decoded and preprocessed (``data.folders``). Picklable: a Ray
     worker reads its own batches."""

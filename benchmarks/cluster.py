@@ -109,7 +109,7 @@ class Predictor:
     def __call__(self, batch: dict) -> dict:
         from data.folders import UnreadableImageError
 
-        from .accuracy import top_k
+        from .predictions import top_k
 
         lo, hi = int(batch["lo"][0]), int(batch["hi"][0])
         skip = {int(i) for i in batch["skip"][0]}
@@ -235,7 +235,7 @@ class RayEngine:
         """Fill ``preds`` from ``preds.done`` on; returns the workers' runtime and version."""
         from data.folders import UnreadableImageError
 
-        from .accuracy import SAVE_EVERY, TOP_K
+        from .predictions import SAVE_EVERY, TOP_K
 
         ray = self.ray
         n = len(preds.top)

@@ -208,7 +208,9 @@ def main(argv=None) -> int:
     runs = measure(a.limit, a.targets.split(","), a.precisions.split(","), [int(w) for w in a.workers.split(",")],
                    a.batch)
     summary = summarise(runs, a.limit)
-    result = {"meta": {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu": cpu_info(),
+    args = argv if argv is not None else sys.argv[1:]
+    result = {"meta": {"command": " ".join(["python -m benchmarks.scaling", *args]),
+                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu": cpu_info(),
                        "images": a.limit, "batch": a.batch, "targets": a.targets, "precisions": a.precisions},
               **summary, "estimate": estimate(summary), "runs": runs}
     a.out.mkdir(parents=True, exist_ok=True)

@@ -406,7 +406,8 @@ def test_readme_figures_are_the_committed_results_of_the_named_commands():
 
     readme = (ROOT / "README.md").read_text()
     blocks = {m.group("name"): m.group("body") for m in BLOCK.finditer(readme)}
-    assert set(blocks) == {"strategies", "bench", "accuracy", "accuracy_memory", "quant", "int8", "segmentation"}
+    assert set(blocks) == {"strategies", "bench", "accuracy", "accuracy_memory", "quant", "int8", "segmentation",
+                           "scaling", "scaling-400/scaling"}
     for name, body in blocks.items():
         assert body.rstrip() == (ROOT / "benchmarks" / "results" / f"{name}.md").read_text().rstrip(), name
     bench = json.loads((ROOT / "benchmarks" / "results" / "bench.json").read_text())["meta"]
@@ -424,3 +425,9 @@ def test_readme_figures_are_the_committed_results_of_the_named_commands():
     segmentation = json.loads((ROOT / "benchmarks" / "results" / "segmentation.json").read_text())["meta"]
     assert segmentation["command"] == "python -m benchmarks.segmentation" and segmentation["size"] == 512
     assert "`make bench-segmentation`, i.e. `python -m benchmarks.segmentation`" in readme
+    # the first run's --limit 96 is the default the README's plain command uses
+    for name, args, named in (("scaling", "--limit 96", ""), ("scaling-400/scaling", *["--limit 400 --targets onnx "
+                                                                                      "--batch 16"] * 2)):
+        scaling = json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())["meta"]
+        assert scaling["command"].startswith(f"python -m benchmarks.scaling {args}"), name
+        assert f"`python -m benchmarks.scaling{' ' + named if named else ''}" in " ".join(readme.split()), name
