@@ -387,17 +387,22 @@ def test_unknown_op_names_the_op(xxs_package, tmp_path, photos_xxs):
 
 def test_result_shape_differs_from_declared_is_named(tmp_path):
     """A kernel result whose shape is not the one the program declares stops the run, naming both shapes
-    (planted: the transpose's declared [3, 2] output edited to [3, 7] in memory)."""
+    (planted: the transpose's declared [3, 2] output edited to [3, 7] in the saved spec), on both kernel sets."""
     @mb.program(input_specs=[mb.TensorSpec(shape=(2, 3))], opset_version=ct.target.iOS16)
     def prog(x):
         return mb.relu(x=mb.transpose(x=x, perm=[1, 0]))
 
-    ref = _save_program(prog, tmp_path / "p.mlpackage")
-    op = next(op for op in ref.block.operations if op.type == "transpose")
-    op.outputs[0].type.tensorType.dimensions[1].constant.size = 7
-    with pytest.raises(CoreMLReferenceError, match=r"transpose at op #\d+ .* computed shape \(3, 2\); the program "
-                                                   r"declares \(3, 7\)"):
-        ref.run({"x": np.zeros((2, 3), np.float32)})
+    pkg = tmp_path / "p.mlpackage"
+    _save_program(prog, pkg)
+
+    def widen(block):
+        op = next(op for op in block.operations if op.type == "transpose")
+        op.outputs[0].type.tensorType.dimensions[1].constant.size = 7
+    _edit_spec(pkg, widen)
+    for kernels in ("numpy", "torch"):
+        with pytest.raises(CoreMLReferenceError, match=r"transpose at op #\d+ .* computed shape \(3, 2\); the "
+                                                       r"program declares \(3, 7\)"):
+            CoreMLReference(pkg, kernels=kernels).run({"x": np.zeros((2, 3), np.float32)})
 
 
 def test_not_an_mlpackage(tmp_path):
