@@ -88,3 +88,27 @@ def test_small_fp16_program_equal_in_both_kernel_sets(tmp_path):
                 stored[op.type] = want[out.name].dtype
     assert {"conv", "linear", "matmul", "softmax", "layer_norm", "quantize", "silu", "reduce_mean"} <= kinds
     assert stored["softmax"] == stored["conv"] == np.float16  # fp16 storage is in play
+
+
+def test_scalar_shape_arithmetic_stays_0d_in_both_kernel_sets(tmp_path):
+    """What a multi-size (enumerated shapes) program does with its input's size: shape -> gather of one dim
+    (a 0-d int) -> concat into a new shape -> reshape. Both kernel sets keep the gathered dim 0-d, as declared
+    (numpy's ``ascontiguousarray`` would make it [1], and ``np.take`` returns a numpy scalar)."""
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 3, 4, 6))], opset_version=ct.target.iOS16)
+    def prog(x):
+        h = mb.gather(x=mb.shape(x=x), indices=np.int32(2), axis=0)  # 0-d: 4
+        new = mb.concat(values=[np.array([1, 3], np.int32), mb.expand_dims(x=h, axes=[0]),
+                                np.array([-1], np.int32)], axis=0)
+        return mb.reshape(x=x, shape=new), h
+
+    ml = ct.convert(prog, convert_to="mlprogram", compute_precision=ct.precision.FLOAT32,
+                    pass_pipeline=ct.PassPipeline.EMPTY, minimum_deployment_target=ct.target.iOS16,
+                    skip_model_load=True)
+    ml.save(str(tmp_path / "p.mlpackage"))
+    x = np.arange(72, dtype=np.float32).reshape(1, 3, 4, 6)
+    for kernels in ("numpy", "torch"):
+        ref = CoreMLReference(tmp_path / "p.mlpackage", kernels=kernels)
+        assert {"shape", "gather", "concat", "reshape"} <= set(ref.op_types())
+        y, h = (ref.run({"x": x})[k] for k in ref.block.outputs)
+        assert np.shape(h) == () and int(h) == 4, kernels
+        np.testing.assert_array_equal(y, x.reshape(1, 3, 4, 6), err_msg=kernels)

@@ -69,6 +69,14 @@ def _ints(v) -> list[int]:
     return [int(k) for k in v]
 
 
+def _contiguous(a: np.ndarray) -> np.ndarray:
+    """``a`` as C-contiguous memory torch can share: a copy where it is not, or where any stride is negative (numpy
+    calls a reversed view over size-1 dims contiguous; torch refuses it). Keeps 0-d arrays 0-d, which
+    ``np.ascontiguousarray`` does not (it makes them shape (1,))."""
+    a = np.asarray(a)
+    return a if a.flags.c_contiguous and not any(s < 0 for s in a.strides) else a.copy()
+
+
 def _to_numpy(value):
     if isinstance(value, torch.Tensor):
         return value.numpy()
@@ -86,10 +94,11 @@ def _numpy_op(fn):
 
 
 def _from_numpy(value):
+    if isinstance(value, np.generic):  # a numpy scalar (np.take with a 0-d index): a 0-d tensor
+        value = np.asarray(value)
     if not isinstance(value, np.ndarray):
         return value
-    # a copy where any stride is negative: numpy calls a reversed view over size-1 dims contiguous, torch refuses it
-    return torch.from_numpy(value.copy() if any(s < 0 for s in value.strides) else np.ascontiguousarray(value))
+    return torch.from_numpy(_contiguous(value))
 
 
 def _numpy_f32_op(fn):
@@ -143,14 +152,14 @@ class TorchKernels:
             return [self.const(v) for v in value]
         if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiub":
             return value
-        t = torch.from_numpy(np.ascontiguousarray(value))
+        t = torch.from_numpy(_contiguous(value))
         self._const_ids.add(id(t))
         self._consts.append(t)
         return t
 
     @staticmethod
     def feed(value: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(value))
+        return torch.from_numpy(_contiguous(value))
 
     @staticmethod
     def store(value, dtype):
@@ -158,7 +167,7 @@ class TorchKernels:
         if dtype is None:
             return value
         if isinstance(value, np.ndarray):
-            return torch.from_numpy(np.ascontiguousarray(value.astype(dtype)))
+            return torch.from_numpy(_contiguous(value.astype(dtype)))
         if not isinstance(value, torch.Tensor):
             return value
         want = _TORCH_DTYPES[np.dtype(dtype)]
