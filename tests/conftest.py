@@ -64,7 +64,8 @@ def small_disk(tmp_path):
 SLOW_MODULES = {"test_accuracy", "test_export_coreml", "test_export_segmentation", "test_export_executorch",
                 "test_export_onnx", "test_export_tflite", "test_tflite_full_int8", "test_reproducible", "test_quant",
                 "test_benchmarks_tflite", "test_train"}
-SLOW_FIXTURES = {"photos_xxs", "converted"}  # whole-model Core ML programs; the accuracy run with ONNX artifacts
+SLOW_FIXTURES = {"photos_xxs", "converted", "ray_cluster"}  # whole-model Core ML programs; the accuracy run with
+# ONNX artifacts; a Ray cluster
 SLOW_TESTS = {"test_failed_validation_writes_nothing", "test_a_partly_failed_export_says_exactly_what_was_published",
               "test_checkpoint_export_takes_its_variant_and_records_its_origin",
               "test_default_export_prints_only_our_own_lines", "test_a_full_output_disk_exits_2_naming_it",
