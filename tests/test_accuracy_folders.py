@@ -391,7 +391,8 @@ def ray_cluster():
     # loopback only, and Ray's token authentication with a token of this test's (the driver reads the same)
     settings = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
                 "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    saved = {k: os.environ.get(k) for k in settings}
+    # left set after the module: Ray keeps the first token it reads for the whole process, so a cluster this
+    # process starts later (benchmarks.quant --ray) must hand its nodes the same token
     os.environ.update(settings)
     port = _free_port()
     subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
@@ -400,8 +401,6 @@ def ray_cluster():
         yield f"127.0.0.1:{port}"
     finally:
         subprocess.run([ray_bin, "stop", "--force"], capture_output=True)
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
 def _predictions(out: Path) -> dict[str, np.ndarray]:
