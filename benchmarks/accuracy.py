@@ -34,7 +34,6 @@ import shutil
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -45,7 +44,7 @@ import torch
 from export import TARGETS
 from mobilevit.atomic import write_atomic
 
-from .predictions import SAVE_EVERY, Predictions, top_k
+from .predictions import SAVE_EVERY, Pass, Predictions, load_fn, timing, top_k
 from .stats import paired_delta_ci, proportion_ci
 
 RESULTS = Path(__file__).parent / "results"
@@ -162,11 +161,13 @@ class ArrayReader:
 
 
 def predict(fn: Callable[[np.ndarray], np.ndarray], reader, preds: Predictions, unreadable: set[int],
-            batch: int, label: str, progress: bool = True) -> None:
-    """Fill ``preds`` from ``preds.done`` on, batch by batch, saving every ``SAVE_EVERY`` batches."""
+            batch: int, label: str, progress: bool = True) -> float | None:
+    """Fill ``preds`` from ``preds.done`` on, batch by batch, saving every ``SAVE_EVERY`` batches; returns the
+    ``perf_counter`` at which the first batch was done (None: nothing was left to do)."""
     from tqdm import tqdm
 
     n = len(preds.top)
+    first = None
     bar = tqdm(total=n, initial=preds.done, desc=label, unit="img", file=sys.stderr, disable=not progress,
                dynamic_ncols=True, leave=False)
     try:
@@ -175,7 +176,7 @@ def predict(fn: Callable[[np.ndarray], np.ndarray], reader, preds: Predictions, 
             unreadable.update(bad)
             if len(idx):
                 preds.top[idx] = top_k(fn(x))
-            preds.first_at = preds.first_at or time.perf_counter()
+            first = first or time.perf_counter()
             preds.done = min(n, lo + batch)  # each batch covers ``batch`` files (fewer at the end)
             bar.update(preds.done - bar.n)
             if step % SAVE_EVERY == 0:
@@ -183,11 +184,12 @@ def predict(fn: Callable[[np.ndarray], np.ndarray], reader, preds: Predictions, 
     finally:  # interrupted or failed: keep what is done, a rerun resumes from there
         bar.close()
         preds.save()
+    return first
 
 
 class LocalEngine:
-    """Predictions in this process, at ``threads`` runtime threads (the default engine; ``--ray`` swaps in
-    :class:`benchmarks.cluster.RayEngine`, which has the same two methods)."""
+    """The passes in this process, one after the other, at ``threads`` runtime threads (the default engine;
+    ``--ray`` swaps in :class:`benchmarks.cluster.RayEngine`, which has the same ``run``)."""
 
     def __init__(self, threads: int = 2):
         self.threads = threads
@@ -198,19 +200,28 @@ class LocalEngine:
     def close(self) -> None:
         pass
 
-    def predict_model(self, model, reader, preds, unreadable, batch, label, progress=True) -> str:
-        def fn(x: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return model(torch.from_numpy(x)).numpy()
-        predict(fn, reader, preds, unreadable, batch, label, progress)
-        return f"torch {torch.__version__}"
+    def run(self, passes: list[Pass], reader, unreadable: set[int], batch: int, progress: bool = True) -> None:
+        """Fill each pass's predictions; only the reference pass adds to ``unreadable`` (the others skip them).
+        PyTorch and the torch-kernel runners set torch's thread count; it is restored after."""
+        threads = torch.get_num_threads()
+        try:
+            self._run(passes, reader, unreadable, batch, progress)
+        finally:
+            torch.set_num_threads(threads)
 
-    def predict_artifact(self, path, reader, preds, unreadable, batch, label, progress=True) -> str:
-        from export.runners import make_runner
-
-        runner = make_runner(path, threads=self.threads)
-        predict(runner, reader, preds, unreadable, batch, label, progress)
-        return f"{runner.runtime} {runner.version}"
+    def _run(self, passes, reader, unreadable, batch, progress) -> None:
+        for p in passes:
+            start, done, first = time.perf_counter(), p.preds.done, None
+            try:
+                fn, p.runtime = load_fn(p.source, self.threads)
+                first = predict(fn, reader, p.preds, unreadable if p.reference else set(unreadable), batch,
+                                p.label, progress)
+            except Exception as e:
+                if p.reference:
+                    raise
+                p.error = f"{type(e).__name__}: {e}"
+            finally:
+                p.timing = timing(time.perf_counter() - start, p.preds.done - done, first and first - start)
 
 
 def _convert(model, target: str, precisions: list[str], size: int, calib: np.ndarray, work: Path,
@@ -238,70 +249,62 @@ def evaluate(model: torch.nn.Module, reader, labels: np.ndarray, class_names: li
              state: dict | None = None, save_state: Callable[[], None] = lambda: None,
              progress: bool = True) -> tuple[list[dict], list[int]]:
     """Every artifact on every image: ``(rows, unreadable file indices)``. PyTorch runs first: its
-    predictions are the reference, and its pass finds the unreadable files the others then skip. The
-    ``engine`` runs the predictions (:class:`LocalEngine` by default); artifacts are converted here, once."""
-    from .cluster import ClusterError
-
+    predictions are the reference, and its pass finds the unreadable files the others then skip (and stops
+    a run on a bad image before any conversion). Then every artifact is converted, here and once, and the
+    ``engine`` (:class:`LocalEngine` by default) runs all their passes in one go: on a Ray cluster, one pool
+    of workers for all of them."""
     engine = engine or LocalEngine()
     n = len(labels)
     unreadable = set((state or {}).get("unreadable", []))
-    ref = Predictions(store, PYTORCH, n)
-    timing = state.setdefault("timing", {}) if state is not None else {}
-    try:
-        if not ref.complete:
-            with _timed(timing, PYTORCH.name, ref):
-                engine.predict_model(model, reader, ref, unreadable, batch, "pytorch fp32", progress)
-    finally:
-        if state is not None:
+    state = state if state is not None else {}
+    timings, runtimes = state.setdefault("timing", {}), state.setdefault("runtimes", {})
+
+    def run(passes: list[tuple[Artifact, Pass]]) -> None:
+        try:
+            engine.run([p for _, p in passes], reader, unreadable, batch, progress)
+        finally:
+            for a, p in passes:
+                if p.timing:
+                    timings[a.name] = p.timing
+                if p.runtime and not p.error:
+                    runtimes[a.name] = p.runtime
             state["unreadable"] = sorted(unreadable)
             save_state()
+
+    ref = Predictions(store, PYTORCH, n)
+    if not ref.complete:
+        run([(PYTORCH, Pass("pytorch fp32", model, ref, reference=True))])
     rows = [_row(PYTORCH, f"torch {torch.__version__}", ref.top, ref.top, labels, class_names, names)]
     _say(f"pytorch fp32: top-1 {rows[0]['top1']:.2%}")
     by_target: dict[str, list[str]] = {}
     for a in artifacts:
         if a != PYTORCH:
             by_target.setdefault(a.target, []).append(a.precision)
+    listed: list[tuple[Artifact, Predictions, str]] = []  # every artifact, its predictions, a conversion's error
+    passes: list[tuple[Artifact, Pass]] = []
     for target, precisions in by_target.items():
         stored = [Predictions(store, Artifact(target, p), n) for p in precisions]
         todo = [p for p, s in zip(precisions, stored) if not s.complete]
         paths = _convert(model, target, todo, size, calib, work, state) if todo else {}
         save_state()
         for p, preds in zip(precisions, stored):
-            a, error = Artifact(target, p), ""
-            runtime = (state or {}).get("runtimes", {}).get(a.name, "")  # an artifact finished in an earlier run
-            if not preds.complete:
-                path = paths[p]
-                if isinstance(path, str):
-                    error = path
-                else:
-                    try:
-                        with _timed(timing, a.name, preds):
-                            runtime = engine.predict_artifact(path, reader, preds, set(unreadable), batch,
-                                                              f"{target} {p}", progress)
-                    except ClusterError:  # a node without the runtime: no partial table
-                        raise
-                    except Exception as e:
-                        error = f"{type(e).__name__}: {e}"
-                if state is not None and not error:
-                    state.setdefault("runtimes", {})[a.name] = runtime
-                    save_state()
-            row = (_row(a, runtime, preds.top, ref.top, labels, class_names, names) if not error
-                   else {"target": target, "precision": p, "artifact": a.name, "runtime": runtime, "error": error})
-            _say(f"{target} {p}: " + (f"top-1 {row['top1']:.2%}, {row['changed']} changed" if not error else error))
-            rows.append(row)
+            a, path = Artifact(target, p), paths.get(p)
+            listed.append((a, preds, path if isinstance(path, str) else ""))
+            if isinstance(path, Path):
+                passes.append((a, Pass(f"{target} {p}", path, preds)))
+    if passes:
+        run(passes)
+    errors = {a: p.error for a, p in passes if p.error}
+    for a, preds, error in listed:
+        error = error or errors.get(a, "")
+        runtime = runtimes.get(a.name, "")  # this run's, or an earlier run's for an artifact finished there
+        row = (_row(a, runtime, preds.top, ref.top, labels, class_names, names) if not error
+               else {"target": a.target, "precision": a.precision, "artifact": a.name, "runtime": runtime,
+                     "error": error})
+        _say(f"{a.target} {a.precision}: "
+             + (f"top-1 {row['top1']:.2%}, {row['changed']} changed" if not error else error))
+        rows.append(row)
     return rows, sorted(unreadable)
-
-
-@contextmanager
-def _timed(timing: dict, name: str, preds: Predictions):
-    """Record the wall time of one artifact's predictions, how many files it covered (this run's part) and
-    when its first batch came back (loading the runtime, starting workers: the fixed cost of a pass)."""
-    start, done = time.perf_counter(), preds.done
-    try:
-        yield
-    finally:
-        timing[name] = {"seconds": round(time.perf_counter() - start, 3), "files": preds.done - done,
-                        "first_batch_s": round((preds.first_at or time.perf_counter()) - start, 3)}
 
 
 def _row(a: Artifact, runtime: str, pred, ref, labels, class_names, names) -> dict:

@@ -1,8 +1,12 @@
 """Accuracy runs over a Ray cluster (``python -m benchmarks.accuracy ... --ray [ADDRESS]``).
 
 Ray is the engine; this module only describes the work. Ray Data carries the image batches (one row per
-batch of files, the same batches as the one-process run, so each image is computed exactly as there), and
-each artifact gets a pool of actors that load its runner once and run at 1 thread. The driver converts
+batch of files, the same batches as the one-process run, so each image is computed exactly as there). The
+artifacts' passes go through one dataset, pass after pass, on one pool of actors for the run (PyTorch's
+reference pass, which runs before the conversions, has its own): each actor loads a pass's runner once, when
+its first batch of that pass comes, and runs at 1 thread. One pool, not one per artifact: an actor's start
+(a process, its imports, Ray Data's set-up) took 3-13 s per artifact on this project's 2-core machine,
+more than the predictions of a few hundred images. The driver converts
 every artifact once (``export.convert_all``) and ships it through the object store; workers never
 convert. Workers read and decode their batches' images from their paths, so on a cluster of several
 machines the image folder must be at the same path on every node (a shared or copied folder).
@@ -19,11 +23,11 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import socket
 import tarfile
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -35,14 +39,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class ClusterError(RuntimeError):
     """The cluster cannot do the run as asked (unreachable, too few CPUs, a node without a runtime)."""
-
-
-@dataclass
-class Received:
-    """One batch back from a worker: top-k of each file in ``[lo, hi)`` (-1 rows: skipped or unreadable)."""
-    lo: int
-    top: np.ndarray
-    bad: list[int]
 
 
 # ------------------------------------------------------------------------------------ shipping
@@ -78,56 +74,69 @@ def _node_ip() -> str:
 
 # ------------------------------------------------------------------------------------- workers
 class Predictor:
-    """A Ray Data actor: loads one artifact's runner (or the PyTorch model) once, at 1 thread, then predicts
-    the batches it is given. Errors come back as a column, so the driver can name the node."""
+    """A Ray Data actor of the run's one pool: it predicts the batches it is given, of any pass, loading each
+    pass's model (PyTorch's, or an artifact shipped as a tar) once, at 1 thread, when its first batch comes.
+    Batches arrive pass after pass, so it keeps the last two loaded. Errors come back as a column, so the
+    driver can name the node."""
 
-    def __init__(self, kind: str, name: str, shipped, reader, top_k: int):
-        import ray
+    KEEP = 2
+
+    def __init__(self, sources: list[tuple[str, object]], reader, top_k: int):
+        """``sources[j]``: pass ``j``'s ``(name, object ref)``: the module, or the artifact's :func:`pack`."""
         import torch
 
         torch.set_num_threads(1)
-        self.reader, self.top_k, self.node, self.error, self.runtime = reader, top_k, node_name(), "", ""
-        self._tmp = None
-        try:
-            if kind == "pytorch":
-                model = ray.get(shipped)
+        self.sources, self.reader, self.top_k, self.node = sources, reader, top_k, node_name()
+        self.process = f"{socket.gethostname()}:{os.getpid()}"
+        self._tmp = tempfile.TemporaryDirectory(prefix="mobilevit-ray-")
+        self.loaded: dict[int, tuple] = {}  # pass -> (fn, runtime), oldest first
+        self.failed: dict[int, str] = {}  # pass -> the error of one of its batches: its other batches skip
 
-                def fn(x):
-                    with torch.no_grad():
-                        return model(torch.from_numpy(x)).numpy()
-                self.fn, self.runtime = fn, f"torch {torch.__version__}"
-            else:
-                from export.runners import make_runner
+    def _load(self, j: int) -> tuple:
+        import ray
 
-                self._tmp = tempfile.TemporaryDirectory(prefix="mobilevit-ray-")
-                path = unpack(ray.get(shipped), name, Path(self._tmp.name))
-                runner = make_runner(path, threads=1)
-                self.fn, self.runtime = runner, f"{runner.runtime} {runner.version}"
-        except Exception as e:  # noqa: BLE001 - reported by the driver, with the node
-            self.error = f"{type(e).__name__}: {e}"
+        from .predictions import load_fn
+
+        if j not in self.loaded:
+            name, ref = self.sources[j]
+            shipped = ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
+            source = shipped if name == "pytorch" else unpack(shipped, name, Path(self._tmp.name) / str(j))
+            self.loaded[j] = load_fn(source, threads=1)
+            while len(self.loaded) > self.KEEP:
+                old = next(iter(self.loaded))
+                del self.loaded[old]
+                shutil.rmtree(Path(self._tmp.name) / str(old), ignore_errors=True)
+        return self.loaded[j]
 
     def __call__(self, batch: dict) -> dict:
         from data.folders import UnreadableImageError
 
         from .predictions import top_k
 
-        lo, hi = int(batch["lo"][0]), int(batch["hi"][0])
+        j, lo, hi = int(batch["job"][0]), int(batch["lo"][0]), int(batch["hi"][0])
         skip = {int(i) for i in batch["skip"][0]}
         top = np.full((1, hi - lo, self.top_k), -1, np.int32)
-        bad, error, kind = [], self.error, "load" if self.error else ""
+        bad, runtime, error, kind = [], "", self.failed.get(j, ""), "run" if j in self.failed else ""
+        if not error:
+            try:
+                fn, runtime = self._load(j)
+            except Exception as e:  # noqa: BLE001 - reported by the driver, with the node
+                error, kind = f"{type(e).__name__}: {e}", "load"
         if not error:
             try:
                 idx, x, bad = self.reader.read(lo, hi, skip)
                 if len(idx):
-                    top[0, np.asarray(idx) - lo] = top_k(self.fn(x), self.top_k)
+                    top[0, np.asarray(idx) - lo] = top_k(fn(x), self.top_k)
             except UnreadableImageError as e:
                 error, kind = str(e), "image"
             except Exception as e:  # noqa: BLE001 - the artifact's row records it, as in a local run
                 error, kind = f"{type(e).__name__}: {e}", "run"
+                self.failed[j] = error
         mask = np.zeros((1, hi - lo), bool)
         mask[0, [b - lo for b in bad]] = True
-        return {"lo": np.array([lo]), "top": top, "bad": mask, "error": np.array([error]),
-                "kind": np.array([kind]), "node": np.array([self.node]), "runtime": np.array([self.runtime])}
+        return {"job": np.array([j]), "lo": np.array([lo]), "top": top, "bad": mask, "error": np.array([error]),
+                "kind": np.array([kind]), "node": np.array([self.node]), "runtime": np.array([runtime]),
+                "process": np.array([self.process])}
 
 
 # -------------------------------------------------------------------------------------- driver
@@ -220,60 +229,84 @@ class RayEngine:
         remote = self.ray.remote(num_cpus=1, max_retries=3)(fn)
         return self.ray.get([remote.remote(*args) for args in calls])
 
-    def predict_model(self, model, reader, preds, unreadable: set, batch: int, label: str,
-                      progress: bool = True) -> str:
-        return self._predict("pytorch", "pytorch", self.ray.put(model), reader, preds, unreadable, batch, label,
-                             progress)
-
-    def predict_artifact(self, path: Path, reader, preds, unreadable: set, batch: int, label: str,
-                         progress: bool = True) -> str:
-        path = Path(path)
-        return self._predict("artifact", path.name, self.ray.put(pack(path)), reader, preds, unreadable, batch,
-                             label, progress)
-
-    def _predict(self, kind, name, shipped, reader, preds, unreadable, batch, label, progress) -> str:
-        """Fill ``preds`` from ``preds.done`` on; returns the workers' runtime and version."""
+    def run(self, passes: list, reader, unreadable: set[int], batch: int, progress: bool = True) -> None:
+        """Fill each pass's predictions (:class:`benchmarks.predictions.Pass`) from its ``done`` on, all passes
+        through one Ray Data dataset and one actor pool: a row per batch of files, pass after pass, in order
+        (``preserve_order``), so each pass's saved predictions are a prefix a rerun resumes from. Only the
+        reference pass adds to ``unreadable``. Timing: a pass's seconds run from the previous pass's last batch
+        (or the start) to its own last one, so the pool's start-up is the first pass's and they sum to the run."""
         from data.folders import UnreadableImageError
 
-        from .predictions import SAVE_EVERY, TOP_K
+        from .predictions import SAVE_EVERY, TOP_K, timing
 
         ray = self.ray
-        n = len(preds.top)
-        rows = [{"lo": lo, "hi": min(lo + batch, n), "skip": sorted(i for i in unreadable if lo <= i < lo + batch)}
-                for lo in range(preds.done, n, batch)]
+        n = len(reader)
+        rows = [{"job": j, "lo": lo, "hi": min(lo + batch, n),
+                 "skip": sorted(i for i in unreadable if lo <= i < lo + batch)}
+                for j, p in enumerate(passes) for lo in range(p.preds.done, n, batch)]
         if not rows:
-            return ""
+            return
+        sources = [(p.name, ray.put(p.source if p.name == "pytorch" else pack(Path(p.source)))) for p in passes]
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        out = ds.map_batches(Predictor, fn_constructor_args=(kind, name, shipped, reader, TOP_K),
-                             batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(rows))),
+        out = ds.map_batches(Predictor, fn_constructor_args=(sources, reader, TOP_K), batch_size=1,
+                             compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(rows))),
                              num_cpus=1, batch_format="numpy")
-        seen, runtime, start, got = set(), "", time.perf_counter(), 0
+        start = last = time.perf_counter()
+        first: dict[int, float] = {}
+        files = {j: p.preds.done for j, p in enumerate(passes)}
+        processes: dict[int, set[str]] = {j: set() for j in range(len(passes))}
+        current = 0
+        seen: set[tuple[int, int]] = set()
+
+        def close(j: int) -> None:  # pass j has its last batch: its timing, its saved predictions
+            nonlocal last
+            now = time.perf_counter()
+            p = passes[j]
+            p.timing = timing(now - last, p.preds.done - files[j], first.get(j, now) - last) | {
+                "processes": sorted(processes[j])}  # the worker processes (host:pid) that ran its batches
+            if not p.error:
+                p.preds.save()
+            if progress:
+                self.log(f"{p.label}: {p.preds.done - files[j]} images in {now - last:.1f} s on {self.workers} "
+                         "workers" + (f" ({p.error})" if p.error else ""))
+            last = now
+
         try:
-            for step, b in enumerate(out.iter_batches(batch_size=None, batch_format="numpy"), 1):
+            for b in out.iter_batches(batch_size=None, batch_format="numpy"):
                 for k in range(len(b["lo"])):
-                    lo, error, kind_of = int(b["lo"][k]), str(b["error"][k]), str(b["kind"][k])
-                    if kind_of == "load":
-                        raise ClusterError(f"{label}: the worker on node {b['node'][k]} cannot load {name}: {error}")
-                    if kind_of == "image":
-                        raise UnreadableImageError(error)
-                    if error:
-                        raise RuntimeError(error)
-                    if lo in seen or lo != preds.done:
-                        raise RuntimeError(f"{label}: the batch of files {lo}.. came back "
-                                           + ("twice" if lo in seen else f"out of order (expected {preds.done})"))
-                    seen.add(lo)
-                    top, bad = b["top"][k], b["bad"][k]
+                    j, lo, error, kind = int(b["job"][k]), int(b["lo"][k]), str(b["error"][k]), str(b["kind"][k])
+                    p = passes[j]
+                    if (j, lo) in seen or j < current or (lo != p.preds.done and not p.error):
+                        raise RuntimeError(f"{p.label}: the batch of files {lo}.. came back "
+                                           + ("twice" if (j, lo) in seen else "out of order"))
+                    seen.add((j, lo))
+                    while current < j:
+                        close(current)
+                        current += 1
+                    first.setdefault(j, time.perf_counter())
+                    processes[j].add(str(b["process"][k]))
+                    if kind == "load":
+                        raise ClusterError(f"{p.label}: the worker on node {b['node'][k]} cannot load {p.name}: "
+                                           f"{error}")
+                    if error and p.reference:
+                        raise UnreadableImageError(error) if kind == "image" else RuntimeError(error)
                     hi = min(lo + batch, n)
-                    preds.top[lo:hi] = top[: hi - lo]
-                    unreadable.update((lo + np.flatnonzero(bad[: hi - lo])).tolist())
-                    preds.done = hi
-                    preds.first_at = preds.first_at or time.perf_counter()
-                    runtime = runtime or str(b["runtime"][k])
-                    got += hi - lo
-                if step % SAVE_EVERY == 0:
-                    preds.save()
+                    if error:  # this artifact's row records it; its other batches are not used
+                        p.error = p.error or error
+                        continue
+                    p.preds.top[lo:hi] = b["top"][k][: hi - lo]
+                    if p.reference:
+                        unreadable.update((lo + np.flatnonzero(b["bad"][k][: hi - lo])).tolist())
+                    p.preds.done = hi
+                    p.runtime = p.runtime or str(b["runtime"][k])
+                    if (lo // batch + 1) % SAVE_EVERY == 0:
+                        p.preds.save()
+            while current < len(passes):
+                close(current)
+                current += 1
         finally:
-            preds.save()
+            for p in passes:
+                if not p.error:
+                    p.preds.save()
         if progress:
-            self.log(f"{label}: {got} images in {time.perf_counter() - start:.1f} s on {self.workers} workers")
-        return runtime
+            self.log(f"{len(rows)} batches of {len(passes)} pass(es) in {time.perf_counter() - start:.1f} s")

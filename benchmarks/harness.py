@@ -64,6 +64,9 @@ def _say(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
+CPU_INT8_FLAGS = ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+
 def machine_info() -> dict:
     cpu = platform.processor() or platform.machine()
     try:
@@ -75,6 +78,25 @@ def machine_info() -> dict:
         pass
     return {"cpu": cpu, "logical_cores": os.cpu_count(), "system": platform.system(),
             "python": platform.python_version()}
+
+
+def cpu_info() -> dict:
+    """The CPU model (name, family, model: a name like "AMD EPYC" does not say which generation), its int8/bf16
+    extensions (from /proc/cpuinfo's flags) and core count."""
+    info = machine_info()
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+            if not line.strip():  # the first processor's block is enough
+                break
+    except OSError:
+        pass
+    flags = set(fields.get("flags", "").split())
+    info["cpu_family"], info["cpu_model"] = fields.get("cpu family"), fields.get("model")
+    info["int8_extensions"] = {f: f in flags for f in CPU_INT8_FLAGS}
+    return info
 
 
 def noisy_threads(threads: int, cores: int | None) -> bool:

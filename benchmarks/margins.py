@@ -46,7 +46,7 @@ from export.convert import calibration_photos
 from export.validate import torch_reference, validate_artifact
 from mobilevit import DEFAULT_SIZE
 
-from .harness import _say, build_entries, machine_info
+from .harness import _say, build_entries, cpu_info
 
 RESULTS = Path(__file__).parent / "results"
 VARIANT = "xx_small"
@@ -56,7 +56,6 @@ SEEDS = (1, 0, 11, 2, 3)
 # (target, precision) rows whose limit another change is settling: measured and reported, not held to the
 # policy here (none today: the Core ML w8a8 row's machine dependence is fixed, see README "Tolerances")
 PENDING: dict[tuple[str, str], str] = {}
-CPU_INT8_FLAGS = ("avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
 OUTPUTS = ("logits", "classifier")
 TOOLS = ("torch", "coremltools", "onnx", "onnxruntime", "onnxscript", "onnx2tf", "tensorflow", "ai-edge-litert",
          "executorch", "numpy")
@@ -108,25 +107,6 @@ POLICY = MarginPolicy()
 # ------------------------------------------------------------------------------------------------
 # measuring
 # ------------------------------------------------------------------------------------------------
-
-def cpu_info() -> dict:
-    """The CPU model (name, family, model: a name like "AMD EPYC" does not say which generation), its int8/bf16
-    extensions (from /proc/cpuinfo's flags) and core count."""
-    info = machine_info()
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-            if not line.strip():  # the first processor's block is enough
-                break
-    except OSError:
-        pass
-    flags = set(fields.get("flags", "").split())
-    info["cpu_family"], info["cpu_model"] = fields.get("cpu family"), fields.get("model")
-    info["int8_extensions"] = {f: f in flags for f in CPU_INT8_FLAGS}
-    return info
-
 
 def tool_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version

@@ -33,8 +33,8 @@ sys.exit(code)
 """
 
 
-def make_inputs(work: Path) -> tuple[Path, Path]:
-    """A synthetic xx_small checkpoint (our format) and ``LARGE`` photos in ``SYNSETS`` synset folders."""
+def make_inputs(work: Path, count: int = LARGE) -> tuple[Path, Path]:
+    """A synthetic xx_small checkpoint (our format) and ``count`` photos in ``SYNSETS`` synset folders."""
     from PIL import Image
 
     from data.photos import photo_variants
@@ -44,7 +44,7 @@ def make_inputs(work: Path) -> tuple[Path, Path]:
 
     ckpt = save_checkpoint(synthetic_model("xx_small"), work / "model.pt", origin="synthetic-calibrated")
     synsets = [s for s, _ in imagenet_synsets_and_names()][::1000 // SYNSETS][:SYNSETS]
-    for i, photo in enumerate(photo_variants(LARGE, seed=11)):
+    for i, photo in enumerate(photo_variants(count, seed=11)):
         folder = work / "images" / synsets[i % SYNSETS]
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(photo).save(folder / f"photo_{i:04d}.JPEG", quality=90)

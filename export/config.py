@@ -229,6 +229,13 @@ class TargetConfig:
     # "module:function"(path) -> runner that also returns every intermediate tensor: ``intermediates(x) ->
     # [{"name", "shape", "value"}]``, for drift localisation; "" = localise by ablation (``benchmarks.localize``)
     intermediates: str = ""
+    # "module:function"(path, x, threads, runs) -> {"ops": {op type: {"ms", "calls"}}, "source", "total_ms", ...}:
+    # per-op time from the runtime's own profiler (``benchmarks.profile``); "" = the runtime has none we can call
+    profiler: str = ""
+    # "module:function"(path) -> export.targets.onnx.chains.ChainReport-like (``islands``, ``breaks``,
+    # ``integer_ops``, ``describe()``): the float islands between int8 kernels in the graph the runtime really
+    # runs; "" = no such check for this runtime yet
+    int8_chains: str = ""
     # the benchmark harness's Hugging Face baseline rows for this target, each with its speed target
     baselines: tuple[Baseline, ...] = ()
     timed_on_device: bool = False  # its artifacts can also be timed on an attached Android phone
@@ -268,7 +275,9 @@ register(TargetConfig(
     "onnx", ("fp32", "fp16", "int8", "int8_dynamic"), "fp32", "slice", "split", ".onnx",
     converter="export.targets.onnx.convert:convert", options="export.targets.onnx.convert:OnnxOptions",
     runner="export.targets.onnx.runner:OnnxRuntimeRunner", inspector="export.targets.onnx.graph:inspect_onnx",
-    calibrated=("int8",), preload=("onnxruntime", "onnxscript"), request_fields=("dynamic_hw",),
+    profiler="export.targets.onnx.profile:profile", int8_chains="export.targets.onnx.chains:check",
+    calibrated=("int8",), preload=("onnxruntime", "onnxscript"),
+    request_fields=("dynamic_hw",),
     metadata_options="export.targets.onnx.convert:metadata_options",
     baselines=(Baseline("hf-as-is", {"exporter": "as-is"}, 0.85, "onnxruntime fp32 / HF as-is"),
                Baseline("hf-our-exporter", {}, 1.0,
@@ -294,6 +303,7 @@ register(TargetConfig(
     converter="export.targets.executorch.convert:convert",
     options="export.targets.executorch.convert:ExecuTorchOptions",
     runner="export.targets.executorch.convert:runner", inspector="export.targets.executorch.convert:inspect_pte",
+    profiler="export.targets.executorch.profile:profile",
     calibrated=("int8",), rewrites=("layernorm_as_linear", "qkv_as_three_linears", "pool_keepdim"),
     preload=("torchao", "executorch.exir", "executorch.runtime"),
     baselines=(Baseline("hf-as-is", {"exporter": "as-is"}, 1.0,

@@ -430,6 +430,11 @@ def test_a_ray_run_gives_the_local_runs_predictions(user, tmp_path, ray_cluster,
     assert ray_result["rows"] == local_result["rows"]
     assert [r["artifact"] for r in ray_result["rows"]] == ["pytorch_fp32", "onnx_fp32", "coreml_fp32"]
     assert not any(r["error"] for r in ray_result["rows"])
+    # one pool of 2 actors for both artifacts (a pool per artifact would be 4 processes), and another for PyTorch
+    timing = ray_result["meta"]["timing"]
+    artifact_processes = set(timing["onnx_fp32"]["processes"]) | set(timing["coreml_fp32"]["processes"])
+    assert len(artifact_processes) == 2, timing
+    assert [timing[a]["files"] for a in ("pytorch_fp32", "onnx_fp32", "coreml_fp32")] == [24, 24, 24]
 
 
 def test_a_worker_killed_mid_run_loses_no_image_and_repeats_none(user, tmp_path, ray_cluster):
@@ -469,6 +474,46 @@ def test_a_worker_killed_mid_run_loses_no_image_and_repeats_none(user, tmp_path,
                                   np.load(tmp_path / "local" / "predictions" / "pytorch_fp32.npy"))
     assert json.loads(saved.read_text())["done"] == 96
     assert result["rows"] == local["rows"] and result["rows"][0]["images"] == 96
+
+
+def _tiny_onnx(path: Path, height: int | None) -> Path:
+    """A 1000-class "classifier" of 3 weights per class on the image's channel means (any size), or, with
+    ``height``, one that takes only 1 x 3 x height x height images (onnxruntime refuses the run's batches)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    dims = [1, 3, height, height] if height else ["n", 3, "h", "w"]
+    w = np.random.default_rng(7).standard_normal((3, 1000)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["mean"], axes=[2, 3], keepdims=0),  # [N, 3]
+         helper.make_node("MatMul", ["mean", "w"], ["logits"])],  # [N, 1000]
+        "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [dims[0], 1000])],
+        [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+def test_an_artifact_that_fails_mid_pass_is_its_rows_error_and_the_others_go_on(user, tmp_path, ray_cluster):
+    """Two artifacts in the one pool: the first fails on every batch (it takes only 1x3x8x8), the second runs.
+    The Ray run's rows, error text included, equal the local run's."""
+    rows = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        assert run_folder(user["hf"], user["synset"], out=out, targets=[], batch=8, progress=False)["rows"]
+        state = json.loads((out / "predictions" / "run.json").read_text())
+        state["artifacts"] = {"onnx": {"fp32": str(_tiny_onnx(tmp_path / f"{engine}_8x8.onnx", 8)),
+                                       "int8": str(_tiny_onnx(tmp_path / f"{engine}_any.onnx", None))}}
+        (out / "predictions" / "run.json").write_text(json.dumps(state))
+        kw = dict(ray=ray_cluster, workers=2) if engine == "ray" else dict(threads=1)
+        rows[engine] = run_folder(user["hf"], user["synset"], out=out, targets=["onnx"], precisions=["fp32", "int8"],
+                                  batch=8, progress=False, **kw)["rows"]
+        assert not (out / "predictions" / "onnx_fp32.npy").exists() or json.loads(
+            (out / "predictions" / "onnx_fp32.json").read_text())["done"] < 24  # never saved as complete
+    assert [r["artifact"] for r in rows["ray"]] == ["pytorch_fp32", "onnx_fp32", "onnx_int8"]
+    assert "Got invalid dimensions for input: image" in rows["ray"][1]["error"], rows
+    assert not rows["ray"][2]["error"] and rows["ray"][2]["images"] == 24
+    assert rows["ray"] == rows["local"]
 
 
 def test_a_worker_that_cannot_load_the_runtime_ends_the_run_with_exit_2(user, tmp_path, ray_cluster, capsys):

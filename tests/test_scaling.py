@@ -27,6 +27,7 @@ def test_speedups_steady_rates_and_the_estimate_by_hand():
     assert ray_pt["steady_images_per_s"] == pytest.approx(88.0)
     assert ray_pt["steady_speedup"] == pytest.approx(88.0 / (88 / 3.6), rel=1e-3)
     assert summary["totals"]["ray-2"]["speedup"] == pytest.approx(6.0 / 3.75)
+    assert summary["totals"]["ray-2"]["overhead"] == pytest.approx(1 - 6.0 / 3.75 / 2)  # 2 workers: 20% lost
     assert summary["one_process_seconds_per_image"] == {"pytorch_fp32": pytest.approx(4 / 96, abs=1e-4),
                                                         "onnx_fp32": pytest.approx(2 / 96, abs=1e-4)}
     est = scaling.estimate(summary)

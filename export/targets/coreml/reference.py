@@ -756,7 +756,8 @@ class CoreMLReferenceRunner:
     Takes the same float32 ``[B, 3, H, W]`` batch as PyTorch (model channel order, pixels / 255);
     for an image-input program it feeds ``x * 255`` (exact for inputs made from uint8 photos).
     Runs on the torch kernel set unless ``kernels="numpy"`` (the pessimistic ``accumulate="fp16"``
-    mode is numpy-only); both give the same values (``tests/test_coreml_reference.py``).
+    mode is numpy-only); both give the same values (``tests/test_coreml_reference.py``). The torch
+    kernels run at ``threads`` (torch's thread count is set for each call, as for the PyTorch runner).
     """
 
     runtime = "coreml-reference"
@@ -781,13 +782,19 @@ class CoreMLReferenceRunner:
 
     @property
     def settings(self) -> dict:
-        return {"threads": f"{self.kernels}'s", "accumulate": self.model.accumulate, "kernels": self.kernels}
+        return {"threads": self.threads if self.kernels == "torch" else "numpy's", "accumulate": self.model.accumulate,
+                "kernels": self.kernels}
 
     def prepare(self, x: np.ndarray):
         x = x.astype(np.float32)
         return {self.input_name: np.round(x * 255.0) if self.is_image else x}
 
     def run(self, feed) -> np.ndarray:
+        if self.kernels == "torch":
+            import torch
+
+            if torch.get_num_threads() != self.threads:
+                torch.set_num_threads(self.threads)
         return self.model.scores(feed)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
