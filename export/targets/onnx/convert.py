@@ -201,14 +201,17 @@ CALIBRATION_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy"
 
 
 def convert_onnx_precision(fp32_path: str | Path, out_path: str | Path, precision: str,
-                           calibration: np.ndarray | None = None, int8_nodes: list[str] | None = None) -> Path:
+                           calibration: np.ndarray | None = None, int8_nodes: list[str] | None = None,
+                           calibration_cache: Path | None = None) -> Path:
     """Derive an fp16, static-int8 (QDQ) or dynamic-int8 model from an fp32 one.
 
     * ``fp16``: weights and activations in fp16, fp32 input/output (``keep_io_types``).
     * ``int8``: static QDQ, per-channel int8 weights, uint8 activations calibrated on ``calibration``
       (real photographs) by the recipe's method (``export.config.INT8_RECIPES``); only ``int8_nodes``
       (Conv / MatMul / Gemm nodes of the layers the recipe quantizes, :func:`int8_layers`) are
-      quantized; LayerNorm, Softmax, SiLU and the other layers stay in float.
+      quantized; LayerNorm, Softmax, SiLU and the other layers stay in float. ``calibration_cache``: a
+      file onnxruntime keeps every calibrated range in (written by the first call, read by the next ones
+      on the same fp32 model and photos: the int8 search quantizes many layer sets on one calibration).
     * ``int8_dynamic``: int8 MatMul/Gemm weights, activations quantized at run time.
     """
     import onnx
@@ -226,18 +229,20 @@ def convert_onnx_precision(fp32_path: str | Path, out_path: str | Path, precisio
 
         from ...config import int8_recipe
 
-        if calibration is None or len(calibration) == 0:
+        cached = calibration_cache is not None and Path(calibration_cache).is_file()
+        if not cached and (calibration is None or len(calibration) == 0):
             raise ValueError("static int8 quantization needs calibration images")
         if not int8_nodes:
             raise ExportConfigError("int8 has nothing to quantize: every layer kind is kept in float "
                                     "(drop some from --float-kinds)")
         method = CALIBRATION_METHODS[int8_recipe("onnx", "int8").calibration]
         with quiet(stdout=True):  # the histogram calibrators print their progress
-            quantize_static(str(fp32_path), str(out_path), _PhotoReader(calibration),
+            quantize_static(str(fp32_path), str(out_path), None if cached else _PhotoReader(calibration),
                             quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             op_types_to_quantize=["Conv", "MatMul", "Gemm"], nodes_to_quantize=list(int8_nodes),
-                            calibrate_method=getattr(CalibrationMethod, method))
+                            calibrate_method=getattr(CalibrationMethod, method),
+                            calibration_cache_path=calibration_cache)
     elif precision == "int8_dynamic":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -10,7 +10,8 @@ import numpy as np
 
 
 def profile(path: str | Path, x: np.ndarray, threads: int, runs: int) -> dict:
-    """``{"ops": {op type: {"ms": per run, "calls": per run}}, "source", "runs", "threads"}`` over ``runs``
+    """``{"ops": {op type: {"ms": per run, "calls": per run}}, "nodes": {node name: ms per run}, "source",
+    "runs", "threads", "total_ms"}`` over ``runs``
     runs of ``x`` after one warm-up, the session built as the benchmarks build it (``OnnxRuntimeRunner``'s
     options) with profiling on. The op types are the *optimized* graph's, the kernels that ran (FusedMatMul,
     QLinearConv, ...)."""
@@ -29,15 +30,18 @@ def profile(path: str | Path, x: np.ndarray, threads: int, runs: int) -> dict:
         for _ in range(runs + 1):
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())
-    kernels = [(e["args"]["op_name"], float(e["dur"])) for e in events
+    kernels = [(e["args"]["op_name"], e["name"].removesuffix("_kernel_time"), float(e["dur"])) for e in events
                if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")]
     per_run = len(kernels) // (runs + 1)  # every run runs the same kernels; the first (warm-up) is dropped
     ops: dict[str, dict] = defaultdict(lambda: {"ms": 0.0, "calls": 0})
-    for op, us in kernels[per_run:]:
+    nodes: dict[str, float] = defaultdict(float)
+    for op, node, us in kernels[per_run:]:
         ops[op]["ms"] += us / 1000 / runs
         ops[op]["calls"] += 1
+        nodes[node] += us / 1000 / runs
     for v in ops.values():
         v["calls"] //= runs
     whole = [float(e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
-    return {"ops": dict(ops), "source": f"onnxruntime {ort.__version__} session profiling (kernel time)",
-            "runs": runs, "threads": threads, "total_ms": sum(whole[1:]) / 1000 / runs if len(whole) > runs else None}
+    return {"ops": dict(ops), "nodes": dict(nodes),
+            "source": f"onnxruntime {ort.__version__} session profiling (kernel time)", "runs": runs,
+            "threads": threads, "total_ms": sum(whole[1:]) / 1000 / runs if len(whole) > runs else None}

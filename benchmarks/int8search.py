@@ -1,0 +1,172 @@
+"""``python -m benchmarks.int8search``: the int8 layer set chosen for *this* checkpoint, by measurement.
+
+    python -m benchmarks.int8search [--weights CKPT | --variant xx_small] [--images DIR]
+                                    [--int8-budget cosine=0.999] [--num-images 16] [--out DIR]
+
+On ONNX (onnxruntime), through ``export.convert``'s fp32 model and one calibration on photos of their own:
+
+* each of the model's layers (``mobilevit.layers``: every convolution, linear and attention matmul pair)
+  quantized *alone*, its drift (1 - mean logit cosine against fp32) measured in onnxruntime on held-out
+  photos (``--images``' first ``--num-images``, or views of the photos the packages ship; never the
+  calibration photos);
+* the search (``export.int8search``): from everything int8, the layers with the most drift per share of the
+  multiply-accumulates go back to float until the budget holds on the held-out photos (bisection over the
+  ranking, each candidate measured);
+* the chosen set, its share of the multiply-accumulates in int8, and the held-out figures, next to the
+  fixed recipe's (``export.config.INT8_RECIPES``) on the same photos.
+
+Results: ``--out``'s ``int8search.{json,md}`` (default ``benchmarks/results``) with the CPU and its int8
+extensions. A bad ``--int8-budget`` exits 2 naming the valid forms.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from export.errors import ExportConfigError
+from export.int8search import DEFAULT_BUDGET, parse_budget, rank, search
+from mobilevit.atomic import write_text
+
+from .harness import _say, cpu_info
+
+RESULTS = Path(__file__).parent / "results"
+EXIT_BAD_INPUT = 2
+VALIDATION_SEED = 0  # the views of the shipped photos the held-out figures are measured on
+
+
+def run(model, variant: str, size: int, heldout: np.ndarray, calibration: np.ndarray, budget_text: str,
+        work: Path, labels: np.ndarray | None = None, origin: str = "") -> dict:
+    """Per-layer drift, the search, and the recipe on the same held-out photos (see the module docstring)."""
+    from export import convert_all, with_target_defaults
+    from export.int8 import float_kinds
+    from export.targets.onnx.search import OnnxLayerSearch
+    from mobilevit.layers import layer_macs, layers
+
+    budget = parse_budget(budget_text)
+    start = time.perf_counter()
+    model = with_target_defaults(model, "onnx")
+    fp32 = convert_all(model, "onnx", ["fp32"], work / "fp32", size=size)["fp32"]
+    s = OnnxLayerSearch(model, fp32, calibration, heldout, work / "search", labels=labels)
+    kinds = {layer.name: layer.kind for layer in layers(model)}
+    macs = layer_macs(model, size)
+    total = sum(macs.values())
+    _say(f"each of {len(s.layers)} layers int8 alone, on {len(heldout)} held-out photos ...")
+    t = time.perf_counter()
+    drift = s.sensitivity()
+    sensitivity_s = time.perf_counter() - t
+    ranked = rank(drift, {n: macs[n] / total for n in s.layers})  # drift per share of the MACs it makes int8
+    _say(f"searching for {budget} ...")
+    t = time.perf_counter()
+    found = search(ranked, s.evaluate, budget)
+    search_s = time.perf_counter() - t
+    recipe_float = [n for n in s.layers if kinds[n] in float_kinds("onnx", "int8", None)]
+    recipe = s.evaluate(recipe_float)
+
+    def share(float_layers) -> float:
+        return 1 - sum(macs[n] for n in float_layers) / total
+
+    return {"meta": {"variant": variant, "size": size, "weights": origin, "target": "onnx", "budget": str(budget),
+                     "heldout_images": int(len(heldout)), "calibration_images": int(len(calibration)),
+                     "sensitivity_seconds": round(sensitivity_s, 1), "search_seconds": round(search_s, 1),
+                     "seconds": round(time.perf_counter() - start, 1)},
+            "layers": [{"layer": n, "kind": kinds[n], "mac_share": round(macs[n] / total, 5),
+                        "drift_alone": drift[n], "rank": ranked.index(n) + 1} for n in s.layers],
+            "search": {"float_layers": found.float_layers, "met": found.met, "figures": found.figures,
+                       "int8_mac_share": round(share(found.float_layers), 4), "evaluations": found.evaluations},
+            "recipe": {"float_layers": recipe_float, "figures": recipe,
+                       "int8_mac_share": round(share(recipe_float), 4)}}
+
+
+def render(result: dict) -> str:
+    m, cpu = result["meta"], result["meta"]["cpu"]
+    ext = ", ".join(f for f, on in cpu["int8_extensions"].items() if on) or "none"
+    s, r = result["search"], result["recipe"]
+
+    def fig(f):
+        return f"mean cosine {f['cosine']:.5f}, worst {f['worst_cosine']:.5f}, top-1 agreement " \
+               f"{100 * f['agreement_top1']:.0f}%"
+    lines = [f"Int8 layer search on ONNX (onnxruntime), MobileViT {m['variant']} at {m['size']}, weights: "
+             f"{m['weights']}; budget {m['budget']} on {m['heldout_images']} held-out photos, calibration on "
+             f"{m['calibration_images']} others ({cpu['cpu']}, family {cpu['cpu_family']} model "
+             f"{cpu['cpu_model']}, int8 extensions: {ext}; {m['created']}). Wall time: per-layer drift "
+             f"{m['sensitivity_seconds']:.0f} s, search {m['search_seconds']:.0f} s "
+             f"({len(s['evaluations'])} sets measured), whole run {m['seconds']:.0f} s.", "",
+             "| int8 set | layers in float | MACs in int8 | held-out figures |", "|---|---|---|---|",
+             f"| searched ({'meets' if s['met'] else 'MISSES'} the budget) | {len(s['float_layers'])} | "
+             f"{100 * s['int8_mac_share']:.1f}% | {fig(s['figures'])} |",
+             f"| fixed recipe | {len(r['float_layers'])} | {100 * r['int8_mac_share']:.1f}% | {fig(r['figures'])} |",
+             "", "Layers returned to float by the search, in order: "
+             + (", ".join(f"`{n}`" for n in s["float_layers"]) or "none") + ".", "",
+             "The first 15 layers of the ranking (most drift per share of the MACs, when int8 alone):", "",
+             "| rank | layer | kind | MAC share | drift alone (1 - cosine) |", "|---|---|---|---|---|"]
+    for row in sorted(result["layers"], key=lambda x: x["rank"])[:15]:
+        lines.append(f"| {row['rank']} | `{row['layer']}` | {row['kind']} | {100 * row['mac_share']:.2f}% | "
+                     f"{row['drift_alone']:.2e} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.int8search", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", help="checkpoint (any format mobilevit.checkpoints reads); default: synthetic")
+    p.add_argument("--variant", default="xx_small", choices=["xx_small", "x_small", "small"])
+    p.add_argument("--images", help="your photos: the first --num-images are held out, the rest calibrate")
+    p.add_argument("--num-images", type=int, default=16)
+    p.add_argument("--int8-budget", default=DEFAULT_BUDGET, help="cosine=C or top1=P (default cosine=0.999)")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    a = p.parse_args(argv)
+    try:
+        budget = parse_budget(a.int8_budget)
+        if budget.metric == "top1":
+            raise ExportConfigError(f"--int8-budget {a.int8_budget}: a top-1 budget needs labelled photos; this "
+                                    "command measures logit cosine only (give cosine=C)")
+    except ExportConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from data.photos import load_folder, photo_variants
+    from data.synthetic import synthetic_model
+    from export.convert import calibration_photos
+    from mobilevit import get_config
+    from mobilevit.checkpoints import load_checkpoint, load_model
+    from mobilevit.preprocess import preprocess
+
+    if a.weights:
+        ckpt = load_checkpoint(a.weights)
+        model, variant, origin = load_model(a.weights, ckpt.variant), ckpt.variant, f"{Path(a.weights).name} " \
+                                                                                    f"({ckpt.format})"
+        cfg = get_config(variant, num_classes=ckpt.num_classes)
+    else:
+        model, variant, origin = synthetic_model(a.variant), a.variant, "synthetic-calibrated"
+        cfg = get_config(variant)
+    if a.images:
+        photos = load_folder(a.images)
+        if len(photos) <= a.num_images:
+            print(f"error: --images {a.images} has {len(photos)} photos: give more than --num-images "
+                  f"{a.num_images} (the rest calibrate)", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        heldout = preprocess(photos[:a.num_images], cfg, a.size).numpy()
+        calibration = preprocess(photos[a.num_images:], cfg, a.size).numpy()
+    else:
+        heldout = preprocess(photo_variants(a.num_images, seed=VALIDATION_SEED), cfg, a.size).numpy()
+        calibration = calibration_photos(cfg, a.size)
+    with tempfile.TemporaryDirectory(prefix="int8search-") as tmp:
+        result = run(model, variant, a.size, heldout, calibration, a.int8_budget, Path(tmp), origin=origin)
+    args = argv if argv is not None else sys.argv[1:]
+    result["meta"] |= {"command": " ".join(["python -m benchmarks.int8search", *args]), "cpu": cpu_info(),
+                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    a.out.mkdir(parents=True, exist_ok=True)
+    write_text(a.out / "int8search.json", json.dumps(result, indent=1) + "\n")
+    write_text(a.out / "int8search.md", render(result))
+    print(render(result), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

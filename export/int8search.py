@@ -1,0 +1,101 @@
+"""Which layers an int8 artifact keeps in float, chosen for the checkpoint in hand by measurement.
+
+The fixed recipe (``export.config.INT8_RECIPES``) is one answer for every checkpoint. Here the answer is
+searched: every layer's drift when it *alone* is int8 (measured in the target's runtime on held-out
+photos) ranks the layers; the search then starts from everything int8 and returns the worst layers to
+float until a fidelity budget holds on held-out photos (as NNCF's ``quantize_with_accuracy_control``
+returns the layers that cost most to float until the metric holds). Ranked by drift per unit of what
+the layer's int8 buys (its multiply-accumulates), the layers that carry the compute stay int8 longest.
+
+Pure logic; a target supplies ``evaluate(float_layers) -> figures`` (:func:`search`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from .errors import ExportConfigError
+
+BUDGET_FORMS = "cosine=C (mean logit cosine against fp32 at least C, 0 < C <= 1; default cosine=0.999) or " \
+               "top1=P (top-1 at most P points below fp32 on labelled photos, P >= 0)"
+DEFAULT_BUDGET = "cosine=0.999"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The fidelity an int8 artifact must keep: ``cosine`` (mean logit cosine to fp32 >= value) or ``top1``
+    (top-1 drop in points <= value)."""
+    metric: str
+    value: float
+
+    def holds(self, figures: dict) -> bool:
+        """``figures``: ``{"cosine": mean cosine}`` or ``{"top1_drop": points}``."""
+        if self.metric == "cosine":
+            return figures["cosine"] >= self.value
+        return figures["top1_drop"] <= self.value
+
+    def __str__(self) -> str:
+        return f"{self.metric}={self.value:g}"
+
+
+def parse_budget(text: str) -> Budget:
+    """``"cosine=0.999"`` or ``"top1=0.5"``; anything else is an :class:`ExportConfigError` naming the forms."""
+    metric, sep, value = str(text).strip().partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if not sep or metric not in ("cosine", "top1") or number is None or number != number:
+        raise ExportConfigError(f"--int8-budget {text!r}: give {BUDGET_FORMS}")
+    if metric == "cosine" and not 0 < number <= 1:
+        raise ExportConfigError(f"--int8-budget {text!r}: a cosine budget is in (0, 1]; give {BUDGET_FORMS}")
+    if metric == "top1" and number < 0:
+        raise ExportConfigError(f"--int8-budget {text!r}: a top-1 budget is a drop of 0 or more points; "
+                                f"give {BUDGET_FORMS}")
+    return Budget(metric, number)
+
+
+def rank(sensitivity: dict[str, float], gain: dict[str, float] | None = None) -> list[str]:
+    """Layers in the order they go back to float. ``sensitivity``: each layer's drift with it alone int8
+    (1 - mean cosine). Without ``gain``: most drift first. With ``gain`` (what a layer's int8 buys: its
+    multiply-accumulates, or its measured time saving): most drift per unit of gain first, so the layers that
+    cost fidelity and buy little leave int8 before those that carry the speed (AIMET AMP's trade of
+    accuracy against cost, greedily). Ties: by name, so the order is reproducible."""
+    if gain is None:
+        return sorted(sensitivity, key=lambda name: (-sensitivity[name], name))
+    return sorted(sensitivity, key=lambda name: (-sensitivity[name] / max(gain.get(name, 0.0), 1e-12), name))
+
+
+@dataclass
+class SearchResult:
+    float_layers: list[str]  # what stays float, in the order it was returned
+    figures: dict  # the held-out figures of the chosen set
+    budget: str
+    evaluations: list[dict] = field(default_factory=list)  # every set tried: {"float": n, "figures", "holds"}
+    met: bool = True  # False: even every ranked layer in float misses the budget
+
+
+def search(ranked: Sequence[str], evaluate: Callable[[list[str]], dict], budget: Budget) -> SearchResult:
+    """The shortest prefix of ``ranked`` that, kept float, meets ``budget``: bisection over the prefix length
+    (the drift shrinks as layers return to float), each candidate measured by ``evaluate`` (the target's
+    runtime on held-out photos). The chosen set is always one that was measured to hold."""
+    tried: dict[int, dict] = {}
+
+    def holds(k: int) -> bool:
+        if k not in tried:
+            figures = evaluate(list(ranked[:k]))
+            tried[k] = {"float": k, "figures": figures, "holds": budget.holds(figures)}
+        return tried[k]["holds"]
+
+    if holds(0):
+        k = 0
+    elif not holds(len(ranked)):
+        k = len(ranked)
+    else:
+        lo, hi = 0, len(ranked)  # lo fails, hi holds
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if holds(mid) else (mid, hi)
+        k = hi
+    return SearchResult(list(ranked[:k]), tried[k]["figures"], str(budget),
+                        [tried[i] for i in sorted(tried)], met=tried[k]["holds"])

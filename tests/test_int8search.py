@@ -1,0 +1,106 @@
+"""The int8 layer search: budget parsing, the ranking and the bisection by hand, and on ONNX a planted
+sensitive layer (its weights given one outlier per output channel) found first and returned to float first."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from export.errors import ExportConfigError
+from export.int8search import Budget, parse_budget, rank, search
+
+
+@pytest.mark.parametrize("text,expected", [("cosine=0.999", Budget("cosine", 0.999)), ("top1=0.5", Budget("top1", 0.5)),
+                                           (" cosine=1 ", Budget("cosine", 1.0)), ("top1=0", Budget("top1", 0.0))])
+def test_budgets_parse(text, expected):
+    assert parse_budget(text) == expected
+
+
+@pytest.mark.parametrize("text", ["cosine", "cosine=", "cos=0.9", "cosine=0", "cosine=1.5", "top1=-1", "top1=x",
+                                  "cosine=nan", ""])
+def test_a_bad_budget_names_the_valid_forms(text):
+    with pytest.raises(ExportConfigError, match=r"cosine=C .*top1=P"):
+        parse_budget(text)
+
+
+def test_budget_holds_by_hand():
+    assert Budget("cosine", 0.999).holds({"cosine": 0.999}) and not Budget("cosine", 0.999).holds({"cosine": 0.9989})
+    assert Budget("top1", 0.5).holds({"top1_drop": 0.5}) and not Budget("top1", 0.5).holds({"top1_drop": 0.51})
+
+
+def test_rank_by_drift_and_by_drift_per_gain():
+    drift = {"a": 0.01, "b": 0.02, "c": 0.02, "d": 0.001}
+    assert rank(drift) == ["b", "c", "a", "d"]  # most drift first; the tie b/c by name
+    # per gain: a 0.01/0.5 = 0.02, b 0.02/0.1 = 0.2, c 0.02/0.4 = 0.05, d 0.001/0.001 = 1
+    assert rank(drift, {"a": 0.5, "b": 0.1, "c": 0.4, "d": 0.001}) == ["d", "b", "c", "a"]
+
+
+def test_search_finds_the_shortest_prefix_that_holds():
+    # an additive model: cosine = 1 - sum of the drifts of the layers left int8
+    drift = {"l0": 4e-4, "l1": 3e-4, "l2": 2e-4, "l3": 1e-4, "l4": 5e-5, "l5": 5e-5}
+    ranked = rank(drift)
+    calls = []
+
+    def evaluate(float_layers):
+        calls.append(list(float_layers))
+        return {"cosine": 1 - sum(v for k, v in drift.items() if k not in float_layers)}
+
+    # all int8: 1 - 1.1e-3 < 0.999; l0 float: 1 - 7e-4 >= 0.999 -> the shortest prefix is [l0]
+    found = search(ranked, evaluate, Budget("cosine", 0.999))
+    assert found.float_layers == ["l0"] and found.met
+    assert found.figures["cosine"] == pytest.approx(1 - 7e-4)
+    assert len(calls) <= 2 + int(np.ceil(np.log2(len(ranked))))  # both ends, then bisection
+    # 1 - 3e-4 needs l0, l1, l2 and l3 float (left: 1e-4): prefix of 4
+    found = search(ranked, evaluate, Budget("cosine", 1 - 1.5e-4))
+    assert found.float_layers == ["l0", "l1", "l2", "l3"]
+    # nothing meets 1.0 exactly but everything float: the whole ranking, marked met (cosine 1.0)
+    assert search(ranked, evaluate, Budget("cosine", 1.0)).float_layers == ranked
+    # a budget all-int8 already meets: nothing goes back to float
+    assert search(ranked, evaluate, Budget("cosine", 0.99)).float_layers == []
+
+
+def test_search_says_when_even_all_float_misses():
+    found = search(["a", "b"], lambda f: {"cosine": 0.5}, Budget("cosine", 0.9))
+    assert not found.met and found.float_layers == ["a", "b"]
+
+
+PLANTED = "stages.3.1.transformer.0.mlp.fc1"
+
+
+def test_onnx_search_returns_a_planted_sensitive_layer_to_float_first(tmp_path, synthetic_xxs):
+    """A feed-forward linear (a kind that is harmless in int8 on these weights) rescaled at equal function: its
+    input feature 0 made 1024x smaller (the LayerNorm before it: gamma and beta / 1024) and that column of its
+    weights 1024x larger. fp32 computes the same, but per-channel int8 now spends every row's range on the
+    large column, and the other weights fall to a few steps: this layer alone int8 must drift more than any
+    other (measured in onnxruntime), and the search (ranked by drift) returns it to float first."""
+    import copy
+
+    import torch
+
+    from data.photos import photo_variants
+    from export import convert_all, with_target_defaults
+    from export.convert import calibration_photos
+    from export.targets.onnx.search import OnnxLayerSearch
+    from mobilevit import get_config
+    from mobilevit.preprocess import preprocess
+
+    model = with_target_defaults(copy.deepcopy(synthetic_xxs), "onnx")
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        norm = modules[PLANTED.replace("mlp.fc1", "norm2")]
+        norm.weight[0] /= 1024
+        norm.bias[0] /= 1024
+        modules[PLANTED].weight[:, 0] *= 1024  # [out, in]: column 0 meets feature 0
+    cfg = get_config("xx_small")
+    fp32 = convert_all(model, "onnx", ["fp32"], tmp_path / "fp32", size=256)["fp32"]
+    s = OnnxLayerSearch(model, fp32, calibration_photos(cfg, 256, count=16),
+                        preprocess(photo_variants(8, seed=0), cfg, 256).numpy(), tmp_path / "search")
+    drift = s.sensitivity()
+    ranked = rank(drift)
+    assert ranked[0] == PLANTED, sorted(drift.items(), key=lambda kv: -kv[1])[:3]
+    others = max(v for k, v in drift.items() if k != PLANTED)
+    assert drift[PLANTED] > 3 * others  # not a near tie
+    all_int8 = s.evaluate([])["cosine"]
+    without = s.evaluate([PLANTED])["cosine"]
+    assert without > all_int8  # returning it to float helps
+    found = search(ranked, s.evaluate, Budget("cosine", (all_int8 + without) / 2))
+    assert found.float_layers[:1] == [PLANTED] and found.met
