@@ -3,10 +3,11 @@
     python -m benchmarks.int8search [--weights CKPT | --variant xx_small] [--images DIR]
                                     [--int8-budget cosine=0.999] [--num-images 16] [--out DIR]
 
-On ONNX (onnxruntime), through ``export.convert``'s fp32 model and one calibration on photos of their own:
+On a target with a layer search (``TargetConfig.int8_search``: onnx today), from ``export.convert``'s fp32 model
+and one calibration on photos of their own:
 
 * each of the model's layers (``mobilevit.layers``: every convolution, linear and attention matmul pair)
-  quantized *alone*, its drift (1 - mean logit cosine against fp32) measured in onnxruntime on held-out
+  quantized *alone*, its drift (1 - mean logit cosine against fp32) measured in the target's runtime on held-out
   photos (``--images``' first ``--num-images``, or views of the photos the packages ship; never the
   calibration photos);
 * the search (``export.int8search``): from everything int8, the layers with the most drift per share of the
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export import TARGETS
 from export.errors import ExportConfigError
 from export.int8search import DEFAULT_BUDGET, parse_budget, rank, search
 from mobilevit.atomic import write_text
@@ -41,18 +43,17 @@ VALIDATION_SEED = 0  # the views of the shipped photos the held-out figures are 
 
 
 def run(model, variant: str, size: int, heldout: np.ndarray, calibration: np.ndarray, budget_text: str,
-        work: Path, labels: np.ndarray | None = None, origin: str = "") -> dict:
+        work: Path, target: str, origin: str = "") -> dict:
     """Per-layer drift, the search, and the recipe on the same held-out photos (see the module docstring)."""
-    from export import convert_all, with_target_defaults
+    from export import target_config, with_target_defaults
+    from export.config import INT8_RECIPES, load
     from export.int8 import float_kinds
-    from export.targets.onnx.search import OnnxLayerSearch
     from mobilevit.layers import layer_macs, layers
 
     budget = parse_budget(budget_text)
     start = time.perf_counter()
-    model = with_target_defaults(model, "onnx")
-    fp32 = convert_all(model, "onnx", ["fp32"], work / "fp32", size=size)["fp32"]
-    s = OnnxLayerSearch(model, fp32, calibration, heldout, work / "search", labels=labels)
+    model = with_target_defaults(model, target)
+    s = load(target_config(target).int8_search)(model, calibration, heldout, work, size)
     kinds = {layer.name: layer.kind for layer in layers(model)}
     macs = layer_macs(model, size)
     total = sum(macs.values())
@@ -65,13 +66,14 @@ def run(model, variant: str, size: int, heldout: np.ndarray, calibration: np.nda
     t = time.perf_counter()
     found = search(ranked, s.evaluate, budget)
     search_s = time.perf_counter() - t
-    recipe_float = [n for n in s.layers if kinds[n] in float_kinds("onnx", "int8", None)]
+    precision = next(p for t, p in INT8_RECIPES if t == target)
+    recipe_float = [n for n in s.layers if kinds[n] in float_kinds(target, precision, None)]
     recipe = s.evaluate(recipe_float)
 
     def share(float_layers) -> float:
         return 1 - sum(macs[n] for n in float_layers) / total
 
-    return {"meta": {"variant": variant, "size": size, "weights": origin, "target": "onnx", "budget": str(budget),
+    return {"meta": {"variant": variant, "size": size, "weights": origin, "target": target, "budget": str(budget),
                      "heldout_images": int(len(heldout)), "calibration_images": int(len(calibration)),
                      "sensitivity_seconds": round(sensitivity_s, 1), "search_seconds": round(search_s, 1),
                      "seconds": round(time.perf_counter() - start, 1)},
@@ -91,7 +93,7 @@ def render(result: dict) -> str:
     def fig(f):
         return f"mean cosine {f['cosine']:.5f}, worst {f['worst_cosine']:.5f}, top-1 agreement " \
                f"{100 * f['agreement_top1']:.0f}%"
-    lines = [f"Int8 layer search on ONNX (onnxruntime), MobileViT {m['variant']} at {m['size']}, weights: "
+    lines = [f"Int8 layer search on {m['target']}, MobileViT {m['variant']} at {m['size']}, weights: "
              f"{m['weights']}; budget {m['budget']} on {m['heldout_images']} held-out photos, calibration on "
              f"{m['calibration_images']} others ({cpu['cpu']}, family {cpu['cpu_family']} model "
              f"{cpu['cpu_model']}, int8 extensions: {ext}; {m['created']}). Wall time: per-layer drift "
@@ -116,6 +118,8 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", help="checkpoint (any format mobilevit.checkpoints reads); default: synthetic")
     p.add_argument("--variant", default="xx_small", choices=["xx_small", "x_small", "small"])
+    searchable = [t for t, c in TARGETS.items() if c.int8_search]
+    p.add_argument("--target", default=searchable[0], choices=searchable, help="a target with a layer search")
     p.add_argument("--images", help="your photos: the first --num-images are held out, the rest calibrate")
     p.add_argument("--num-images", type=int, default=16)
     p.add_argument("--int8-budget", default=DEFAULT_BUDGET, help="cosine=C or top1=P (default cosine=0.999)")
@@ -157,7 +161,7 @@ def main(argv=None) -> int:
         heldout = preprocess(photo_variants(a.num_images, seed=VALIDATION_SEED), cfg, a.size).numpy()
         calibration = calibration_photos(cfg, a.size)
     with tempfile.TemporaryDirectory(prefix="int8search-") as tmp:
-        result = run(model, variant, a.size, heldout, calibration, a.int8_budget, Path(tmp), origin=origin)
+        result = run(model, variant, a.size, heldout, calibration, a.int8_budget, Path(tmp), a.target, origin=origin)
     args = argv if argv is not None else sys.argv[1:]
     result["meta"] |= {"command": " ".join(["python -m benchmarks.int8search", *args]), "cpu": cpu_info(),
                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -76,6 +76,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--float-kinds", default=None,
                    help="int8 precisions: comma-separated layer kinds to keep in float, replacing the target's "
                         f"measured recipe ('' = none); kinds: {', '.join(KINDS)}")
+    p.add_argument("--int8-budget", default=None, metavar="cosine=C|top1=P",
+                   help="int8 (onnx): choose the layers kept in float for this checkpoint by measurement, the most "
+                        "int8 that keeps mean logit cosine >= C against fp32 on held-out photos (e.g. cosine=0.999); "
+                        "the manifest records the layers and figures")
     return p
 
 
@@ -153,7 +157,8 @@ def main(argv=None) -> int:
                          or args.task == "segmentation" else None),
             task=args.task,
             dynamic_hw=args.dynamic_hw, images=args.images,
-            float_kinds=_kinds(args.float_kinds), options=parse_options(target, args.options)))
+            float_kinds=_kinds(args.float_kinds), int8_budget=args.int8_budget,
+            options=parse_options(target, args.options)))
             for target in targets]
     except bad_request as e:
         print(f"error: {e}", file=sys.stderr)

@@ -236,6 +236,10 @@ class TargetConfig:
     # ``integer_ops``, ``describe()``): the float islands between int8 kernels in the graph the runtime really
     # runs; "" = no such check for this runtime yet
     int8_chains: str = ""
+    # "module:function"(model, calibration, heldout, work, size) -> an object with ``layers``, ``sensitivity()``
+    # and ``evaluate(float_layers) -> figures``: any layer set int8, measured in the runtime (export.int8search);
+    # its options then take ``int8_budget``; "" = no search for this target yet
+    int8_search: str = ""
     # the benchmark harness's Hugging Face baseline rows for this target, each with its speed target
     baselines: tuple[Baseline, ...] = ()
     timed_on_device: bool = False  # its artifacts can also be timed on an attached Android phone
@@ -276,7 +280,7 @@ register(TargetConfig(
     converter="export.targets.onnx.convert:convert", options="export.targets.onnx.convert:OnnxOptions",
     runner="export.targets.onnx.runner:OnnxRuntimeRunner", inspector="export.targets.onnx.graph:inspect_onnx",
     profiler="export.targets.onnx.profile:profile", int8_chains="export.targets.onnx.chains:check",
-    calibrated=("int8",), preload=("onnxruntime", "onnxscript"),
+    int8_search="export.targets.onnx.search:layer_search", calibrated=("int8",), preload=("onnxruntime", "onnxscript"),
     request_fields=("dynamic_hw",),
     metadata_options="export.targets.onnx.convert:metadata_options",
     baselines=(Baseline("hf-as-is", {"exporter": "as-is"}, 0.85, "onnxruntime fp32 / HF as-is"),

@@ -36,6 +36,9 @@ class Int8Options:
     weight_only: ClassVar[tuple[str, ...]] = ()
     # int8: mobilevit.layers kinds kept in float; None = the recipe in export.config.INT8_RECIPES
     float_kinds: tuple[str, ...] | None = None
+    # int8: search the layers kept in float for this checkpoint under a fidelity budget (export.int8search:
+    # "cosine=0.999" or "top1=0.5"); None = the recipe (or float_kinds)
+    int8_budget: str | None = None
 
     def __post_init__(self):
         if self.float_kinds is not None:
@@ -43,6 +46,16 @@ class Int8Options:
                 object.__setattr__(self, "float_kinds", check_kinds(self.float_kinds))
             except UnknownKindError as e:
                 raise ExportConfigError(str(e)) from e
+        if self.int8_budget is not None:
+            from .int8search import parse_budget
+
+            parse_budget(self.int8_budget)
+            if not target_config(self.target).int8_search:
+                raise ExportConfigError(f"--int8-budget: {self.target} has no int8 layer search yet (onnx has); "
+                                        "drop it, or choose the float layer kinds with --float-kinds")
+            if self.float_kinds is not None:
+                raise ExportConfigError("--int8-budget searches the layers kept in float; --float-kinds fixes them: "
+                                        "give one of the two")
 
     @classmethod
     def int8_precisions(cls) -> tuple[str, ...]:
@@ -51,16 +64,21 @@ class Int8Options:
                      if (cls.target, p) in INT8_RECIPES or p in cls.weight_only)
 
     def check_precisions(self, precisions: Sequence[str]) -> None:
-        """Refuse ``float_kinds`` if any of ``precisions`` would ignore them (one that is not int8)."""
-        if self.float_kinds is None:
-            return
-        takes = self.int8_precisions()
-        ignored = [p for p in precisions if p not in takes]
-        if ignored:
-            raise ExportConfigError(
-                f"float_kinds (--float-kinds) applies to {self.target} {', '.join(takes)}, not to "
-                f"{', '.join(ignored)}: drop --float-kinds, or ask for --precision {','.join(takes)} only and "
-                f"export {', '.join(ignored)} in a separate run")
+        """Refuse ``float_kinds`` if any of ``precisions`` would ignore them (one that is not int8), and
+        ``int8_budget`` if none of them takes it (it applies to the recipe precisions; the others ignore it)."""
+        if self.float_kinds is not None:
+            takes = self.int8_precisions()
+            ignored = [p for p in precisions if p not in takes]
+            if ignored:
+                raise ExportConfigError(
+                    f"float_kinds (--float-kinds) applies to {self.target} {', '.join(takes)}, not to "
+                    f"{', '.join(ignored)}: drop --float-kinds, or ask for --precision {','.join(takes)} only and "
+                    f"export {', '.join(ignored)} in a separate run")
+        if self.int8_budget is not None and precisions:
+            takes = tuple(p for p in self.int8_precisions() if (self.target, p) in INT8_RECIPES)
+            if not set(precisions) & set(takes):
+                raise ExportConfigError(f"--int8-budget applies to {self.target} {', '.join(takes)}, and none is "
+                                        f"asked for: add --precision {','.join(takes)}, or drop --int8-budget")
 
 
 def float_kinds(target: str, precision: str, given: Sequence[str] | None) -> tuple[str, ...]:

@@ -19,6 +19,9 @@ from .errors import ExportConfigError
 BUDGET_FORMS = "cosine=C (mean logit cosine against fp32 at least C, 0 < C <= 1; default cosine=0.999) or " \
                "top1=P (top-1 at most P points below fp32 on labelled photos, P >= 0)"
 DEFAULT_BUDGET = "cosine=0.999"
+# photos the search is measured on: a searching converter takes the last SEARCH_IMAGES of its calibration
+# array as them (``export.request.calibration`` puts them there) and calibrates on the rest
+SEARCH_IMAGES = 8
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,7 @@ def run_export(req: ExportRequest) -> list[ExportResult]:
                                **options)
         seconds = (time.time() - start) / len(made)
         for precision, artifact in made.items():
+            searched = publish.read_int8_search(artifact)
             artifact = artifact.rename(artifact.with_name(f"{artifact_stem(req)}_{precision}{artifact.suffix}"))
             say(f"{req.target} {precision}: validating on {len(next(iter(val.values())))} real photos "
                 f"at {', '.join(f'{s}x{s}' for s in val)} ...")
@@ -95,7 +96,7 @@ def run_export(req: ExportRequest) -> list[ExportResult]:
                                            task=req.task, probabilities=classifier)
             for line in report.skipped:
                 say(f"{req.target} {precision}: {line}")
-            if report.problems:
+            if report.problems and searched is None:  # the recipe's blame; a searched set has its own record
                 hint = int8_blame(req.target, precision, req.float_kinds)
                 report.problems += [hint] if hint else []
             try:
@@ -113,7 +114,8 @@ def run_export(req: ExportRequest) -> list[ExportResult]:
                 options={k: v for k, v in options.items() if k not in ("labels", "metadata")}, task=req.task,
                 output=req.output_kind,
                 preprocessing=preprocessing, sizes=req.sizes,
-                graph=inspect(artifact).to_dict(), validation=report.to_dict(), seconds=seconds)
+                graph=inspect(artifact).to_dict(), validation=report.to_dict(), seconds=seconds,
+                int8_search=searched)
             final = publish.publish(artifact, dests[precision], manifest, names, req.force)
             say(f"{req.target} {precision}: wrote {final}")
             published.append(ExportResult(dests[precision], final, manifest))

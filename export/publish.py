@@ -82,9 +82,29 @@ def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+INT8_SEARCH_SIDECAR = ".int8search.json"  # beside a freshly converted artifact: its int8 search's record
+
+
+def write_int8_search(artifact: Path, record: dict) -> Path:
+    """A converter's int8 search record, beside its artifact, for the manifest (:func:`read_int8_search`)."""
+    path = Path(str(artifact) + INT8_SEARCH_SIDECAR)
+    path.write_text(json.dumps(record, indent=1))
+    return path
+
+
+def read_int8_search(artifact: Path) -> dict | None:
+    """The record :func:`write_int8_search` left beside ``artifact`` (removed: it lives on in the manifest)."""
+    path = Path(str(artifact) + INT8_SEARCH_SIDECAR)
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    path.unlink()
+    return record
+
+
 def manifest(artifact: Path, *, target: str, precision: str, model, weights: dict, options: dict,
              preprocessing: dict, sizes: tuple[int, ...], graph: dict, validation: dict, seconds: float,
-             task: str = "classification", output: str | None = None) -> dict:
+             task: str = "classification", output: str | None = None, int8_search: dict | None = None) -> dict:
     """Everything a user (or a later audit) needs to know about one published artifact."""
     return {
         "artifact": artifact.name,
@@ -100,7 +120,7 @@ def manifest(artifact: Path, *, target: str, precision: str, model, weights: dic
         "attention_layout": model.attention_layout,
         "rewrites": list(target_config(target).rewrites),  # applied to a copy before conversion
         "options": options,
-        **_int8(target, precision, options),
+        **_int8(target, precision, options, int8_search),
         "input": {**graph["inputs"][0], "sizes": list(sizes), **preprocessing},
         "output": graph["outputs"],
         "graph": graph,
@@ -115,11 +135,15 @@ def manifest(artifact: Path, *, target: str, precision: str, model, weights: dic
     }
 
 
-def _int8(target: str, precision: str, options: dict) -> dict:
-    """The int8 recipe the artifact was made with: which layer kinds stayed float, how it was calibrated."""
+def _int8(target: str, precision: str, options: dict, searched: dict | None = None) -> dict:
+    """The int8 recipe the artifact was made with: which layer kinds stayed float, how it was calibrated; or,
+    searched for this checkpoint (``--int8-budget``), the layers chosen and the figures of the search."""
     recipe = int8_recipe(target, precision)
     if recipe is None:
         return {}
+    if searched is not None:
+        return {"int8_recipe": {"float_layers": searched["float_layers"], "calibration": recipe.calibration,
+                                "source": f"search ({searched['budget']})"}, "int8_search": searched}
     from mobilevit.layers import KINDS
 
     from .int8 import float_kinds

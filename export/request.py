@@ -25,6 +25,7 @@ from .tasks import SEGMENTATION_OUTPUTS, SEGMENTATION_VALIDATION_IMAGES
 # How many real photos each artifact is validated on (a seed apart from the calibration photos).
 VALIDATION_IMAGES = 16
 VALIDATION_SEED = 1
+SEARCH_SEED = 7  # the views the int8 search is measured on (not VALIDATION_SEED's)
 DYNAMIC_HW_SIZES = (128, 192, 320, 384)  # extra sizes a dynamic-H/W ONNX model is validated at
 
 
@@ -48,6 +49,7 @@ class ExportRequest:
     dynamic_hw: bool = False  # ONNX: symbolic height/width
     images: str | None = None  # folder of the user's own photos for validation/calibration
     float_kinds: tuple[str, ...] | None = None  # int8: layer kinds kept in float (None: the target's recipe)
+    int8_budget: str | None = None  # int8: search the float layers under this budget (export.int8search)
     task: str = "classification"  # classification | segmentation (DeepLabV3-MobileViT; export.tasks)
     options: tuple[tuple[str, object], ...] = ()  # the target's own options by name (CLI: --option KEY=VALUE)
 
@@ -64,6 +66,8 @@ class ExportRequest:
         options.update(dict(self.options))
         if self.float_kinds is not None:
             options["float_kinds"] = tuple(self.float_kinds)
+        if self.int8_budget is not None:
+            options["int8_budget"] = self.int8_budget
         return options
 
 
@@ -108,9 +112,9 @@ def resolve(req: ExportRequest) -> ExportRequest:
         if output_kind not in SEGMENTATION_OUTPUTS:
             raise ExportConfigError(f"a segmentation model outputs {' or '.join(SEGMENTATION_OUTPUTS)}, "
                                     f"not {output_kind!r}: pass --output logits or --output classmap")
-        if len(req.sizes) > 1 or req.dynamic_hw or req.float_kinds is not None:
+        if len(req.sizes) > 1 or req.dynamic_hw or req.float_kinds is not None or req.int8_budget is not None:
             raise ExportConfigError("segmentation is exported at one fixed size (--size N, default "
-                                    f"{SEGMENTATION_SIZE}), without --dynamic-hw or --float-kinds")
+                                    f"{SEGMENTATION_SIZE}), without --dynamic-hw, --float-kinds or --int8-budget")
     else:
         precisions = tuple(dict.fromkeys(req.precisions or (cfg.default_precision,)))
         for p in precisions:
@@ -240,9 +244,20 @@ def validation_photos(req: ExportRequest, cfg) -> dict[int, np.ndarray]:
 def calibration(req: ExportRequest, cfg) -> np.ndarray:
     """Calibration photos that validation does not use: from a user folder, the images after the first
     ``VALIDATION_IMAGES`` (all of them, with a warning, if the folder holds no more)."""
-    if not req.images:
-        return calibration_photos(cfg, req.sizes[0], CALIBRATION_IMAGES)
     from mobilevit.preprocess import preprocess
+
+    if not req.images:
+        photos = calibration_photos(cfg, req.sizes[0], CALIBRATION_IMAGES)
+        if req.int8_budget is None:
+            return photos
+        # the int8 search's held-out photos, last (a searching converter splits them off, export.int8search):
+        # other views of the validation pool's photographs (the calibration pool's flatter the drift)
+        from data.photos import photo_variants
+
+        from .int8search import SEARCH_IMAGES
+
+        held = preprocess(photo_variants(SEARCH_IMAGES, seed=SEARCH_SEED), cfg, req.sizes[0]).numpy()
+        return np.concatenate([photos, held])
 
     images = user_photos(req.images)
     if len(images) > VALIDATION_IMAGES:

@@ -70,7 +70,8 @@ SLOW_TESTS = {"test_failed_validation_writes_nothing", "test_a_partly_failed_exp
               "test_checkpoint_export_takes_its_variant_and_records_its_origin",
               "test_default_export_prints_only_our_own_lines", "test_a_full_output_disk_exits_2_naming_it",
               "test_environment_check_prints_one_line_of_its_own",
-              "test_onnx_search_returns_a_planted_sensitive_layer_to_float_first"}
+              "test_onnx_search_returns_a_planted_sensitive_layer_to_float_first",
+              "test_an_onnx_export_with_a_budget_searches_validates_and_records_it"}
 
 
 def pytest_collection_modifyitems(config, items):

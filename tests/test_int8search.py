@@ -104,3 +104,57 @@ def test_onnx_search_returns_a_planted_sensitive_layer_to_float_first(tmp_path, 
     assert without > all_int8  # returning it to float helps
     found = search(ranked, s.evaluate, Budget("cosine", (all_int8 + without) / 2))
     assert found.float_layers[:1] == [PLANTED] and found.met
+
+
+@pytest.mark.parametrize("args,message", [
+    (["onnx", "--precision", "int8", "--int8-budget", "cosine"], "give cosine=C"),
+    (["onnx", "--precision", "int8", "--int8-budget", "cosine=1.2"], "a cosine budget is in (0, 1]"),
+    (["onnx", "--precision", "int8", "--int8-budget", "top1=0.5"], "a top-1 budget needs labelled photos"),
+    (["onnx", "--precision", "fp32", "--int8-budget", "cosine=0.999"], "add --precision int8"),
+    (["onnx", "--precision", "int8", "--int8-budget", "cosine=0.999", "--float-kinds", "stem"], "give one of the two"),
+    (["tflite", "--precision", "int8", "--int8-budget", "cosine=0.999"], "tflite has no int8 layer search yet"),
+])
+def test_a_bad_int8_budget_exits_2_before_any_work(tmp_path, capsys, args, message):
+    from export.__main__ import main
+
+    out = tmp_path / "out"
+    assert main([*args, "--variant", "xx_small", "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_an_onnx_export_with_a_budget_searches_validates_and_records_it(tmp_path, capsys):
+    """`python -m export onnx --precision int8 --int8-budget cosine=0.999`: published (validated on photos the
+    search and the calibration never saw); the manifest's layers add up to the model's, and the artifact
+    quantizes exactly the layers it says are int8 (counted in the published graph)."""
+    import json
+
+    import onnx
+
+    from data.synthetic import synthetic_model
+    from export import with_target_defaults
+    from export.__main__ import main
+    from mobilevit.layers import layer_macs, layers
+
+    assert main(["onnx", "--precision", "int8", "--int8-budget", "cosine=0.999", "--variant", "xx_small",
+                 "--out", str(tmp_path)]) == 0
+    folder = tmp_path / "mobilevit_xx_small_onnx_int8"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    searched = manifest["int8_search"]
+    model = with_target_defaults(synthetic_model("xx_small"), "onnx")
+    names = [layer.name for layer in layers(model)]
+    assert sorted(searched["float_layers"] + searched["int8_layers"]) == sorted(names)
+    macs = layer_macs(model, 256)
+    assert searched["int8_mac_share"] == pytest.approx(
+        sum(macs[n] for n in searched["int8_layers"]) / sum(macs.values()), abs=1e-4)
+    assert searched["heldout_figures"]["cosine"] >= 0.999 and manifest["validation"]["passed"]
+    assert manifest["int8_recipe"]["source"].startswith("search (cosine=0.999")
+    # the graph: one conv/linear node with a dequantized int8 weight per int8 conv/linear layer (attention
+    # matmul pairs have no weight; biases are dequantized too, as a Conv's third input)
+    graph = onnx.load(str(folder / "mobilevit_xx_small_int8.onnx")).graph
+    consts = {i.name for i in graph.initializer}
+    weights_dq = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in consts}
+    int8_weighted = [n for n in graph.node if n.op_type in ("Conv", "MatMul", "Gemm") and len(n.input) > 1
+                     and n.input[1] in weights_dq]
+    assert len(int8_weighted) == len([n for n in searched["int8_layers"] if not n.endswith(".matmul")])
+    assert not list(folder.glob("*.int8search.json"))  # the record went into the manifest, not beside it

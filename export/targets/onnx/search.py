@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .convert import convert_onnx_precision, layer_nodes
+from ...int8search import SEARCH_IMAGES
+from .quantize import convert_onnx_precision, layer_nodes
 from .runner import OnnxRuntimeRunner
 
 
@@ -46,6 +47,7 @@ class OnnxLayerSearch:
         logits = OnnxRuntimeRunner(path, self.threads)(self.heldout)
         cos = cosines(logits, self.reference)
         out = {"cosine": float(cos.mean()), "worst_cosine": float(cos.min()),
+               "max_abs_rel": float(np.abs(logits - self.reference).max() / np.abs(self.reference).max()),
                "agreement_top1": float((logits.argmax(1) == self.reference.argmax(1)).mean())}
         if self.labels is not None:
             out["top1_drop"] = 100 * float((self.reference.argmax(1) == self.labels).mean()
@@ -74,3 +76,78 @@ class OnnxLayerSearch:
             finally:
                 path.unlink()
         return out
+
+
+
+
+class ValidatedBudget:
+    """The user's budget, and the export's validation limits (``export.config.TOLERANCES``) with half their
+    allowed drift kept as a margin: the search's photos are not the validation photos, and a set chosen at
+    the limit on 8 photos may miss it on the other 16."""
+
+    def __init__(self, budget, tol):
+        self.budget, self.tol = budget, tol
+
+    def holds(self, f: dict) -> bool:
+        return (self.budget.holds(f) and f["worst_cosine"] >= 1 - (1 - self.tol.cosine_min) / 2
+                and f["max_abs_rel"] <= self.tol.max_abs_rel / 2 and f["agreement_top1"] >= self.tol.top1_min)
+
+    def __str__(self) -> str:
+        return (f"{self.budget}, and worst cosine >= {1 - (1 - self.tol.cosine_min) / 2:g}, max abs rel <= "
+                f"{self.tol.max_abs_rel / 2:g}, top-1 agreement >= {self.tol.top1_min:g}")
+
+
+def layer_search(model: torch.nn.Module, calibration: np.ndarray, heldout: np.ndarray, work: Path,
+                 size: int) -> OnnxLayerSearch:
+    """The registry's ``int8_search`` hook: the fp32 ONNX model of ``model`` as ``export.convert`` makes it
+    (same exporter, so its nodes match the layers), ready to quantize any layer set."""
+    from ...convert import convert_all
+
+    fp32 = convert_all(model, "onnx", ["fp32"], Path(work) / "fp32", size=size)["fp32"]
+    return OnnxLayerSearch(model, fp32, calibration, heldout, Path(work) / "search")
+
+
+def search_int8(model: torch.nn.Module, fp32: Path, calibration: np.ndarray, budget: str, work: Path,
+                size: int) -> tuple[list[str], np.ndarray, dict]:
+    """``(int8 node names, calibration photos, record)``: the layers this checkpoint keeps int8 under ``budget``.
+
+    The last ``SEARCH_IMAGES`` calibration photos are the search's held-out photos (``export.request``
+    puts them there: the last of a user's folder, or other views of the validation pool) and the rest
+    calibrate, so the published artifact is validated on photos neither saw. Each layer's drift alone ranks the layers
+    (per share of the MACs); the search returns the worst to float until the budget holds (``export.int8search``).
+    """
+    import time
+
+    from mobilevit.layers import layer_macs, layers
+
+    from ...config import tolerance
+    from ...errors import ExportConfigError
+    from ...int8search import parse_budget, rank, search
+
+    if calibration is None or len(calibration) < 2 * SEARCH_IMAGES:
+        raise ExportConfigError(f"--int8-budget needs at least {2 * SEARCH_IMAGES} calibration photos "
+                                f"({SEARCH_IMAGES} are held out for the search); give more --images")
+    start = time.perf_counter()
+    calib, heldout = calibration[:-SEARCH_IMAGES], calibration[-SEARCH_IMAGES:]
+    s = OnnxLayerSearch(model, fp32, calib, heldout, work)
+    macs = layer_macs(model, size)
+    total = sum(macs.values())
+    drift = s.sensitivity()
+    found = search(rank(drift, {n: macs[n] / total for n in s.layers}), s.evaluate,
+                   ValidatedBudget(parse_budget(budget), tolerance("onnx", "int8")))
+    if not found.met:
+        raise ExportConfigError(f"--int8-budget {budget}: not met even with every layer float "
+                                f"({found.figures}); relax the budget")
+    keep = set(found.float_layers)
+    kinds = {layer.name: layer.kind for layer in layers(model)}
+    record = {"budget": found.budget, "float_layers": found.float_layers,
+              "int8_layers": [n for n in s.layers if n not in keep],
+              "int8_mac_share": round(1 - sum(macs[n] for n in keep) / total, 4),
+              "float_kinds_touched": sorted({kinds[n] for n in keep}),
+              "heldout_figures": found.figures, "heldout_images": SEARCH_IMAGES,
+              "calibration_images": int(len(calib)), "sets_measured": len(found.evaluations),
+              "drift_alone": {n: round(v, 8) for n, v in drift.items()},
+              "seconds": round(time.perf_counter() - start, 1),
+              "runtime": "onnxruntime (CPU)", "ranking": "drift alone per share of the MACs"}
+    nodes = [i for n in s.layers if n not in keep for i in s.nodes[n]]
+    return nodes, calib, record
