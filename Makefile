@@ -15,7 +15,7 @@ TASK ?=
 EXPORT_ARGS = $(if $(VARIANT),--variant $(VARIANT)) --out $(OUT) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(TASK),--task $(TASK)) \
 	$(if $(PRECISION),--precision $(PRECISION)) $(if $(PATCHES),--patches $(PATCHES)) $(if $(FORCE),--force)
 
-.PHONY: setup test test-fast lint export-coreml export-onnx export-tflite export-executorch export-all bench bench-full readme strategies \
+.PHONY: setup test test-fast lint export-coreml export-onnx export-tflite export-executorch export-all bench bench-full readme strategies int8search profile \
 	finetune bench-accuracy bench-accuracy-memory bench-scaling quant bench-int8 bench-segmentation margins clean
 
 setup: $(STAMP)
@@ -93,6 +93,16 @@ bench-int8: setup
 # int8 sensitivity: each layer kind quantized alone, per target (README "int8")
 quant: setup
 	$(PYTHON) -m benchmarks.quant
+
+# the int8 layer set searched for a checkpoint next to the fixed recipe (README "Chosen for your checkpoint")
+int8search: setup
+	$(PYTHON) -m benchmarks.int8search
+
+# per-op-type time from each runtime's profiler, fp32 and int8, xx_small and small (README "Where the time goes")
+profile: setup
+	for v in xx_small small; do for t in onnx executorch; do \
+		$(PYTHON) -m export $$t --variant $$v --precision fp32,int8 --out artifacts/profile --force || exit 1; done; done
+	$(PYTHON) -m benchmarks.profile artifacts/profile/*/*.onnx artifacts/profile/*/*.pte
 
 # DeepLabV3-MobileViT xx_small at 512x512 on every runtime, 1 thread, and the masks figure (README "Segmentation")
 bench-segmentation: setup
