@@ -35,11 +35,13 @@ from export.errors import ExportConfigError
 from export.int8search import DEFAULT_BUDGET, parse_budget, rank, search
 from mobilevit.atomic import write_text
 
-from .harness import _say, cpu_info
+from .harness import _say, artifact_entry, cpu_info, measure_latency
+from .stats import ratio_ci
 
 RESULTS = Path(__file__).parent / "results"
 EXIT_BAD_INPUT = 2
 VALIDATION_SEED = 0  # the views of the shipped photos the held-out figures are measured on
+RUNS = 40  # timed runs per artifact, at 1 thread
 
 
 def run(model, variant: str, size: int, heldout: np.ndarray, calibration: np.ndarray, budget_text: str,
@@ -73,6 +75,17 @@ def run(model, variant: str, size: int, heldout: np.ndarray, calibration: np.nda
     def share(float_layers) -> float:
         return 1 - sum(macs[n] for n in float_layers) / total
 
+    _say(f"timing fp32, the recipe and the searched set at 1 thread ({RUNS} runs each, interleaved) ...")
+    paths = {"fp32": s.fp32, "recipe": s.quantize([n for n in s.layers if n not in set(recipe_float)]),
+             "searched": s.quantize([n for n in s.layers if n not in set(found.float_layers)])}
+    entries = [artifact_entry(target, name, "ours", ("", ""), path) for name, path in paths.items()]
+    measure_latency(entries, [1], RUNS, 3, heldout[:1])
+    lat = {e.precision: e.results["latency"]["1"] for e in entries}
+    speed = {name: {"median_ms": lat[name]["median_ms"],
+                    **({} if name == "fp32" else {"speedup": ratio_ci(lat["fp32"]["samples_ms"],
+                                                                      lat[name]["samples_ms"])})}
+             for name in paths}
+
     return {"meta": {"variant": variant, "size": size, "weights": origin, "target": target, "budget": str(budget),
                      "heldout_images": int(len(heldout)), "calibration_images": int(len(calibration)),
                      "sensitivity_seconds": round(sensitivity_s, 1), "search_seconds": round(search_s, 1),
@@ -80,9 +93,20 @@ def run(model, variant: str, size: int, heldout: np.ndarray, calibration: np.nda
             "layers": [{"layer": n, "kind": kinds[n], "mac_share": round(macs[n] / total, 5),
                         "drift_alone": drift[n], "rank": ranked.index(n) + 1} for n in s.layers],
             "search": {"float_layers": found.float_layers, "met": found.met, "figures": found.figures,
-                       "int8_mac_share": round(share(found.float_layers), 4), "evaluations": found.evaluations},
+                       "int8_mac_share": round(share(found.float_layers), 4), "evaluations": found.evaluations,
+                       "latency": speed["searched"]},
             "recipe": {"float_layers": recipe_float, "figures": recipe,
-                       "int8_mac_share": round(share(recipe_float), 4)}}
+                       "int8_mac_share": round(share(recipe_float), 4), "latency": speed["recipe"]},
+            "fp32": {"latency": speed["fp32"]}}
+
+
+def _ms(row: dict) -> str:
+    return f"{row['latency']['median_ms']:.2f}" if row.get("latency") else "-"
+
+
+def _speed(row: dict) -> str:
+    sp = (row.get("latency") or {}).get("speedup")
+    return f"{sp['value']:.2f}x [{sp['ci95_low']:.2f}, {sp['ci95_high']:.2f}]" if sp else "-"
 
 
 def render(result: dict) -> str:
@@ -99,10 +123,15 @@ def render(result: dict) -> str:
              f"{cpu['cpu_model']}, int8 extensions: {ext}; {m['created']}). Wall time: per-layer drift "
              f"{m['sensitivity_seconds']:.0f} s, search {m['search_seconds']:.0f} s "
              f"({len(s['evaluations'])} sets measured), whole run {m['seconds']:.0f} s.", "",
-             "| int8 set | layers in float | MACs in int8 | held-out figures |", "|---|---|---|---|",
+             f"Latency: median of {RUNS} runs at 1 thread, interleaved; speed-up = fp32 median / row median "
+             "[bootstrap 95% CI].", "",
+             "| int8 set | layers in float | MACs in int8 | held-out figures | median ms | speed-up over fp32 |",
+             "|---|---|---|---|---|---|",
              f"| searched ({'meets' if s['met'] else 'MISSES'} the budget) | {len(s['float_layers'])} | "
-             f"{100 * s['int8_mac_share']:.1f}% | {fig(s['figures'])} |",
-             f"| fixed recipe | {len(r['float_layers'])} | {100 * r['int8_mac_share']:.1f}% | {fig(r['figures'])} |",
+             f"{100 * s['int8_mac_share']:.1f}% | {fig(s['figures'])} | {_ms(s)} | {_speed(s)} |",
+             f"| fixed recipe | {len(r['float_layers'])} | {100 * r['int8_mac_share']:.1f}% | {fig(r['figures'])} | "
+             f"{_ms(r)} | {_speed(r)} |",
+             f"| fp32 | all | 0% | - | {_ms(result['fp32'])} | 1 |",
              "", "Layers returned to float by the search, in order: "
              + (", ".join(f"`{n}`" for n in s["float_layers"]) or "none") + ".", "",
              "The first 15 layers of the ranking (most drift per share of the MACs, when int8 alone):", "",

@@ -236,8 +236,9 @@ class TargetConfig:
     # ``integer_ops``, ``describe()``): the float islands between int8 kernels in the graph the runtime really
     # runs; "" = no such check for this runtime yet
     int8_chains: str = ""
-    # "module:function"(model, calibration, heldout, work, size) -> an object with ``layers``, ``sensitivity()``
-    # and ``evaluate(float_layers) -> figures``: any layer set int8, measured in the runtime (export.int8search);
+    # "module:function"(model, calibration, heldout, work, size) -> an object with ``layers``, ``fp32`` (path),
+    # ``sensitivity()``, ``evaluate(float_layers) -> figures`` and ``quantize(int8_layers) -> path``: any layer
+    # set int8, measured in the runtime (export.int8search);
     # its options then take ``int8_budget``; "" = no search for this target yet
     int8_search: str = ""
     # the benchmark harness's Hugging Face baseline rows for this target, each with its speed target
