@@ -86,14 +86,15 @@ def run_export(req: ExportRequest) -> list[ExportResult]:
             made = convert_all(converted, req.target, req.precisions, work, size=req.sizes, calibration=calib,
                                **options)
         seconds = (time.time() - start) / len(made)
+        reference = torch_reference(converted, classifier)  # PyTorch runs once on the photos, for every precision
         for precision, artifact in made.items():
             searched = publish.read_int8_search(artifact)
             artifact = artifact.rename(artifact.with_name(f"{artifact_stem(req)}_{precision}{artifact.suffix}"))
             say(f"{req.target} {precision}: validating on {len(next(iter(val.values())))} real photos "
                 f"at {', '.join(f'{s}x{s}' for s in val)} ...")
             with silenced():
-                report = validate_artifact(artifact, req.target, precision, torch_reference(converted, classifier), val,
-                                           task=req.task, probabilities=classifier)
+                report = validate_artifact(artifact, req.target, precision, reference, val, task=req.task,
+                                           probabilities=classifier)
             for line in report.skipped:
                 say(f"{req.target} {precision}: {line}")
             if report.problems and searched is None:  # the recipe's blame; a searched set has its own record

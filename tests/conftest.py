@@ -27,6 +27,25 @@ def synthetic_xxs():
 
 
 @pytest.fixture(scope="session")
+def digits_64():
+    """scikit-learn's digits at 64x64 (data.datasets), the split every fine-tuning test uses."""
+    from data.datasets import digits
+
+    return digits(size=64)
+
+
+@pytest.fixture(scope="session")
+def fine_tuned(tmp_path_factory, digits_64):
+    """xx_small fine-tuned on the digits for 2 epochs at 64x64, once per session: ``(TrainConfig, summary)``.
+    The training tests and the accuracy demo's test read its checkpoint; none writes into its folder."""
+    from training.finetune import TrainConfig, train
+
+    cfg = TrainConfig(variant="xx_small", epochs=2, sizes=(64,), base_size=64, base_batch=32, lr=3e-3,
+                      out=str(tmp_path_factory.mktemp("ft")), warmup_epochs=0.3)
+    return cfg, train(cfg, data=digits_64, progress=False)
+
+
+@pytest.fixture(scope="session")
 def decompression_bomb() -> bytes:
     """A 138-byte PNG whose header claims 30000x30000 pixels (900 Mpixel, over PIL's 179 Mpixel refusal limit);
     its IDAT is 16 zlib-compressed all-zero rows (PIL refuses the header before it reads any pixel)."""
@@ -64,8 +83,8 @@ def small_disk(tmp_path):
 SLOW_MODULES = {"test_accuracy", "test_export_coreml", "test_export_segmentation", "test_export_executorch",
                 "test_export_onnx", "test_export_tflite", "test_tflite_full_int8", "test_reproducible", "test_quant",
                 "test_benchmarks_tflite", "test_train"}
-SLOW_FIXTURES = {"photos_xxs", "converted", "ray_cluster"}  # whole-model Core ML programs; the accuracy run with
-# ONNX artifacts; a Ray cluster
+SLOW_FIXTURES = {"photos_xxs", "converted", "ray_cluster", "fine_tuned"}  # whole-model Core ML programs; the
+# accuracy run with ONNX artifacts; a Ray cluster; a fine-tuning run
 SLOW_TESTS = {"test_failed_validation_writes_nothing", "test_a_partly_failed_export_says_exactly_what_was_published",
               "test_checkpoint_export_takes_its_variant_and_records_its_origin",
               "test_default_export_prints_only_our_own_lines", "test_a_full_output_disk_exits_2_naming_it",

@@ -2,20 +2,19 @@
 import csv
 import json
 import re
+from pathlib import Path
 
 import pytest
 
 from benchmarks.accuracy import MATRIX, run
-from training.finetune import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    work = tmp_path_factory.mktemp("acc")
-    cfg = TrainConfig(variant="xx_small", epochs=1, sizes=(64,), base_batch=32, lr=3e-3, warmup_epochs=0.3,
-                      out=str(work / "ft"), limit=500)
-    train(cfg, progress=False)
-    return run(work / "ft" / "model.pt", work / "out", train_if_missing=False, limit=96), work / "out"
+def report(tmp_path_factory, fine_tuned):
+    """The demo on the session's fine-tuned digits checkpoint (tests/conftest.py, shared with test_train)."""
+    _, summary = fine_tuned
+    out = tmp_path_factory.mktemp("acc") / "out"
+    return run(Path(summary["checkpoint"]), out, train_if_missing=False, limit=96), out
 
 
 def test_every_target_and_precision_has_a_row(report):

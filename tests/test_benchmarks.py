@@ -41,6 +41,34 @@ def test_drift_metrics_on_known_inputs():
     assert drift(ref, far).top5_agreement == 0.5
 
 
+def test_the_pytorch_reference_runs_once_per_batch_of_photos():
+    """Every precision of an export is validated on the same photos: PyTorch runs once per distinct batch (equal
+    values, not the same object), a batch changed in place runs again, and a caller cannot spoil the kept answer."""
+    import torch
+
+    from export.validate import torch_reference
+
+    calls = []
+
+    class Doubler(torch.nn.Module):
+        def forward(self, x):
+            calls.append(x.shape)
+            return 2 * x.flatten(1)
+
+    ref = torch_reference(Doubler())
+    x = np.arange(12, dtype=np.float32).reshape(2, 3, 2, 1)  # [2, 3, 2, 1]
+    y = ref(x)
+    np.testing.assert_array_equal(y, 2 * x.reshape(2, 6))
+    y[:] = -1  # the caller's copy
+    np.testing.assert_array_equal(ref(x.copy()), 2 * x.reshape(2, 6))
+    assert len(calls) == 1
+    x[0, 0, 0, 0] = 100.0
+    assert ref(x)[0, 0] == 200.0 and len(calls) == 2
+    assert ref(x[:1]).shape == (1, 6) and len(calls) == 3  # another batch
+    probs = torch_reference(Doubler(), softmax=True)(x)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)
+
+
 def test_probabilities_are_judged_in_probability_units():
     """A classifier's output is judged on what it is: 200 near-uniform probabilities of 0.005 (synthetic
     weights), two of them moved by 0.00168, is a 0.00168 change of probability, not "0.34 of the range"."""

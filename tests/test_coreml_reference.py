@@ -236,10 +236,19 @@ def photos_xxs():
     return sample_batch(synthetic_model("xx_small").cfg, 4, seed=3).numpy()
 
 
+_PROGRAMS: dict[tuple, tuple] = {}
+
+
 def _export(tmp_path_factory, variant, strategy, precision, attention="split", output="logits"):
-    model = synthetic_model(variant, patches=strategy).set_attention(attention)
-    path = convert(model, "coreml", precision, tmp_path_factory.mktemp("ml"), input_kind="tensor", output_kind=output)
-    return model, path
+    """``(model, package)``, converted once per session for each set of arguments (the equality test and the
+    planted faults share xx_small's fp32 program; a test copies a package before it edits it)."""
+    key = (variant, strategy, precision, attention, output)
+    if key not in _PROGRAMS:
+        model = synthetic_model(variant, patches=strategy).set_attention(attention)
+        path = convert(model, "coreml", precision, tmp_path_factory.mktemp("ml"), input_kind="tensor",
+                       output_kind=output)
+        _PROGRAMS[key] = model, path
+    return _PROGRAMS[key]
 
 
 @pytest.mark.parametrize("variant,strategy", [(v, s) for s in STRATEGIES for v in ["xx_small"]]
@@ -256,14 +265,8 @@ def test_fp32_program_equals_pytorch(tmp_path_factory, variant, strategy):
 
 @pytest.fixture(scope="module")
 def fp16_package(tmp_path_factory):
-    """``fp16_package(variant)``: (model, path) of its fp16 program, converted once per module."""
-    made = {}
-
-    def get(variant):
-        if variant not in made:
-            made[variant] = _export(tmp_path_factory, variant, "pixel_shuffle", "fp16")
-        return made[variant]
-    return get
+    """``fp16_package(variant)``: (model, path) of its fp16 program."""
+    return lambda variant: _export(tmp_path_factory, variant, "pixel_shuffle", "fp16")
 
 
 @pytest.mark.parametrize("variant", ["xx_small", "small"])

@@ -151,12 +151,20 @@ def test_patch_strategies_attention_layouts_and_sizes():
 
 def test_synthetic_weights_are_calibrated_and_seeded():
     """Calibrated synthetic weights (BatchNorm statistics from photographs, here at 128 for speed): logits
-    in a realistic range that use many classes, and the same model for the same seed."""
+    in a realistic range that use many classes, and the same model for the same seed, calibrated twice; the
+    process's copy of them hands out a new model each time, which its user may change."""
     from data.photos import sample_batch
-    from data.synthetic import synthetic_segmentation_model
+    from data.synthetic import forget_synthetic_weights, synthetic_segmentation_model
 
-    a, b = (synthetic_segmentation_model("xx_small", size=128, seed=3) for _ in range(2))
+    a = synthetic_segmentation_model("xx_small", size=128, seed=3)
+    forget_synthetic_weights()  # b is calibrated again, not a copy of a's weights
+    b = synthetic_segmentation_model("xx_small", size=128, seed=3)
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    with torch.no_grad():
+        synthetic_segmentation_model("xx_small", size=128, seed=3).head.aspp.project.bn.running_var.zero_()
+    c = synthetic_segmentation_model("xx_small", size=128, seed=3)
+    assert c is not b and all(torch.equal(v, c.state_dict()[k]) for k, v in b.state_dict().items())
+    assert not c.training
     assert not torch.allclose(a.head.aspp.project.bn.running_var, torch.ones(256))
     x = sample_batch(a.cfg, count=1, size=256, seed=9)
     with torch.no_grad():

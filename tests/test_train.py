@@ -6,20 +6,18 @@ from PIL import Image
 
 from data.datasets import DatasetError, digits, image_folder, stratified_split
 from mobilevit.checkpoints import load_checkpoint, load_model
-from training.finetune import TrainConfig, evaluate, main, train
+from training.finetune import evaluate, main, train
 
 
 @pytest.fixture(scope="module")
-def data():
-    return digits(size=64)
+def data(digits_64):
+    return digits_64
 
 
 @pytest.fixture(scope="module")
-def short_run(tmp_path_factory, data):
-    cfg = TrainConfig(variant="xx_small", epochs=2, sizes=(64,), base_size=64, base_batch=32, lr=3e-3,
-                      out=str(tmp_path_factory.mktemp("ft")), warmup_epochs=0.3)
-    summary = train(cfg, data=data, progress=False)
-    return cfg, summary
+def short_run(fine_tuned):
+    """The session's 2-epoch fine-tuning run (tests/conftest.py; test_accuracy measures its checkpoint)."""
+    return fine_tuned
 
 
 def test_digits_split_is_stratified_and_fixed():
@@ -47,11 +45,14 @@ def test_checkpoint_reloads_with_same_predictions(short_run, data):
     assert acc == pytest.approx(summary["val_top1"])
 
 
-def test_resume_continues_from_the_saved_epoch(short_run, data):
-    cfg, summary = short_run
+def test_resume_continues_from_the_saved_epoch(short_run, data, tmp_path):
+    """Resumed in a copy of the run's folder: the shared run's checkpoint stays as it was trained."""
+    import shutil
     from dataclasses import replace
 
-    more = train(replace(cfg, epochs=3), resume=True, data=data, progress=False)
+    cfg, summary = short_run
+    out = shutil.copytree(cfg.out, tmp_path / "ft")
+    more = train(replace(cfg, epochs=3, out=str(out)), resume=True, data=data, progress=False)
     assert [h["epoch"] for h in more["history"]] == [1, 2, 3]
     assert more["history"][:2] == summary["history"]
 

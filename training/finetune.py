@@ -157,7 +157,10 @@ def train(cfg: TrainConfig, resume: bool = False, data: LabelledData | None = No
                   f"val top-1 {val_acc:.1%} ({time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "epoch": epoch + 1, "history": history, "config": asdict(cfg)}, state_path)
-    val_acc, _ = evaluate(recalibrate(model, train_split, cfg.eval_size), data.val, cfg.eval_size)
+    if start_epoch < cfg.epochs:  # the last epoch recalibrated and evaluated the model as it is now
+        val_acc = history[-1]["val_top1"]
+    else:  # resumed with no epoch left to train
+        val_acc, _ = evaluate(recalibrate(model, train_split, cfg.eval_size), data.val, cfg.eval_size)
     ckpt = save_checkpoint(model, out / "model.pt", class_names=data.class_names,
                            origin=f"fine-tuned on {data.name} ({cfg.variant}, {cfg.epochs} epochs)",
                            extra={"val_top1": val_acc, "eval_size": cfg.eval_size, "history": history,
