@@ -10,9 +10,10 @@ and one calibration on photos of their own:
   quantized *alone*, its drift (1 - mean logit cosine against fp32) measured in the target's runtime on held-out
   photos (``--images``' first ``--num-images``, or views of the photos the packages ship; never the
   calibration photos);
-* the search (``export.int8search``): from everything int8, the layers with the most drift per share of the
-  multiply-accumulates go back to float until the budget holds on the held-out photos (bisection over the
-  ranking, each candidate measured);
+* the search (``export.int8search``): from everything int8, the layers with the most drift per
+  millisecond its int8 saves go back to float until the budget holds on the held-out photos (bisection over
+  the ranking, each candidate measured); layers of a kind whose int8 measured no faster stay float (a kind's
+  saving: that kind alone int8, timed against fp32 at 1 thread; shared among its layers by MACs);
 * the chosen set, its share of the multiply-accumulates in int8, and the held-out figures, next to the
   fixed recipe's (``export.config.INT8_RECIPES``) on the same photos.
 
@@ -63,10 +64,14 @@ def run(model, variant: str, size: int, heldout: np.ndarray, calibration: np.nda
     t = time.perf_counter()
     drift = s.sensitivity()
     sensitivity_s = time.perf_counter() - t
-    ranked = rank(drift, {n: macs[n] / total for n in s.layers})  # drift per share of the MACs it makes int8
+    _say("timing each layer kind alone int8 against fp32 (1 thread) ...")
+    t = time.perf_counter()
+    gain = s.gains(macs)
+    savings_s = time.perf_counter() - t
+    ranked = rank(drift, gain)
     _say(f"searching for {budget} ...")
     t = time.perf_counter()
-    found = search(ranked, s.evaluate, budget)
+    found = search(ranked, s.evaluate, budget, always_float=[n for n in s.layers if gain[n] <= 0])
     search_s = time.perf_counter() - t
     precision = next(p for t, p in INT8_RECIPES if t == target)
     recipe_float = [n for n in s.layers if kinds[n] in float_kinds(target, precision, None)]
@@ -87,11 +92,13 @@ def run(model, variant: str, size: int, heldout: np.ndarray, calibration: np.nda
              for name in paths}
 
     return {"meta": {"variant": variant, "size": size, "weights": origin, "target": target, "budget": str(budget),
+                     "savings_seconds": round(savings_s, 1),
                      "heldout_images": int(len(heldout)), "calibration_images": int(len(calibration)),
                      "sensitivity_seconds": round(sensitivity_s, 1), "search_seconds": round(search_s, 1),
                      "seconds": round(time.perf_counter() - start, 1)},
             "layers": [{"layer": n, "kind": kinds[n], "mac_share": round(macs[n] / total, 5),
-                        "drift_alone": drift[n], "rank": ranked.index(n) + 1} for n in s.layers],
+                        "drift_alone": drift[n], "saving_ms": round(gain[n], 5), "rank": ranked.index(n) + 1}
+                       for n in s.layers],
             "search": {"float_layers": found.float_layers, "met": found.met, "figures": found.figures,
                        "int8_mac_share": round(share(found.float_layers), 4), "evaluations": found.evaluations,
                        "latency": speed["searched"]},
@@ -121,7 +128,8 @@ def render(result: dict) -> str:
              f"{m['weights']}; budget {m['budget']} on {m['heldout_images']} held-out photos, calibration on "
              f"{m['calibration_images']} others ({cpu['cpu']}, family {cpu['cpu_family']} model "
              f"{cpu['cpu_model']}, int8 extensions: {ext}; {m['created']}). Wall time: per-layer drift "
-             f"{m['sensitivity_seconds']:.0f} s, search {m['search_seconds']:.0f} s "
+             f"{m['sensitivity_seconds']:.0f} s, per-kind timing {m['savings_seconds']:.0f} s, search "
+             f"{m['search_seconds']:.0f} s "
              f"({len(s['evaluations'])} sets measured), whole run {m['seconds']:.0f} s.", "",
              f"Latency: median of {RUNS} runs at 1 thread, interleaved; speed-up = fp32 median / row median "
              "[bootstrap 95% CI].", "",
@@ -134,11 +142,18 @@ def render(result: dict) -> str:
              f"| fp32 | all | 0% | - | {_ms(result['fp32'])} | 1 |",
              "", "Layers returned to float by the search, in order: "
              + (", ".join(f"`{n}`" for n in s["float_layers"]) or "none") + ".", "",
-             "The first 15 layers of the ranking (most drift per share of the MACs, when int8 alone):", "",
-             "| rank | layer | kind | MAC share | drift alone (1 - cosine) |", "|---|---|---|---|---|"]
-    for row in sorted(result["layers"], key=lambda x: x["rank"])[:15]:
-        lines.append(f"| {row['rank']} | `{row['layer']}` | {row['kind']} | {100 * row['mac_share']:.2f}% | "
-                     f"{row['drift_alone']:.2e} |")
+             "Ranking: first the layers whose kind measured no faster in int8 (they stay float), then the most "
+             "drift per millisecond saved (a kind's saving, timed with the kind alone int8, shared among its "
+             "layers by MACs). Per kind:", "",
+             "| kind | layers | MAC share | saving when int8 alone (ms) | layers float in the searched set |",
+             "|---|---|---|---|---|"]
+    kinds: dict[str, list[dict]] = {}
+    for row in result["layers"]:
+        kinds.setdefault(row["kind"], []).append(row)
+    chosen = set(s["float_layers"])
+    for kind, rows in kinds.items():
+        lines.append(f"| {kind} | {len(rows)} | {100 * sum(r['mac_share'] for r in rows):.1f}% | "
+                     f"{sum(r['saving_ms'] for r in rows):+.2f} | {sum(r['layer'] in chosen for r in rows)} |")
     return "\n".join(lines) + "\n"
 
 

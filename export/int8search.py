@@ -61,12 +61,17 @@ def parse_budget(text: str) -> Budget:
 def rank(sensitivity: dict[str, float], gain: dict[str, float] | None = None) -> list[str]:
     """Layers in the order they go back to float. ``sensitivity``: each layer's drift with it alone int8
     (1 - mean cosine). Without ``gain``: most drift first. With ``gain`` (what a layer's int8 buys: its
-    multiply-accumulates, or its measured time saving): most drift per unit of gain first, so the layers that
-    cost fidelity and buy little leave int8 before those that carry the speed (AIMET AMP's trade of
-    accuracy against cost, greedily). Ties: by name, so the order is reproducible."""
+    multiply-accumulates, or its measured time saving): first the layers whose int8 buys nothing or costs
+    time (gain <= 0, the worst first), then most drift per unit of gain, so the layers that cost fidelity and
+    buy little leave int8 before those that carry the speed (AIMET AMP's trade of accuracy against cost,
+    greedily). Ties: by name, so the order is reproducible."""
     if gain is None:
         return sorted(sensitivity, key=lambda name: (-sensitivity[name], name))
-    return sorted(sensitivity, key=lambda name: (-sensitivity[name] / max(gain.get(name, 0.0), 1e-12), name))
+
+    def key(name: str):
+        g = gain.get(name, 0.0)
+        return (0, g, name) if g <= 0 else (1, -sensitivity[name] / g, name)
+    return sorted(sensitivity, key=key)
 
 
 @dataclass
@@ -78,16 +83,20 @@ class SearchResult:
     met: bool = True  # False: even every ranked layer in float misses the budget
 
 
-def search(ranked: Sequence[str], evaluate: Callable[[list[str]], dict], budget: Budget) -> SearchResult:
-    """The shortest prefix of ``ranked`` that, kept float, meets ``budget``: bisection over the prefix length
-    (the drift shrinks as layers return to float), each candidate measured by ``evaluate`` (the target's
-    runtime on held-out photos). The chosen set is always one that was measured to hold."""
+def search(ranked: Sequence[str], evaluate: Callable[[list[str]], dict], budget: Budget,
+           always_float: Sequence[str] = ()) -> SearchResult:
+    """``always_float`` and the shortest prefix of ``ranked`` that, kept float, meets ``budget``: bisection over
+    the prefix length (the drift shrinks as layers return to float), each candidate measured by ``evaluate``
+    (the target's runtime on held-out photos). The chosen set is always one that was measured to hold.
+    ``always_float``: layers whose int8 is measured to buy no time (they only cost fidelity)."""
     tried: dict[int, dict] = {}
+    fixed = list(always_float)
+    ranked = [n for n in ranked if n not in set(fixed)]
 
     def holds(k: int) -> bool:
         if k not in tried:
-            figures = evaluate(list(ranked[:k]))
-            tried[k] = {"float": k, "figures": figures, "holds": budget.holds(figures)}
+            figures = evaluate(fixed + list(ranked[:k]))
+            tried[k] = {"float": len(fixed) + k, "figures": figures, "holds": budget.holds(figures)}
         return tried[k]["holds"]
 
     if holds(0):
@@ -100,5 +109,5 @@ def search(ranked: Sequence[str], evaluate: Callable[[list[str]], dict], budget:
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if holds(mid) else (mid, hi)
         k = hi
-    return SearchResult(list(ranked[:k]), tried[k]["figures"], str(budget),
+    return SearchResult(fixed + list(ranked[:k]), tried[k]["figures"], str(budget),
                         [tried[i] for i in sorted(tried)], met=tried[k]["holds"])

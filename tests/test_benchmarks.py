@@ -435,7 +435,7 @@ def test_readme_figures_are_the_committed_results_of_the_named_commands():
     readme = (ROOT / "README.md").read_text()
     blocks = {m.group("name"): m.group("body") for m in BLOCK.finditer(readme)}
     assert set(blocks) == {"strategies", "bench", "accuracy", "accuracy_memory", "quant", "int8", "segmentation",
-                           "scaling", "scaling-400/scaling"}
+                           "scaling", "int8search", "profile"}
     for name, body in blocks.items():
         assert body.rstrip() == (ROOT / "benchmarks" / "results" / f"{name}.md").read_text().rstrip(), name
     bench = json.loads((ROOT / "benchmarks" / "results" / "bench.json").read_text())["meta"]
@@ -453,9 +453,11 @@ def test_readme_figures_are_the_committed_results_of_the_named_commands():
     segmentation = json.loads((ROOT / "benchmarks" / "results" / "segmentation.json").read_text())["meta"]
     assert segmentation["command"] == "python -m benchmarks.segmentation" and segmentation["size"] == 512
     assert "`make bench-segmentation`, i.e. `python -m benchmarks.segmentation`" in readme
-    # the first run's --limit 96 is the default the README's plain command uses
-    for name, args, named in (("scaling", "--limit 96", ""), ("scaling-400/scaling", *["--limit 400 --targets onnx "
-                                                                                      "--batch 16"] * 2)):
-        scaling = json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())["meta"]
-        assert scaling["command"].startswith(f"python -m benchmarks.scaling {args}"), name
-        assert f"`python -m benchmarks.scaling{' ' + named if named else ''}" in " ".join(readme.split()), name
+    # the plain commands the README names, at their defaults
+    for name in ("scaling", "int8search"):
+        meta = json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())["meta"]
+        assert meta["command"] == f"python -m benchmarks.{name}", name
+        assert f"`python -m benchmarks.{name}" in readme, name
+    profile = json.loads((ROOT / "benchmarks" / "results" / "profile.json").read_text())["meta"]
+    assert profile["command"].startswith("python -m benchmarks.profile artifacts/profile/")
+    assert "python -m benchmarks.profile artifacts/profile/*/*.onnx artifacts/profile/*/*.pte" in readme

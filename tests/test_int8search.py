@@ -32,6 +32,19 @@ def test_rank_by_drift_and_by_drift_per_gain():
     assert rank(drift) == ["b", "c", "a", "d"]  # most drift first; the tie b/c by name
     # per gain: a 0.01/0.5 = 0.02, b 0.02/0.1 = 0.2, c 0.02/0.4 = 0.05, d 0.001/0.001 = 1
     assert rank(drift, {"a": 0.5, "b": 0.1, "c": 0.4, "d": 0.001}) == ["d", "b", "c", "a"]
+    # a layer whose int8 buys nothing or costs time comes first, the costliest first, whatever its drift
+    assert rank(drift, {"a": -0.3, "b": 0.1, "c": 0.0, "d": 0.001}) == ["a", "c", "d", "b"]
+
+
+def test_search_keeps_the_always_float_layers_and_searches_the_rest():
+    drift = {"l0": 4e-4, "l1": 3e-4, "l2": 2e-4}
+
+    def evaluate(float_layers):
+        return {"cosine": 1 - sum(v for k, v in drift.items() if k not in float_layers)}
+
+    # l2 always float (it buys no time): left 7e-4 > 5e-4, so l0 goes too (left 3e-4)
+    found = search(["l0", "l1", "l2"], evaluate, Budget("cosine", 1 - 5e-4), always_float=["l2"])
+    assert found.float_layers == ["l2", "l0"] and found.evaluations[0]["float"] == 1
 
 
 def test_search_finds_the_shortest_prefix_that_holds():

@@ -28,7 +28,9 @@ class OnnxLayerSearch:
 
         self.fp32, self.work, self.threads = Path(fp32), Path(work), threads
         self.work.mkdir(parents=True, exist_ok=True)
-        self.nodes = {layer.name: ids for layer, ids in layer_nodes(onnx.load(str(fp32)), model)}
+        matches = layer_nodes(onnx.load(str(fp32)), model)
+        self.nodes = {layer.name: ids for layer, ids in matches}
+        self.kinds = {layer.name: layer.kind for layer, _ in matches}
         self.layers = list(self.nodes)
         self.calibration, self.heldout, self.labels = calibration, heldout, labels
         self.cache = self.work / "calibration.json"  # onnxruntime's ranges: calibrated once, by the first call
@@ -65,6 +67,39 @@ class OnnxLayerSearch:
             return self.figures(path)
         finally:
             path.unlink()
+
+    def savings(self, groups: dict[str, list[str]], runs: int = 30, seed: int = 0) -> dict[str, float]:
+        """Milliseconds per image each group of layers saves when it alone is int8 (negative: it costs time):
+        the fp32 model and one model per group, timed at 1 thread in shuffled interleaved rounds, medians."""
+        import time
+
+        paths = {g: self.quantize(layers) for g, layers in groups.items() if layers}
+        runners = {"": OnnxRuntimeRunner(self.fp32, 1), **{g: OnnxRuntimeRunner(p, 1) for g, p in paths.items()}}
+        feed = runners[""].prepare(self.heldout[:1])
+        samples: dict[str, list[float]] = {k: [] for k in runners}
+        rng = np.random.default_rng(seed)
+        names = list(runners)
+        for _ in range(runs):
+            for k in rng.permutation(len(names)):
+                run = runners[names[k]].run
+                t = time.perf_counter()
+                run(feed)
+                samples[names[k]].append(time.perf_counter() - t)
+        for p in paths.values():
+            p.unlink()
+        base = float(np.median(samples[""]))
+        return {g: 1e3 * (base - float(np.median(samples[g]))) if g in samples else 0.0 for g in groups}
+
+    def gains(self, macs: dict[str, int]) -> dict[str, float]:
+        """Milliseconds each layer's int8 saves: its kind's measured saving (:meth:`savings`, the kind alone
+        int8), shared among the kind's layers by their multiply-accumulates (``macs``). Per kind, not per
+        layer: one layer's saving is too small to time apart from the noise."""
+        kinds: dict[str, list[str]] = {}
+        for name in self.layers:
+            kinds.setdefault(self.kinds[name], []).append(name)
+        saved = self.savings(kinds)
+        return {n: saved[k] * macs[n] / max(sum(macs[m] for m in names), 1)
+                for k, names in kinds.items() for n in names}
 
     def sensitivity(self, layers: list[str] | None = None) -> dict[str, float]:
         """Each layer's drift (1 - mean cosine) with it alone int8."""
@@ -130,11 +165,12 @@ def search_int8(model: torch.nn.Module, fp32: Path, calibration: np.ndarray, bud
     start = time.perf_counter()
     calib, heldout = calibration[:-SEARCH_IMAGES], calibration[-SEARCH_IMAGES:]
     s = OnnxLayerSearch(model, fp32, calib, heldout, work)
+    drift = s.sensitivity()
     macs = layer_macs(model, size)
     total = sum(macs.values())
-    drift = s.sensitivity()
-    found = search(rank(drift, {n: macs[n] / total for n in s.layers}), s.evaluate,
-                   ValidatedBudget(parse_budget(budget), tolerance("onnx", "int8")))
+    gain = s.gains(macs)
+    found = search(rank(drift, gain), s.evaluate, ValidatedBudget(parse_budget(budget), tolerance("onnx", "int8")),
+                   always_float=[n for n in s.layers if gain[n] <= 0])
     if not found.met:
         raise ExportConfigError(f"--int8-budget {budget}: not met even with every layer float "
                                 f"({found.figures}); relax the budget")
@@ -147,7 +183,9 @@ def search_int8(model: torch.nn.Module, fp32: Path, calibration: np.ndarray, bud
               "heldout_figures": found.figures, "heldout_images": SEARCH_IMAGES,
               "calibration_images": int(len(calib)), "sets_measured": len(found.evaluations),
               "drift_alone": {n: round(v, 8) for n, v in drift.items()},
+              "saving_ms": {n: round(v, 5) for n, v in gain.items()},
               "seconds": round(time.perf_counter() - start, 1),
-              "runtime": "onnxruntime (CPU)", "ranking": "drift alone per share of the MACs"}
+              "runtime": "onnxruntime (CPU)",
+              "ranking": "kinds measured no faster in int8 first (always float), then drift alone per ms saved"}
     nodes = [i for n in s.layers if n not in keep for i in s.nodes[n]]
     return nodes, calib, record
