@@ -194,5 +194,6 @@ def validate_artifact(path: Path, target: str, precision: str, reference: Callab
             d = drift(reference(x), out, probabilities)
             report.problems += failures(d, report.tolerance, f"{size}x{size}")
         report.by_size[size] = d
+    counter.refresh()  # the finished count, drawn even if the last photo came within tqdm's redraw interval
     counter.close()
     return report
