@@ -15,6 +15,7 @@ Timing method (numbers are kept raw in the JSON):
 from __future__ import annotations
 
 import copy
+import json
 import os
 import platform
 import sys
@@ -30,6 +31,7 @@ from export import TARGETS, convert, convert_all, make_runner, target_config, wi
 from export.config import TOLERANCES
 from export.validate import drift, failures
 from mobilevit import DEFAULT_SIZE, MobileViT, count_macs
+from mobilevit.atomic import write_text
 
 from .peak import measure_peaks
 from .stats import gflops, summarize
@@ -97,6 +99,14 @@ def cpu_info() -> dict:
     info["cpu_family"], info["cpu_model"] = fields.get("cpu family"), fields.get("model")
     info["int8_extensions"] = {f: f in flags for f in CPU_INT8_FLAGS}
     return info
+
+
+def write_result(out: Path, stem: str, result: dict, markdown: str) -> None:
+    """``out/stem.json`` (the numbers, first) and ``out/stem.md`` (their table), and the table on stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / f"{stem}.json", json.dumps(result, indent=1) + "\n")
+    write_text(out / f"{stem}.md", markdown)
+    print(markdown, end="")
 
 
 def noisy_threads(threads: int, cores: int | None) -> bool:

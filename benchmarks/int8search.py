@@ -23,7 +23,6 @@ extensions. A bad ``--int8-budget`` exits 2 naming the valid forms.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -34,9 +33,8 @@ import numpy as np
 from export import TARGETS
 from export.errors import ExportConfigError
 from export.int8search import DEFAULT_BUDGET, parse_budget, rank, search
-from mobilevit.atomic import write_text
 
-from .harness import _say, artifact_entry, cpu_info, measure_latency
+from .harness import _say, artifact_entry, cpu_info, measure_latency, write_result
 from .stats import ratio_ci
 
 RESULTS = Path(__file__).parent / "results"
@@ -209,10 +207,7 @@ def main(argv=None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     result["meta"] |= {"command": " ".join(["python -m benchmarks.int8search", *args]), "cpu": cpu_info(),
                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    a.out.mkdir(parents=True, exist_ok=True)
-    write_text(a.out / "int8search.json", json.dumps(result, indent=1) + "\n")
-    write_text(a.out / "int8search.md", render(result))
-    print(render(result), end="")
+    write_result(a.out, "int8search", result, render(result))
     return 0
 
 

@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from export.config import load, target_for_path
-from mobilevit.atomic import write_text
 
-from .harness import cpu_info
+from .harness import cpu_info, write_result
 
 RESULTS = Path(__file__).parent / "results"
 EXIT_BAD_INPUT = 2
@@ -151,10 +150,7 @@ def main(argv=None) -> int:
     result = {"meta": {"command": " ".join(["python -m benchmarks.profile", *args]),
                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu": cpu_info(),
                        "threads": a.threads, "runs": a.runs}, "artifacts": rows}
-    a.out.mkdir(parents=True, exist_ok=True)
-    write_text(a.out / "profile.json", json.dumps(result, indent=1) + "\n")
-    write_text(a.out / "profile.md", render(result))
-    print(render(result), end="")
+    write_result(a.out, "profile", result, render(result))
     return 0
 
 

@@ -148,12 +148,13 @@ def search_int8(model: torch.nn.Module, fp32: Path, calibration: np.ndarray, bud
 
     The last ``SEARCH_IMAGES`` calibration photos are the search's held-out photos (``export.request``
     puts them there: the last of a user's folder, or other views of the validation pool) and the rest
-    calibrate, so the published artifact is validated on photos neither saw. Each layer's drift alone ranks the layers
-    (per share of the MACs); the search returns the worst to float until the budget holds (``export.int8search``).
+    calibrate, so the published artifact is validated on photos neither saw. Layers of kinds measured no faster
+    in int8 stay float; the rest are ranked by drift alone per millisecond saved, and the search returns the worst
+    to float until the budget holds (``export.int8search``).
     """
     import time
 
-    from mobilevit.layers import layer_macs, layers
+    from mobilevit.layers import layer_macs
 
     from ...config import tolerance
     from ...errors import ExportConfigError
@@ -175,11 +176,10 @@ def search_int8(model: torch.nn.Module, fp32: Path, calibration: np.ndarray, bud
         raise ExportConfigError(f"--int8-budget {budget}: not met even with every layer float "
                                 f"({found.figures}); relax the budget")
     keep = set(found.float_layers)
-    kinds = {layer.name: layer.kind for layer in layers(model)}
     record = {"budget": found.budget, "float_layers": found.float_layers,
               "int8_layers": [n for n in s.layers if n not in keep],
               "int8_mac_share": round(1 - sum(macs[n] for n in keep) / total, 4),
-              "float_kinds_touched": sorted({kinds[n] for n in keep}),
+              "float_kinds_touched": sorted({s.kinds[n] for n in keep}),
               "heldout_figures": found.figures, "heldout_images": SEARCH_IMAGES,
               "calibration_images": int(len(calib)), "sets_measured": len(found.evaluations),
               "drift_alone": {n: round(v, 8) for n, v in drift.items()},
