@@ -93,8 +93,17 @@ SLOW_TESTS = {"test_failed_validation_writes_nothing", "test_a_partly_failed_exp
               "test_an_onnx_export_with_a_budget_searches_validates_and_records_it"}
 
 
+# `make test` runs the suite on two pytest-xdist workers (`--dist loadgroup`). A group runs whole on one worker, so
+# a module's fixtures are built once; modules that share a costly session fixture, or Ray (a cluster's teardown,
+# `ray stop`, ends every Ray process on the machine), share a group.
+SHARED_GROUPS = {"test_train": "fine_tuned", "test_accuracy": "fine_tuned",
+                 "test_accuracy_folders": "ray", "test_quant": "ray"}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if (item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or SLOW_FIXTURES & set(item.fixturenames)
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(module, module)))
+        if (module in SLOW_MODULES or SLOW_FIXTURES & set(item.fixturenames)
                 or item.originalname in SLOW_TESTS):
             item.add_marker(pytest.mark.slow)
