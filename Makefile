@@ -33,7 +33,8 @@ $(STAMP): requirements-torch.lock requirements.lock constraints.txt requirements
 	touch $(STAMP)
 
 test: setup
-	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=25 tests
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=25 -m "not ray" tests
+	$(PYTHON) -m pytest -q --durations=5 -m ray tests
 
 # the development loop: everything but conversions and training (README gives its time); make test runs all
 test-fast: setup

@@ -430,10 +430,10 @@ def test_a_ray_run_gives_the_local_runs_predictions(user, tmp_path, ray_cluster,
     assert ray_result["rows"] == local_result["rows"]
     assert [r["artifact"] for r in ray_result["rows"]] == ["pytorch_fp32", "onnx_fp32", "coreml_fp32"]
     assert not any(r["error"] for r in ray_result["rows"])
-    # one pool of 2 actors for both artifacts (a pool per artifact would be 4 processes), and another for PyTorch
+    # one pool of 2 actors for all three passes (a pool per pass would be 6 processes)
     timing = ray_result["meta"]["timing"]
-    artifact_processes = set(timing["onnx_fp32"]["processes"]) | set(timing["coreml_fp32"]["processes"])
-    assert len(artifact_processes) == 2, timing
+    processes = {p for a in ("pytorch_fp32", "onnx_fp32", "coreml_fp32") for p in timing[a]["processes"]}
+    assert len(processes) == 2, timing
     assert [timing[a]["files"] for a in ("pytorch_fp32", "onnx_fp32", "coreml_fp32")] == [24, 24, 24]
 
 
@@ -514,6 +514,38 @@ def test_an_artifact_that_fails_mid_pass_is_its_rows_error_and_the_others_go_on(
     assert "Got invalid dimensions for input: image" in rows["ray"][1]["error"], rows
     assert not rows["ray"][2]["error"] and rows["ray"][2]["images"] == 24
     assert rows["ray"] == rows["local"]
+
+
+def test_unreadable_images_on_ray_are_skipped_by_every_pass_as_in_the_local_run(user, tmp_path, ray_cluster):
+    """With --skip-bad, PyTorch's pass and an artifact's share one pool, so the artifact's workers meet the two
+    unreadable files themselves (PyTorch has not found them yet when the batches are made): the rows, the
+    unreadable list and every prediction equal the local run's, and a bad file is never a prediction."""
+    bad = tmp_path / "bad"
+    shutil.copytree(user["synset"], bad)
+    folder = bad / TABLE[user["labels"][0]][0]
+    (folder / "broken.JPEG").write_bytes(b"not an image")
+    (folder / "cut.png").write_bytes(user["files"][0].read_bytes()[:2000])  # truncated
+    results = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        assert run_folder(user["hf"], bad, out=out, targets=[], batch=8, skip_bad=True, progress=False)["rows"]
+        state = json.loads((out / "predictions" / "run.json").read_text())  # the run's key; then as if new:
+        state.pop("unreadable")  # nothing found yet, PyTorch's pass to run again, the artifact "converted"
+        state["artifacts"] = {"onnx": {"fp32": str(_tiny_onnx(tmp_path / f"{engine}.onnx", None))}}
+        (out / "predictions" / "run.json").write_text(json.dumps(state))
+        for f in (out / "predictions").glob("pytorch_fp32.*"):
+            f.unlink()
+        kw = dict(ray=ray_cluster, workers=2) if engine == "ray" else dict(threads=1)
+        results[engine] = run_folder(user["hf"], bad, out=out, targets=["onnx"], precisions=["fp32"], batch=8,
+                                     skip_bad=True, progress=False, **kw)
+    ray, local = results["ray"], results["local"]
+    assert sorted(ray["meta"]["unreadable"]) == sorted(f"{folder.name}/{n}" for n in ("broken.JPEG", "cut.png"))
+    assert ray["meta"]["unreadable"] == local["meta"]["unreadable"]
+    assert ray["rows"] == local["rows"] and [r["images"] for r in ray["rows"]] == [N, N]
+    for name in ("pytorch_fp32", "onnx_fp32"):
+        got, want = (np.load(tmp_path / e / "predictions" / f"{name}.npy") for e in ("ray", "local"))
+        np.testing.assert_array_equal(got, want, err_msg=name)
+        assert (got[:, 0] == -1).sum() == 2, name  # the two unreadable files, in every pass
 
 
 def test_a_worker_that_cannot_load_the_runtime_ends_the_run_with_exit_2(user, tmp_path, ray_cluster, capsys):
