@@ -12,7 +12,6 @@ PRECISION ?=
 PATCHES ?=
 OUT ?= artifacts
 TASK ?=
-TEST_WORKERS ?= 2
 EXPORT_ARGS = $(if $(VARIANT),--variant $(VARIANT)) --out $(OUT) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(TASK),--task $(TASK)) \
 	$(if $(PRECISION),--precision $(PRECISION)) $(if $(PATCHES),--patches $(PATCHES)) $(if $(FORCE),--force)
 
@@ -33,8 +32,7 @@ $(STAMP): requirements-torch.lock requirements.lock constraints.txt requirements
 	touch $(STAMP)
 
 test: setup
-	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=25 -m "not ray" tests
-	$(PYTHON) -m pytest -q --durations=5 -m ray tests
+	$(PYTHON) -m pytest -q --durations=25 tests
 
 # the development loop: everything but conversions and training (README gives its time); make test runs all
 test-fast: setup

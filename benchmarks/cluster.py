@@ -82,7 +82,8 @@ class Predictor:
     KEEP = 2
 
     def __init__(self, sources: list[tuple[str, object]], reader, top_k: int):
-        """``sources[j]``: pass ``j``'s ``(name, object ref)``: the module, or the artifact's :func:`pack`."""
+        """``sources[j]``: pass ``j``'s ``(name, is an artifact, object ref)``: the module, or the artifact's
+        :func:`pack`."""
         import torch
 
         torch.set_num_threads(1)
@@ -98,9 +99,9 @@ class Predictor:
         from .predictions import load_fn
 
         if j not in self.loaded:
-            name, ref = self.sources[j]
+            name, is_artifact, ref = self.sources[j]
             shipped = ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
-            source = shipped if name == "pytorch" else unpack(shipped, name, Path(self._tmp.name) / str(j))
+            source = unpack(shipped, name, Path(self._tmp.name) / str(j)) if is_artifact else shipped
             self.loaded[j] = load_fn(source, threads=1)
             while len(self.loaded) > self.KEEP:
                 old = next(iter(self.loaded))
@@ -248,7 +249,8 @@ class RayEngine:
                 for j, p in enumerate(passes) for lo in range(p.preds.done, n, batch)]
         if not rows:
             return
-        sources = [(p.name, ray.put(p.source if p.name == "pytorch" else pack(Path(p.source)))) for p in passes]
+        sources = [(p.name, p.is_artifact, ray.put(pack(Path(p.source)) if p.is_artifact else p.source))
+                   for p in passes]
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
         out = ds.map_batches(Predictor, fn_constructor_args=(sources, reader, TOP_K), batch_size=1,
                              compute=ray.data.ActorPoolStrategy(size=min(self.workers, len(rows))),

@@ -41,6 +41,7 @@ RESULTS = Path(__file__).parent / "results"
 EXIT_BAD_INPUT = 2
 VALIDATION_SEED = 0  # the views of the shipped photos the held-out figures are measured on
 RUNS = 40  # timed runs per artifact, at 1 thread
+CALIBRATION_DIGITS = 64  # --images digits: calibration images after the held-out ones
 
 
 def run(model, variant: str, size: int, heldout: np.ndarray, calibration: np.ndarray, budget_text: str,
@@ -162,7 +163,8 @@ def main(argv=None) -> int:
     p.add_argument("--variant", default="xx_small", choices=["xx_small", "x_small", "small"])
     searchable = [t for t, c in TARGETS.items() if c.int8_search]
     p.add_argument("--target", default=searchable[0], choices=searchable, help="a target with a layer search")
-    p.add_argument("--images", help="your photos: the first --num-images are held out, the rest calibrate")
+    p.add_argument("--images", help="your photos: the first --num-images are held out, the rest calibrate; "
+                                    "'digits': the digits validation split (data.datasets, for the digits checkpoint)")
     p.add_argument("--num-images", type=int, default=16)
     p.add_argument("--int8-budget", default=DEFAULT_BUDGET, help="cosine=C or top1=P (default cosine=0.999)")
     p.add_argument("--size", type=int, default=256)
@@ -191,7 +193,13 @@ def main(argv=None) -> int:
     else:
         model, variant, origin = synthetic_model(a.variant), a.variant, "synthetic-calibrated"
         cfg = get_config(variant)
-    if a.images:
+    if a.images == "digits":  # already the model's input: BGR in [0, 1] at --size
+        from data.datasets import digits
+
+        x = digits(size=a.size).val.images.numpy()
+        x = x[np.random.default_rng(0).permutation(len(x))]  # every class in the held-out images
+        heldout, calibration = x[:a.num_images], x[a.num_images:a.num_images + CALIBRATION_DIGITS]
+    elif a.images:
         photos = load_folder(a.images)
         if len(photos) <= a.num_images:
             print(f"error: --images {a.images} has {len(photos)} photos: give more than --num-images "

@@ -70,9 +70,13 @@ class Pass:
     timing: dict = field(default_factory=dict)
 
     @property
+    def is_artifact(self) -> bool:
+        return isinstance(self.source, (str, Path))
+
+    @property
     def name(self) -> str:
         """The file name of the shipped artifact ("pytorch" for the module)."""
-        return Path(self.source).name if isinstance(self.source, (str, Path)) else "pytorch"
+        return Path(self.source).name if self.is_artifact else "pytorch"
 
 
 def load_fn(source, threads: int) -> tuple[Callable[[np.ndarray], np.ndarray], str]:

@@ -93,21 +93,8 @@ SLOW_TESTS = {"test_failed_validation_writes_nothing", "test_a_partly_failed_exp
               "test_an_onnx_export_with_a_budget_searches_validates_and_records_it"}
 
 
-# `make test` runs the suite in two steps. First everything but Ray, on two pytest-xdist workers (`--dist
-# loadgroup`): a group runs whole on one worker, so a module's fixtures are built once; modules sharing a costly
-# session fixture share a group. Then the Ray tests (`-m ray`: a real cluster, and a Ray driver inside the test
-# process) in one plain process: in a first two-worker run the worker holding them died mid-test, which this
-# project could not reproduce alone, so they do not run under xdist.
-SHARED_GROUPS = {"test_train": "fine_tuned", "test_accuracy": "fine_tuned"}
-RAY_MODULES = {"test_quant"}  # its Ray test shares the module's conversions
-
-
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1]
-        item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(module, module)))
-        if module in RAY_MODULES or "ray_cluster" in item.fixturenames:
-            item.add_marker(pytest.mark.ray)
-        if (module in SLOW_MODULES or SLOW_FIXTURES & set(item.fixturenames)
+        if (item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES or SLOW_FIXTURES & set(item.fixturenames)
                 or item.originalname in SLOW_TESTS):
             item.add_marker(pytest.mark.slow)
