@@ -191,8 +191,6 @@ class LocalEngine:
     """The passes in this process, one after the other, at ``threads`` runtime threads (the default engine;
     ``--ray`` swaps in :class:`benchmarks.cluster.RayEngine`, which has the same ``run``)."""
 
-    one_pool = False  # PyTorch's pass runs alone, before any conversion (see :func:`evaluate`)
-
     def __init__(self, threads: int = 2):
         self.threads = threads
 
@@ -250,15 +248,11 @@ def evaluate(model: torch.nn.Module, reader, labels: np.ndarray, class_names: li
              engine=None, names: list[str] | None = None, store: Path | None = None,
              state: dict | None = None, save_state: Callable[[], None] = lambda: None,
              progress: bool = True) -> tuple[list[dict], list[int]]:
-    """Every artifact on every image: ``(rows, unreadable file indices)``. PyTorch's pass is the reference: its
-    predictions are what the others are scored against, and it finds the unreadable files. Every artifact is
-    converted here, once.
-
-    In one process (:class:`LocalEngine`), PyTorch runs alone first, so a bad image stops the run before any
-    conversion; then the artifacts' passes. An engine with ``one_pool`` (a Ray cluster) converts first and runs
-    PyTorch's pass and the artifacts' through one pool of workers: the pool starts once and the workers go from
-    one pass to the next without waiting (a pool costs seconds to start; measured in ``benchmarks.scaling``).
-    There an artifact's worker reads an unreadable file itself and skips it, as the local run does."""
+    """Every artifact on every image: ``(rows, unreadable file indices)``. PyTorch runs first: its
+    predictions are the reference, and its pass finds the unreadable files the others then skip (and stops
+    a run on a bad image before any conversion). Then every artifact is converted, here and once, and the
+    ``engine`` (:class:`LocalEngine` by default) runs all their passes in one go: on a Ray cluster, one pool
+    of workers for all of them."""
     engine = engine or LocalEngine()
     n = len(labels)
     unreadable = set((state or {}).get("unreadable", []))
@@ -278,18 +272,10 @@ def evaluate(model: torch.nn.Module, reader, labels: np.ndarray, class_names: li
             save_state()
 
     ref = Predictions(store, PYTORCH, n)
-    reference = [] if ref.complete else [(PYTORCH, Pass("pytorch fp32", model, ref, reference=True))]
-    one_pool = getattr(engine, "one_pool", False)
-    rows: list[dict] = []
-
-    def reference_row() -> None:
-        rows.append(_row(PYTORCH, f"torch {torch.__version__}", ref.top, ref.top, labels, class_names, names))
-        _say(f"pytorch fp32: top-1 {rows[0]['top1']:.2%}")
-
-    if not one_pool:
-        if reference:
-            run(reference)
-        reference_row()
+    if not ref.complete:
+        run([(PYTORCH, Pass("pytorch fp32", model, ref, reference=True))])
+    rows = [_row(PYTORCH, f"torch {torch.__version__}", ref.top, ref.top, labels, class_names, names)]
+    _say(f"pytorch fp32: top-1 {rows[0]['top1']:.2%}")
     by_target: dict[str, list[str]] = {}
     for a in artifacts:
         if a != PYTORCH:
@@ -306,11 +292,7 @@ def evaluate(model: torch.nn.Module, reader, labels: np.ndarray, class_names: li
             listed.append((a, preds, path if isinstance(path, str) else ""))
             if isinstance(path, Path):
                 passes.append((a, Pass(f"{target} {p}", path, preds)))
-    if one_pool:
-        if reference + passes:
-            run(reference + passes)
-        reference_row()
-    elif passes:
+    if passes:
         run(passes)
     errors = {a: p.error for a, p in passes if p.error}
     for a, preds, error in listed:

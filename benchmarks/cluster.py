@@ -1,12 +1,12 @@
 """Accuracy runs over a Ray cluster (``python -m benchmarks.accuracy ... --ray [ADDRESS]``).
 
 Ray is the engine; this module only describes the work. Ray Data carries the image batches (one row per
-batch of files, the same batches as the one-process run, so each image is computed exactly as there). All
-passes of a run, PyTorch's reference first, go through one dataset, pass after pass, on one pool of actors:
-each actor loads a pass's runner once, when its first batch of that pass comes, and runs at 1 thread. One
-pool, not one per pass: a pool's start (processes, their imports, Ray Data's set-up) took 3-13 s per
-artifact on this project's 2-core machine, more than the predictions of a few hundred images, and a second
-pool for the artifacts after PyTorch's cost 20 s of a 122 s run. The driver converts
+batch of files, the same batches as the one-process run, so each image is computed exactly as there). The
+artifacts' passes go through one dataset, pass after pass, on one pool of actors for the run (PyTorch's
+reference pass, which runs before the conversions, has its own): each actor loads a pass's runner once, when
+its first batch of that pass comes, and runs at 1 thread. One pool, not one per artifact: an actor's start
+(a process, its imports, Ray Data's set-up) took 3-13 s per artifact on this project's 2-core machine,
+more than the predictions of a few hundred images. The driver converts
 every artifact once (``export.convert_all``) and ships it through the object store; workers never
 convert. Workers read and decode their batches' images from their paths, so on a cluster of several
 machines the image folder must be at the same path on every node (a shared or copied folder).
@@ -170,10 +170,8 @@ def _reachable(address: str | None, timeout: float = 10.0) -> None:
 
 
 class RayEngine:
-    """Predictions of PyTorch and of each artifact on a Ray cluster: the same ``run`` as the local engine of
-    :mod:`benchmarks.accuracy`, all of a run's passes through one actor pool (``one_pool``)."""
-
-    one_pool = True
+    """Predictions of PyTorch and of each artifact on a Ray cluster: the same interface as the local engine
+    of :mod:`benchmarks.accuracy` (``predict_model``, ``predict_artifact``)."""
 
     def __init__(self, address: str | None = None, workers: int | None = None, log: Callable = print):
         self.log = log

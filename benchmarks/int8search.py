@@ -198,6 +198,10 @@ def main(argv=None) -> int:
 
         x = digits(size=a.size).val.images.numpy()
         x = x[np.random.default_rng(0).permutation(len(x))]  # every class in the held-out images
+        if len(x) <= a.num_images:
+            print(f"error: --images digits has {len(x)} validation images: give --num-images below {len(x)} "
+                  "(the rest calibrate)", file=sys.stderr)
+            return EXIT_BAD_INPUT
         heldout, calibration = x[:a.num_images], x[a.num_images:a.num_images + CALIBRATION_DIGITS]
     elif a.images:
         photos = load_folder(a.images)

@@ -149,8 +149,8 @@ def render(result: dict) -> str:
         lines.append(f"| {r['run']} | {r['workers']} | {r['artifact']} | {r['images_per_s']:.1f} | "
                      f"{r['speedup']:.2f}x | {100 * r['efficiency']:.0f}% | {r['first_batch_s']:.1f} s | "
                      f"{r['steady_images_per_s']:.1f} | {r['steady_speedup']:.2f}x |")
-    lines += ["", "Whole job (all rows; the Ray runs' time includes starting the workers: one pool for all the "
-              "passes). Engine overhead: 1 - speed-up / workers.", "",
+    lines += ["", "Whole job (all rows; the Ray runs' time includes starting the workers, one pool for PyTorch's pass "
+              "and one for the artifacts'). Engine overhead: 1 - speed-up / workers.", "",
               "| run | prediction time | speed-up | engine overhead | whole run (with cluster start and conversions) |",
               "|---|---|---|---|---|"]
     for name, t in result["totals"].items():

@@ -430,10 +430,10 @@ def test_a_ray_run_gives_the_local_runs_predictions(user, tmp_path, ray_cluster,
     assert ray_result["rows"] == local_result["rows"]
     assert [r["artifact"] for r in ray_result["rows"]] == ["pytorch_fp32", "onnx_fp32", "coreml_fp32"]
     assert not any(r["error"] for r in ray_result["rows"])
-    # one pool of 2 actors for all three passes (a pool per pass would be 6 processes)
+    # one pool of 2 actors for both artifacts (a pool per artifact would be 4 processes), and another for PyTorch
     timing = ray_result["meta"]["timing"]
-    processes = {p for a in ("pytorch_fp32", "onnx_fp32", "coreml_fp32") for p in timing[a]["processes"]}
-    assert len(processes) == 2, timing
+    artifact_processes = set(timing["onnx_fp32"]["processes"]) | set(timing["coreml_fp32"]["processes"])
+    assert len(artifact_processes) == 2, timing
     assert [timing[a]["files"] for a in ("pytorch_fp32", "onnx_fp32", "coreml_fp32")] == [24, 24, 24]
 
 
@@ -517,9 +517,9 @@ def test_an_artifact_that_fails_mid_pass_is_its_rows_error_and_the_others_go_on(
 
 
 def test_unreadable_images_on_ray_are_skipped_by_every_pass_as_in_the_local_run(user, tmp_path, ray_cluster):
-    """With --skip-bad, PyTorch's pass and an artifact's share one pool, so the artifact's workers meet the two
-    unreadable files themselves (PyTorch has not found them yet when the batches are made): the rows, the
-    unreadable list and every prediction equal the local run's, and a bad file is never a prediction."""
+    """With --skip-bad, PyTorch's pass on Ray workers finds the two unreadable files and the artifact's pass skips
+    them: the rows, the unreadable list and every prediction equal the local run's, and a bad file is never a
+    prediction."""
     bad = tmp_path / "bad"
     shutil.copytree(user["synset"], bad)
     folder = bad / TABLE[user["labels"][0]][0]
@@ -530,7 +530,8 @@ def test_unreadable_images_on_ray_are_skipped_by_every_pass_as_in_the_local_run(
         out = tmp_path / engine
         assert run_folder(user["hf"], bad, out=out, targets=[], batch=8, skip_bad=True, progress=False)["rows"]
         state = json.loads((out / "predictions" / "run.json").read_text())  # the run's key; then as if new:
-        state.pop("unreadable")  # nothing found yet, PyTorch's pass to run again, the artifact "converted"
+        state.pop("unreadable")  # nothing found yet, PyTorch's pass to run again (here on the engine under
+        # test), the artifact "converted"
         state["artifacts"] = {"onnx": {"fp32": str(_tiny_onnx(tmp_path / f"{engine}.onnx", None))}}
         (out / "predictions" / "run.json").write_text(json.dumps(state))
         for f in (out / "predictions").glob("pytorch_fp32.*"):

@@ -136,6 +136,17 @@ def test_a_bad_int8_budget_exits_2_before_any_work(tmp_path, capsys, args, messa
     assert not out.exists()
 
 
+def test_the_benchmark_refuses_more_held_out_digits_than_there_are(tmp_path, capsys):
+    """`--images digits`: scikit-learn's 1,797 digits split 80/20 per class leave 359 validation images (by hand:
+    the per-class counts 178, 182, ... times 0.2, rounded); asking to hold out all of them leaves none to
+    calibrate: exit 2, nothing written."""
+    from benchmarks.int8search import main
+
+    assert main(["--images", "digits", "--num-images", "359", "--size", "64", "--out", str(tmp_path / "o")]) == 2
+    assert "--images digits has 359 validation images: give --num-images below 359" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_an_onnx_export_with_a_budget_searches_validates_and_records_it(tmp_path, capsys):
     """`python -m export onnx --precision int8 --int8-budget cosine=0.999`: published (validated on photos the
     search and the calibration never saw); the manifest's layers add up to the model's, and the artifact
