@@ -116,20 +116,24 @@ class OnnxLayerSearch:
 
 
 class ValidatedBudget:
-    """The user's budget, and the export's validation limits (``export.config.TOLERANCES``) with half their
-    allowed drift kept as a margin: the search's photos are not the validation photos, and a set chosen at
-    the limit on 8 photos may miss it on the other 16."""
+    """The user's budget, and the export's validation limits (``export.config.TOLERANCES``) with three quarters
+    of their allowed drift kept as a margin: the search's photos are not the validation photos, and a set
+    chosen at the limit on some photos may miss it on others. Measured: a set at worst cosine >= 0.99775 on 8
+    search photos (half the drift as margin) gave 0.9941 on the 16 validation photos, 2.6x the drift."""
+
+    MARGIN = 4  # the search allows 1/MARGIN of the validation limits' drift
 
     def __init__(self, budget, tol):
         self.budget, self.tol = budget, tol
 
     def holds(self, f: dict) -> bool:
-        return (self.budget.holds(f) and f["worst_cosine"] >= 1 - (1 - self.tol.cosine_min) / 2
-                and f["max_abs_rel"] <= self.tol.max_abs_rel / 2 and f["agreement_top1"] >= self.tol.top1_min)
+        return (self.budget.holds(f) and f["worst_cosine"] >= 1 - (1 - self.tol.cosine_min) / self.MARGIN
+                and f["max_abs_rel"] <= self.tol.max_abs_rel / self.MARGIN
+                and f["agreement_top1"] >= self.tol.top1_min)
 
     def __str__(self) -> str:
-        return (f"{self.budget}, and worst cosine >= {1 - (1 - self.tol.cosine_min) / 2:g}, max abs rel <= "
-                f"{self.tol.max_abs_rel / 2:g}, top-1 agreement >= {self.tol.top1_min:g}")
+        return (f"{self.budget}, and worst cosine >= {1 - (1 - self.tol.cosine_min) / self.MARGIN:g}, max abs rel "
+                f"<= {self.tol.max_abs_rel / self.MARGIN:g}, top-1 agreement >= {self.tol.top1_min:g}")
 
 
 def layer_search(model: torch.nn.Module, calibration: np.ndarray, heldout: np.ndarray, work: Path,
