@@ -185,6 +185,18 @@ def main(argv=None) -> int:
     from mobilevit.checkpoints import load_checkpoint, load_model
     from mobilevit.preprocess import preprocess
 
+    pool, noun = None, "photos"  # the user's images: the first --num-images are held out, the rest calibrate
+    if a.images == "digits":  # already the model's input: BGR in [0, 1] at --size
+        from data.datasets import digits
+
+        pool, noun = digits(size=a.size).val.images.numpy(), "validation images"
+        pool = pool[np.random.default_rng(0).permutation(len(pool))]  # every class in the held-out images
+    elif a.images:
+        pool = load_folder(a.images)
+    if pool is not None and len(pool) <= a.num_images:  # checked before any model is built
+        print(f"error: --images {a.images} has {len(pool)} {noun}: give --num-images below {len(pool)} (the rest "
+              "calibrate)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if a.weights:
         ckpt = load_checkpoint(a.weights)
         model, variant, origin = load_model(a.weights, ckpt.variant), ckpt.variant, f"{Path(a.weights).name} " \
@@ -193,24 +205,11 @@ def main(argv=None) -> int:
     else:
         model, variant, origin = synthetic_model(a.variant), a.variant, "synthetic-calibrated"
         cfg = get_config(variant)
-    if a.images == "digits":  # already the model's input: BGR in [0, 1] at --size
-        from data.datasets import digits
-
-        x = digits(size=a.size).val.images.numpy()
-        x = x[np.random.default_rng(0).permutation(len(x))]  # every class in the held-out images
-        if len(x) <= a.num_images:
-            print(f"error: --images digits has {len(x)} validation images: give --num-images below {len(x)} "
-                  "(the rest calibrate)", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        heldout, calibration = x[:a.num_images], x[a.num_images:a.num_images + CALIBRATION_DIGITS]
+    if a.images == "digits":
+        heldout, calibration = pool[:a.num_images], pool[a.num_images:a.num_images + CALIBRATION_DIGITS]
     elif a.images:
-        photos = load_folder(a.images)
-        if len(photos) <= a.num_images:
-            print(f"error: --images {a.images} has {len(photos)} photos: give more than --num-images "
-                  f"{a.num_images} (the rest calibrate)", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        heldout = preprocess(photos[:a.num_images], cfg, a.size).numpy()
-        calibration = preprocess(photos[a.num_images:], cfg, a.size).numpy()
+        heldout = preprocess(pool[:a.num_images], cfg, a.size).numpy()
+        calibration = preprocess(pool[a.num_images:], cfg, a.size).numpy()
     else:
         heldout = preprocess(photo_variants(a.num_images, seed=VALIDATION_SEED), cfg, a.size).numpy()
         calibration = calibration_photos(cfg, a.size)
