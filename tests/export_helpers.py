@@ -6,6 +6,9 @@ from pathlib import Path
 from export.pipeline import ExportRequest, run_export
 
 _CACHE: dict = {}
+# The session's one TFLite xx_small export: its fp32 file is the same whatever else a request asks for
+# (export.targets.tflite.onnx2tf_driver), so the tests that need only fp32 share it.
+TFLITE_ALL = ("fp32", "fp16", "int8_dynamic", "int8")
 
 
 def exported(tmp_root: Path, target: str, variant: str = "xx_small", precisions=(), **kw):

@@ -1,15 +1,16 @@
 """TFLite drift localisation on a real onnx2tf artifact: the session's xx_small fp32 export."""
 import pytest
 
-from tests.export_helpers import exported
+from tests.export_helpers import TFLITE_ALL, exported
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def tflite_fp32(tmp_path_factory):
-    """The session's published xx_small TFLite fp32 (tests.export_helpers; test_reproducible compares a second
-    export with it), the model it was converted from and three photos to localise drift on."""
+    """The session's published xx_small TFLite fp32 (tests.export_helpers, made with every precision;
+    test_reproducible compares an fp32-only export with it), the model it was converted from and three
+    photos to localise drift on."""
     from data.photos import sample_batch
     from data.synthetic import synthetic_model
     from export import with_target_defaults
@@ -17,7 +18,7 @@ def tflite_fp32(tmp_path_factory):
     # the pipeline's model (export.request.load_model): the same synthetic weights, the target's patches/attention
     model = with_target_defaults(synthetic_model("xx_small"), "tflite")
     x = sample_batch(model.cfg, 3).numpy()
-    path = exported(tmp_path_factory.mktemp("tfl"), "tflite", "xx_small", ("fp32",))["fp32"].artifact
+    path = exported(tmp_path_factory.mktemp("tfl"), "tflite", "xx_small", TFLITE_ALL)["fp32"].artifact
     return model, path, x
 
 

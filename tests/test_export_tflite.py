@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from export.targets.tflite.graph import inspect_tflite
-from tests.export_helpers import exported
+from tests.export_helpers import TFLITE_ALL, exported
 
-PASSING = ("fp32", "fp16", "int8_dynamic", "int8")
+PASSING = TFLITE_ALL
 MAX_TRANSPOSES_XXS = 21  # slice patches + split attention, measured; the HF export as-is has 54
 
 
@@ -91,3 +91,20 @@ def test_mediapipe_image_classifier_ranks_classes_as_pytorch_does(root, photos, 
             assert [c.index for c in got.categories] == want.tolist()
             assert [c.category_name for c in got.categories] == [labels[i] for i in want]
             np.testing.assert_allclose([c.score for c in got.categories], row[want], atol=1e-4)  # logits
+
+
+def test_what_onnx2tf_cannot_convert_is_a_conversion_error_with_its_log_and_no_file(tmp_path):
+    """A file that is not ONNX fails inside onnx2tf (export.targets.tflite.onnx2tf_driver): the error names the
+    precision and carries onnx2tf's own last lines; a precision the Keras model is not converted to is refused."""
+    from export.errors import ExportConfigError
+    from export.targets.tflite.convert import TFLiteConversionError, onnx_to_tflite
+
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not an ONNX file")
+    photos = np.zeros((1, 3, 32, 32), np.float32)
+    with pytest.raises(TFLiteConversionError, match=r"did not produce the fp32 model \(exit [1-9]") as err:
+        onnx_to_tflite(bad, tmp_path / "out", precisions=("fp32",), calibration=photos)
+    assert "Traceback" in str(err.value) or "Error" in str(err.value)
+    assert list((tmp_path / "out").iterdir()) == []  # its scratch folder is gone too
+    with pytest.raises(ExportConfigError, match="onnx2tf makes fp32, fp16, int8_dynamic, not \\['int8'\\]"):
+        onnx_to_tflite(bad, tmp_path / "out", precisions=("fp32", "int8"), calibration=photos)

@@ -30,13 +30,7 @@ import numpy as np
 from ...errors import ConversionError, ExportConfigError
 from ...int8 import Int8Options, LayerMatchError, LayerOp, match_layers, ops_of_kinds
 
-# our precision name -> onnx2tf output file suffix
-OUTPUT_SUFFIX = {
-    "fp32": "_float32.tflite",
-    "fp16": "_float16.tflite",
-    "int8_dynamic": "_dynamic_range_quant.tflite",
-    "int8": "_full_integer_quant.tflite",
-}
+FLOAT_PRECISIONS = ("fp32", "fp16", "int8_dynamic")  # what onnx2tf's Keras model converts to (onnx2tf_driver)
 CALIBRATION_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 CHANNEL_ORDERS = ("RGB", "model")
 
@@ -192,12 +186,12 @@ def onnx_to_tflite(onnx_path: str | Path, out_dir: str | Path, *, precisions=("f
 
     ``calibration`` is a float32 ``[N, 3, H, W]`` batch of real photos in the model's input
     format; it is required (it also feeds the offline calibration file, even for float exports).
-    ``saved_model``: a folder to keep the TensorFlow SavedModel onnx2tf converted from (``-osd``),
-    the starting point of :func:`full_int8`.
+    ``saved_model``: a folder to keep the TensorFlow SavedModel of onnx2tf's Keras model (as ``-osd`` writes
+    it), the starting point of :func:`full_int8`. Only what is asked for is converted (``onnx2tf_driver``).
     """
-    unknown = set(precisions) - set(OUTPUT_SUFFIX)
+    unknown = set(precisions) - set(FLOAT_PRECISIONS)
     if unknown:
-        raise ExportConfigError(f"unknown TFLite precision(s) {sorted(unknown)}; choose from {list(OUTPUT_SUFFIX)}")
+        raise ExportConfigError(f"onnx2tf makes {', '.join(FLOAT_PRECISIONS)}, not {sorted(unknown)}")
     if calibration is None or len(calibration) == 0:
         raise ExportConfigError("onnx_to_tflite needs calibration photos (float32 [N, 3, H, W])")
     out_dir = Path(out_dir)
@@ -207,14 +201,11 @@ def onnx_to_tflite(onnx_path: str | Path, out_dir: str | Path, *, precisions=("f
         model = work / "model.onnx"
         shutil.copyfile(onnx_path, model)  # onnx2tf rewrites its input in place
         _offline_calibration_file(work, calibration)
-        cmd = [str(Path(sys.executable).parent / "onnx2tf"), "-i", str(model), "-o", str(work / "out"),
-               "-n", "-coion"]
-        if saved_model is not None:
-            cmd.append("-osd")
-        if {"int8", "int8_dynamic"} & set(precisions):
-            np.save(work / "calib.npy", _nhwc(calibration))
-            cmd += ["-oiqt", "-qt", "per-channel", "-cind", input_name, str(work / "calib.npy"),
-                    "[[[[0.0,0.0,0.0]]]]", "[[[[1.0,1.0,1.0]]]]"]
+        spec = {"onnx": str(model), "out": str(work / "out"), "precisions": list(precisions),
+                "saved_model": saved_model is not None}
+        (work / "spec.json").write_text(json.dumps(spec))
+        # -P: the script's folder (which holds modules named like TensorFlow's) is not put on sys.path
+        cmd = [sys.executable, "-P", str(Path(__file__).with_name("onnx2tf_driver.py")), str(work / "spec.json")]
         env = dict(os.environ)
         env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -223,7 +214,7 @@ def onnx_to_tflite(onnx_path: str | Path, out_dir: str | Path, *, precisions=("f
             log.write(proc.stdout[-4000:])
         results = {}
         for precision in precisions:
-            produced = work / "out" / f"model{OUTPUT_SUFFIX[precision]}"
+            produced = work / "out" / f"model_{precision}.tflite"
             if proc.returncode != 0 or not produced.exists():
                 tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
                 raise TFLiteConversionError(
@@ -232,19 +223,16 @@ def onnx_to_tflite(onnx_path: str | Path, out_dir: str | Path, *, precisions=("f
             shutil.move(str(produced), dest)
             results[precision] = dest
         if saved_model is not None:
-            _keep_saved_model(work / "out", Path(saved_model))
+            _keep_saved_model(work / "out" / "saved_model", Path(saved_model))
     return results
 
 
-def _keep_saved_model(out: Path, dest: Path) -> None:
-    if not (out / "saved_model.pb").exists():
-        raise TFLiteConversionError(f"onnx2tf wrote no SavedModel in {out}")
+def _keep_saved_model(folder: Path, dest: Path) -> None:
+    if not (folder / "saved_model.pb").exists():
+        raise TFLiteConversionError(f"onnx2tf wrote no SavedModel in {folder}")
     if dest.exists():
         shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    for item in out.iterdir():
-        if item.suffix != ".tflite":
-            (shutil.copytree if item.is_dir() else shutil.copyfile)(item, dest / item.name)
+    shutil.move(str(folder), dest)
 
 
 # ---------------------------------------------------------------------------------------------
