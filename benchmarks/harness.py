@@ -101,6 +101,13 @@ def cpu_info() -> dict:
     return info
 
 
+def run_meta(program: str, argv) -> dict:
+    """What every result file starts with: the command that made it, when, and on which CPU."""
+    args = argv if argv is not None else sys.argv[1:]
+    return {"command": " ".join([program, *args]), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "cpu": cpu_info()}
+
+
 def write_result(out: Path, stem: str, result: dict, markdown: str) -> None:
     """``out/stem.json`` (the numbers, first) and ``out/stem.md`` (their table), and the table on stdout."""
     out.mkdir(parents=True, exist_ok=True)

@@ -17,14 +17,13 @@ import argparse
 import json
 import re
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 from export.config import load, target_for_path
 
-from .harness import cpu_info, write_result
+from .harness import run_meta, write_result
 
 RESULTS = Path(__file__).parent / "results"
 EXIT_BAD_INPUT = 2
@@ -49,15 +48,15 @@ def _manifest(path: Path) -> dict:
                             "`python -m export ... --out DIR`")
 
 
-def _input(manifest: dict) -> np.ndarray:
-    """One photo, preprocessed as the artifact's model expects (the checkpoint's channel order and scale)."""
+def _input_photos(manifest: dict, count: int) -> np.ndarray:
+    """``count`` photos, preprocessed as the artifact's model expects (the checkpoint's channel order and scale)."""
     from data.photos import photo_variants
     from mobilevit import get_config
     from mobilevit.preprocess import preprocess
 
     size = int(manifest["input"]["shape"][-1])
     cfg = get_config(manifest["variant"], num_classes=int(manifest.get("num_classes") or 1000))
-    return preprocess(photo_variants(1, seed=5), cfg, size).numpy()
+    return preprocess(photo_variants(count, seed=5), cfg, size).numpy()
 
 
 def profile_artifact(path: str | Path, threads: int = 1, runs: int = 20) -> dict:
@@ -81,7 +80,7 @@ def profile_artifact(path: str | Path, threads: int = 1, runs: int = 20) -> dict
                                   "dequantize_into_islands": sum(i.entries for i in chains.islands),
                                   "quantize_out_of_islands": sum(i.exits for i in chains.islands),
                                   "integer_ops": chains.integer_ops, "summary": chains.describe()}
-    result = load(cfg.profiler)(path, _input(manifest), threads, runs)
+    result = load(cfg.profiler)(path, _input_photos(manifest, 1), threads, runs)
     ops = result["ops"]
     total = sum(v["ms"] for v in ops.values())
     gemm = sum(v["ms"] for k, v in ops.items() if gemm_like(k))
@@ -146,10 +145,8 @@ def main(argv=None) -> int:
     except ProfileInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    args = argv if argv is not None else sys.argv[1:]
-    result = {"meta": {"command": " ".join(["python -m benchmarks.profile", *args]),
-                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu": cpu_info(),
-                       "threads": a.threads, "runs": a.runs}, "artifacts": rows}
+    result = {"meta": {**run_meta("python -m benchmarks.profile", argv), "threads": a.threads, "runs": a.runs},
+              "artifacts": rows}
     write_result(a.out, "profile", result, render(result))
     return 0
 

@@ -207,3 +207,30 @@ def test_w8a8_artifact_and_its_figures_are_the_same_on_every_cpu(tmp_path, xxs_c
         differ = [name for name in files if other_files[name] != files[name]]
         assert not differ, f"{condition}: {differ} differ"
         assert np.array_equal(other_outputs, outputs), f"{condition}: the validator's outputs differ"
+
+
+def test_the_executor_benchmark_times_each_kernel_set_against_the_numpy_reference(root, tmp_path, capsys):
+    """benchmarks.executor on the session's default program: the torch kernels with float64 sums give the numpy
+    reference's outputs bit for bit (the executor's design: same roundings, same sums); float32 sums do not, but
+    stay within fp16 storage drift of them. A mode a kernel set does not have, or an artifact whose runner has
+    no kernel sets, is exit 2 with the reason."""
+    import json
+
+    from benchmarks import executor
+
+    pkg = exported(root, "coreml", "xx_small")["fp16"].artifact
+    assert executor.main([str(pkg), "--images", "2", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "executor.json").read_text())["artifacts"][0]["modes"]
+    assert [(r["kernels"], r["accumulate"]) for r in rows] == [("numpy", "fp64"), ("torch", "fp64"), ("torch", "fp32")]
+    assert rows[0]["bit_equal"] and rows[0]["speedup"] == 1.0 and rows[0]["max_diff_over_range"] == 0.0
+    assert rows[1]["bit_equal"] and rows[1]["max_diff_over_range"] == 0.0
+    assert not rows[2]["bit_equal"] and 0 < rows[2]["max_diff_over_range"] < 1e-2
+    assert all(r["cpu_ms_per_image"] > 0 for r in rows)
+    assert "| xx_small fp16 (256px) | torch | fp64 |" in (tmp_path / "executor.md").read_text()
+    capsys.readouterr()
+    assert executor.main([str(pkg), "--modes", "numpy:fp64,torch:fp16", "--out", str(tmp_path / "x")]) == 2
+    assert "no fp16 accumulate mode" in capsys.readouterr().err
+    onnx_file = exported(root, "onnx", "xx_small", ("fp32", "fp16", "int8", "int8_dynamic"))["fp32"].artifact  # shared
+    assert executor.main([str(onnx_file), "--out", str(tmp_path / "y")]) == 2
+    assert "its runner has no kernel sets" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

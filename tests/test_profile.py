@@ -102,3 +102,18 @@ def test_executorch_profile_names_xnnpack_operators(tmp_path):
     calls = {k: v["calls"] for k, v in result["ops"].items()}
     assert calls == {"Fully Connected (NC, F32) GEMM": 1, "Softmax (NC, F32)": 1}, result["ops"]
     assert result["total_ms"] >= sum(v["ms"] for v in result["ops"].values())
+
+
+def test_executor_modes_are_kernel_and_sum_pairs_and_a_folder_without_a_manifest_is_exit_2(tmp_path, capsys):
+    from benchmarks import executor
+
+    assert executor.parse_modes("numpy:fp64, torch:fp32") == [("numpy", "fp64"), ("torch", "fp32")]
+    for bad in ("numpy:fp64", "numpy:fp64,torch", "numpy:fp64,:fp32"):
+        with pytest.raises(profile.ProfileInputError, match="--modes"):
+            executor.parse_modes(bad)
+    (tmp_path / "m.mlpackage").mkdir()
+    assert executor.main([str(tmp_path / "m.mlpackage"), "--out", str(tmp_path / "out")]) == 2
+    assert "no manifest.json beside it" in capsys.readouterr().err
+    assert executor.main([str(tmp_path / "m.mlpackage"), "--images", "0"]) == 2
+    assert "--images 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
