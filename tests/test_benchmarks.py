@@ -435,7 +435,7 @@ def test_readme_figures_are_the_committed_results_of_the_named_commands():
     readme = (ROOT / "README.md").read_text()
     blocks = {m.group("name"): m.group("body") for m in BLOCK.finditer(readme)}
     assert set(blocks) == {"strategies", "bench", "accuracy", "accuracy_memory", "quant", "int8", "segmentation",
-                           "scaling", "int8search", "profile"}
+                           "scaling", "int8search", "profile", "executor"}
     for name, body in blocks.items():
         assert body.rstrip() == (ROOT / "benchmarks" / "results" / f"{name}.md").read_text().rstrip(), name
     bench = json.loads((ROOT / "benchmarks" / "results" / "bench.json").read_text())["meta"]
@@ -461,3 +461,7 @@ def test_readme_figures_are_the_committed_results_of_the_named_commands():
     profile = json.loads((ROOT / "benchmarks" / "results" / "profile.json").read_text())["meta"]
     assert profile["command"].startswith("python -m benchmarks.profile artifacts/profile/")
     assert "python -m benchmarks.profile artifacts/profile/*/*.onnx artifacts/profile/*/*.pte" in readme
+    executor = json.loads((ROOT / "benchmarks" / "results" / "executor.json").read_text())["meta"]
+    assert executor["command"].startswith("python -m benchmarks.executor artifacts/executor/")
+    assert executor["command"].endswith("--images 8") and executor["threads"] == 1
+    assert "`python -m benchmarks.executor artifacts/executor/*/*.mlpackage --images 8`" in readme
