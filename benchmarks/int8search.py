@@ -34,7 +34,7 @@ from export import TARGETS
 from export.errors import ExportConfigError
 from export.int8search import DEFAULT_BUDGET, parse_budget, rank, search
 
-from .harness import _say, artifact_entry, cpu_info, measure_latency, write_result
+from .harness import _say, artifact_entry, measure_latency, run_meta, write_result
 from .stats import ratio_ci
 
 RESULTS = Path(__file__).parent / "results"
@@ -215,9 +215,7 @@ def main(argv=None) -> int:
         calibration = calibration_photos(cfg, a.size)
     with tempfile.TemporaryDirectory(prefix="int8search-") as tmp:
         result = run(model, variant, a.size, heldout, calibration, a.int8_budget, Path(tmp), a.target, origin=origin)
-    args = argv if argv is not None else sys.argv[1:]
-    result["meta"] |= {"command": " ".join(["python -m benchmarks.int8search", *args]), "cpu": cpu_info(),
-                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    result["meta"] |= run_meta("python -m benchmarks.int8search", argv)
     write_result(a.out, "int8search", result, render(result))
     return 0
 

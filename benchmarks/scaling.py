@@ -32,7 +32,7 @@ from export import TARGETS
 from mobilevit.atomic import write_atomic, write_text
 
 from .accuracy import run_folder
-from .harness import cpu_info
+from .harness import run_meta
 
 RESULTS = Path(__file__).parent / "results"
 ESTIMATE_IMAGES = 50_000
@@ -215,10 +215,8 @@ def main(argv=None) -> int:
     runs = measure(a.limit, a.targets.split(","), a.precisions.split(","), [int(w) for w in a.workers.split(",")],
                    a.batch)
     summary = summarise(runs, a.limit)
-    args = argv if argv is not None else sys.argv[1:]
-    result = {"meta": {"command": " ".join(["python -m benchmarks.scaling", *args]),
-                       "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu": cpu_info(),
-                       "images": a.limit, "batch": a.batch, "targets": a.targets, "precisions": a.precisions},
+    result = {"meta": {**run_meta("python -m benchmarks.scaling", argv), "images": a.limit, "batch": a.batch,
+                       "targets": a.targets, "precisions": a.precisions},
               **summary, "estimate": estimate(summary), "runs": runs}
     a.out.mkdir(parents=True, exist_ok=True)
     write_text(a.out / "scaling.json", json.dumps(result, indent=1) + "\n")  # the numbers first

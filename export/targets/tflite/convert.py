@@ -180,8 +180,8 @@ def _offline_calibration_file(folder: Path, images: np.ndarray) -> None:
 
 
 def onnx_to_tflite(onnx_path: str | Path, out_dir: str | Path, *, precisions=("fp32", "fp16"),
-                   calibration: np.ndarray | None = None, input_name: str = "input",
-                   timeout: float = 1800, log=None, saved_model: str | Path | None = None) -> dict[str, Path]:
+                   calibration: np.ndarray | None = None, timeout: float = 1800, log=None,
+                   saved_model: str | Path | None = None) -> dict[str, Path]:
     """Convert an ONNX file with onnx2tf; return ``{precision: path}`` for the requested precisions.
 
     ``calibration`` is a float32 ``[N, 3, H, W]`` batch of real photos in the model's input

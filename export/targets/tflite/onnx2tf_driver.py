@@ -18,17 +18,17 @@ import sys
 from pathlib import Path
 
 
-def _converter(tf, model):
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
-    converter.unfold_batchmatmul = False
-    return converter
+def _signature(tf, model) -> list:
+    return [tf.TensorSpec(t.shape, t.dtype, t.name) for t in model.inputs]
 
 
-def _concrete_converter(tf, model):
-    fn = tf.function(func=lambda *inputs: model(inputs),
-                     input_signature=[tf.TensorSpec(t.shape, t.dtype, t.name) for t in model.inputs])
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()])
+def _converter(tf, model, concrete: bool = False):
+    """From the Keras model (onnx2tf's fp32/fp16 outputs) or its concrete function (its dynamic-range one)."""
+    if concrete:
+        fn = tf.function(func=lambda *inputs: model(inputs), input_signature=_signature(tf, model))
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()])
+    else:
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
     converter.unfold_batchmatmul = False
     return converter
@@ -44,7 +44,7 @@ def _convert(tf, model, precision: str) -> bytes:
         converter.target_spec.supported_types = [tf.float16]
         return converter.convert()
     if precision == "int8_dynamic":
-        converter = _concrete_converter(tf, model)
+        converter = _converter(tf, model, concrete=True)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = []
         converter._experimental_disable_per_channel = False
@@ -62,14 +62,13 @@ def main(spec_path: str) -> None:
     import tf_keras
 
     model = onnx2tf.convert(input_onnx_file_path=str(onnx_path), output_folder_path=str(out),
-                            output_signaturedefs=True,
-                            disable_model_save=True, non_verbose=True)
+                            output_signaturedefs=True, disable_model_save=True, non_verbose=True)
     for precision in spec["precisions"]:
         (out / f"model_{precision}.tflite").write_bytes(_convert(tf, model, precision))
     if spec.get("saved_model"):
         archive = tf_keras.export.ExportArchive()
         archive.add_endpoint(name="serving_default", fn=lambda *inputs: model(inputs),
-                             input_signature=[tf.TensorSpec(t.shape, t.dtype, t.name) for t in model.inputs])
+                             input_signature=_signature(tf, model))
         archive.write_out(str(out / "saved_model"))
 
 
