@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .harness import run_meta, write_result
-from .profile import ProfileInputError, _input_photos, _manifest
+from .harness import BenchmarkInputError, artifact_manifest, artifact_photos, run_meta, write_result
 
 RESULTS = Path(__file__).parent / "results"
 EXIT_BAD_INPUT = 2
@@ -40,10 +39,10 @@ def parse_modes(text: str) -> list[tuple[str, str]]:
     for item in (s.strip() for s in text.split(",") if s.strip()):
         kernels, sep, accumulate = item.partition(":")
         if not sep or not kernels or not accumulate:
-            raise ProfileInputError(f"--modes {text!r}: give KERNELS:ACCUMULATE pairs, e.g. {DEFAULT_MODES}")
+            raise BenchmarkInputError(f"--modes {text!r}: give KERNELS:ACCUMULATE pairs, e.g. {DEFAULT_MODES}")
         modes.append((kernels, accumulate))
     if len(modes) < 2:
-        raise ProfileInputError(f"--modes {text!r}: give the reference and at least one mode to compare with it")
+        raise BenchmarkInputError(f"--modes {text!r}: give the reference and at least one mode to compare with it")
     return modes
 
 
@@ -54,16 +53,16 @@ def measure(path: str | Path, modes: list[tuple[str, str]], images: int) -> dict
     from export import make_runner
 
     path = Path(path)
-    manifest = _manifest(path)
-    x = _input_photos(manifest, images)
+    manifest = artifact_manifest(path)
+    x = artifact_photos(manifest, images)
     rows, ref, ref_ms = [], None, None
     for kernels, accumulate in modes:
         try:
             runner = make_runner(path, 1, kernels=kernels, accumulate=accumulate)
         except TypeError as e:
-            raise ProfileInputError(f"{path}: its runner has no kernel sets to compare ({e})") from None
+            raise BenchmarkInputError(f"{path}: its runner has no kernel sets to compare ({e})") from None
         except ValueError as e:
-            raise ProfileInputError(f"{path}: mode {kernels}:{accumulate}: {e}") from None
+            raise BenchmarkInputError(f"{path}: mode {kernels}:{accumulate}: {e}") from None
         feeds = [runner.prepare(x[i:i + 1]) for i in range(len(x))]
         seconds, outs = [], []
         with threadpool_limits(1):  # numpy's BLAS at 1 thread too (idle BLAS threads spin and burn CPU time)
@@ -119,10 +118,10 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         if a.images < 1:
-            raise ProfileInputError(f"--images {a.images}: give at least 1")
+            raise BenchmarkInputError(f"--images {a.images}: give at least 1")
         modes = parse_modes(a.modes)
         rows = [measure(path, modes, a.images) for path in a.artifacts]
-    except ProfileInputError as e:
+    except BenchmarkInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     result = {"meta": {**run_meta("python -m benchmarks.executor", argv), "threads": 1, "images": a.images,

@@ -116,6 +116,31 @@ def write_result(out: Path, stem: str, result: dict, markdown: str) -> None:
     print(markdown, end="")
 
 
+class BenchmarkInputError(ValueError):
+    """Bad input on a benchmark's command line (exit 2): an artifact that is not there or not one of ours, a bad
+    option value."""
+
+
+def artifact_manifest(path: Path) -> dict:
+    """The manifest ``python -m export`` wrote beside (or inside) an artifact."""
+    for m in (path.parent / "manifest.json", path / "manifest.json"):
+        if m.exists():
+            return json.loads(m.read_text())
+    raise BenchmarkInputError(f"{path}: no manifest.json beside it; give an artifact folder written by "
+                              "`python -m export ... --out DIR`")
+
+
+def artifact_photos(manifest: dict, count: int) -> np.ndarray:
+    """``count`` photos, preprocessed as the artifact's model expects (the checkpoint's channel order and scale)."""
+    from data.photos import photo_variants
+    from mobilevit import get_config
+    from mobilevit.preprocess import preprocess
+
+    size = int(manifest["input"]["shape"][-1])
+    cfg = get_config(manifest["variant"], num_classes=int(manifest.get("num_classes") or 1000))
+    return preprocess(photo_variants(count, seed=5), cfg, size).numpy()
+
+
 def noisy_threads(threads: int, cores: int | None) -> bool:
     """Multi-thread timings on a machine with few cores compete with everything else running on it."""
     return threads > 1 and (cores or 1) <= FEW_CORES

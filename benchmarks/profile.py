@@ -14,16 +14,13 @@ extensions.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from export.config import load, target_for_path
 
-from .harness import run_meta, write_result
+from .harness import BenchmarkInputError, artifact_manifest, artifact_photos, run_meta, write_result
 
 RESULTS = Path(__file__).parent / "results"
 EXIT_BAD_INPUT = 2
@@ -32,43 +29,20 @@ GEMM_LIKE = re.compile(r"conv(?!ert)|matmul|gemm|fully connected|matrix multiply
 TOP_OPS = 12  # op types listed per target in the markdown (the JSON has them all)
 
 
-class ProfileInputError(ValueError):
-    """An artifact that is not there or not one of ours."""
-
-
 def gemm_like(op: str) -> bool:
     return bool(GEMM_LIKE.search(op))
-
-
-def _manifest(path: Path) -> dict:
-    for m in (path.parent / "manifest.json", path / "manifest.json"):
-        if m.exists():
-            return json.loads(m.read_text())
-    raise ProfileInputError(f"{path}: no manifest.json beside it; profile an artifact folder written by "
-                            "`python -m export ... --out DIR`")
-
-
-def _input_photos(manifest: dict, count: int) -> np.ndarray:
-    """``count`` photos, preprocessed as the artifact's model expects (the checkpoint's channel order and scale)."""
-    from data.photos import photo_variants
-    from mobilevit import get_config
-    from mobilevit.preprocess import preprocess
-
-    size = int(manifest["input"]["shape"][-1])
-    cfg = get_config(manifest["variant"], num_classes=int(manifest.get("num_classes") or 1000))
-    return preprocess(photo_variants(count, seed=5), cfg, size).numpy()
 
 
 def profile_artifact(path: str | Path, threads: int = 1, runs: int = 20) -> dict:
     """One artifact's per-op-type times (see the module docstring)."""
     path = Path(path)
     if not path.exists():
-        raise ProfileInputError(f"{path} does not exist: give an exported artifact (.onnx, .pte, ...)")
+        raise BenchmarkInputError(f"{path} does not exist: give an exported artifact (.onnx, .pte, ...)")
     try:
         cfg = target_for_path(path)
     except ValueError as e:
-        raise ProfileInputError(str(e)) from e
-    manifest = _manifest(path)
+        raise BenchmarkInputError(str(e)) from e
+    manifest = artifact_manifest(path)
     row = {"artifact": path.name, "target": cfg.name, "precision": manifest.get("precision"),
            "variant": manifest.get("variant"), "size": int(manifest["input"]["shape"][-1])}
     if not cfg.profiler:
@@ -80,7 +54,7 @@ def profile_artifact(path: str | Path, threads: int = 1, runs: int = 20) -> dict
                                   "dequantize_into_islands": sum(i.entries for i in chains.islands),
                                   "quantize_out_of_islands": sum(i.exits for i in chains.islands),
                                   "integer_ops": chains.integer_ops, "summary": chains.describe()}
-    result = load(cfg.profiler)(path, _input_photos(manifest, 1), threads, runs)
+    result = load(cfg.profiler)(path, artifact_photos(manifest, 1), threads, runs)
     ops = result["ops"]
     total = sum(v["ms"] for v in ops.values())
     gemm = sum(v["ms"] for k, v in ops.items() if gemm_like(k))
@@ -142,7 +116,7 @@ def main(argv=None) -> int:
         return EXIT_BAD_INPUT
     try:
         rows = [profile_artifact(path, a.threads, a.runs) for path in a.artifacts]
-    except ProfileInputError as e:
+    except BenchmarkInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     result = {"meta": {**run_meta("python -m benchmarks.profile", argv), "threads": a.threads, "runs": a.runs},

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from benchmarks import profile
+from benchmarks.harness import BenchmarkInputError
 
 
 def _onnx(path):
@@ -109,7 +110,7 @@ def test_executor_modes_are_kernel_and_sum_pairs_and_a_folder_without_a_manifest
 
     assert executor.parse_modes("numpy:fp64, torch:fp32") == [("numpy", "fp64"), ("torch", "fp32")]
     for bad in ("numpy:fp64", "numpy:fp64,torch", "numpy:fp64,:fp32"):
-        with pytest.raises(profile.ProfileInputError, match="--modes"):
+        with pytest.raises(BenchmarkInputError, match="--modes"):
             executor.parse_modes(bad)
     (tmp_path / "m.mlpackage").mkdir()
     assert executor.main([str(tmp_path / "m.mlpackage"), "--out", str(tmp_path / "out")]) == 2
