@@ -44,6 +44,7 @@ import torch
 from export import TARGETS
 from mobilevit.atomic import write_atomic
 
+from .harness import EXIT_BAD_INPUT
 from .predictions import SAVE_EVERY, Pass, Predictions, load_fn, timing, top_k
 from .stats import paired_delta_ci, proportion_ci
 
@@ -53,7 +54,6 @@ MATRIX = {name: t.precisions for name, t in TARGETS.items()}  # every precision 
 CLASSES_LISTED = 5  # classes that lost most, per artifact
 FLIPS_LISTED = 20  # file names of right -> wrong flips kept per artifact in the JSON
 STATE = "run.json"  # OUT/predictions/run.json: what the saved predictions are of, for resuming
-EXIT_BAD_INPUT = 2
 
 
 class AccuracyConfigError(ValueError):

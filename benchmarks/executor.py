@@ -24,10 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .harness import BenchmarkInputError, artifact_manifest, artifact_photos, run_meta, write_result
+from .harness import EXIT_BAD_INPUT, BenchmarkInputError, artifact_manifest, artifact_photos, run_meta, write_result
 
 RESULTS = Path(__file__).parent / "results"
-EXIT_BAD_INPUT = 2
 DEFAULT_MODES = "numpy:fp64,torch:fp64,torch:fp32"
 TARGET_SPEEDUP = 10.0  # issue 24: at least 10x the reference's images/s at 1 thread ...
 TARGET_AGREEMENT = 1e-6  # ... with outputs within this fraction of the logit range

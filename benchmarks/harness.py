@@ -116,6 +116,9 @@ def write_result(out: Path, stem: str, result: dict, markdown: str) -> None:
     print(markdown, end="")
 
 
+EXIT_BAD_INPUT = 2  # every benchmark command exits 2 on bad input, as `python -m export` does
+
+
 class BenchmarkInputError(ValueError):
     """Bad input on a benchmark's command line (exit 2): an artifact that is not there or not one of ours, a bad
     option value."""

@@ -34,11 +34,10 @@ from export import TARGETS
 from export.errors import ExportConfigError
 from export.int8search import DEFAULT_BUDGET, parse_budget, rank, search
 
-from .harness import _say, artifact_entry, measure_latency, run_meta, write_result
+from .harness import EXIT_BAD_INPUT, _say, artifact_entry, measure_latency, run_meta, write_result
 from .stats import ratio_ci
 
 RESULTS = Path(__file__).parent / "results"
-EXIT_BAD_INPUT = 2
 VALIDATION_SEED = 0  # the views of the shipped photos the held-out figures are measured on
 RUNS = 40  # timed runs per artifact, at 1 thread
 CALIBRATION_DIGITS = 64  # --images digits: calibration images after the held-out ones

@@ -20,10 +20,9 @@ from pathlib import Path
 
 from export.config import load, target_for_path
 
-from .harness import BenchmarkInputError, artifact_manifest, artifact_photos, run_meta, write_result
+from .harness import EXIT_BAD_INPUT, BenchmarkInputError, artifact_manifest, artifact_photos, run_meta, write_result
 
 RESULTS = Path(__file__).parent / "results"
-EXIT_BAD_INPUT = 2
 # op types whose work is a GEMM (dense or depthwise convolution, matmul, fully connected); the rest is overhead
 GEMM_LIKE = re.compile(r"conv(?!ert)|matmul|gemm|fully connected|matrix multiply", re.IGNORECASE)
 TOP_OPS = 12  # op types listed per target in the markdown (the JSON has them all)

@@ -49,7 +49,9 @@ class Tolerance:
 TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("onnx", "fp32"): Tolerance(1e-4, 0.99999, 1.0),  # 2.5e-6 / 1 - 5e-12 / 100% (margins.json)
     ("onnx", "fp16"): Tolerance(2e-2, 0.999, 0.875),  # 0.0052 / 0.999964 / 94% (margins.json)
-    ("onnx", "int8"): Tolerance(0.44, 0.9955, 0.8),  # 0.293 / 0.997773 / 88% (margins.json)
+    # onnx int8: 0.293 / 0.997773 / 88% (margins.json: int8 weights, AMD Zen 4 with VNNI); its uint8 weights since
+    # (U8U8, export/targets/onnx/quantize.py): 0.293 / 0.997782 / 88% on AMD Zen 3, AVX2 only (benchmarks.margins)
+    ("onnx", "int8"): Tolerance(0.44, 0.9955, 0.8),
     ("onnx", "int8_dynamic"): Tolerance(0.5, 0.95, 0.6),  # 0.041 / 0.997924 / 88% (margins.json)
     ("tflite", "fp32"): Tolerance(1e-4, 0.99999, 1.0),  # 2.4e-6 / 1 - 6e-12 / 100% (margins.json)
     ("tflite", "fp16"): Tolerance(2e-2, 0.999, 0.875),  # 0.0052 / 0.999964 / 94% (margins.json)

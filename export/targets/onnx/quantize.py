@@ -71,12 +71,16 @@ def convert_onnx_precision(fp32_path: str | Path, out_path: str | Path, precisio
     """Derive an fp16, static-int8 (QDQ) or dynamic-int8 model from an fp32 one.
 
     * ``fp16``: weights and activations in fp16, fp32 input/output (``keep_io_types``).
-    * ``int8``: static QDQ, per-channel int8 weights, uint8 activations calibrated on ``calibration``
+    * ``int8``: static QDQ, per-channel 8-bit weights, uint8 activations calibrated on ``calibration``
       (real photographs) by the recipe's method (``export.config.INT8_RECIPES``); only ``int8_nodes``
       (Conv / MatMul / Gemm nodes of the layers the recipe quantizes, :func:`int8_layers`) are
       quantized; LayerNorm, Softmax, SiLU and the other layers stay in float. ``calibration_cache``: a
       file onnxruntime keeps every calibrated range in (written by the first call, read by the next ones
       on the same fp32 model and photos: the int8 search quantizes many layer sets on one calibration).
+      Weights are uint8 (U8U8), not int8: on x86 CPUs without VNNI (AVX2 only, e.g. AMD Zen 3) onnxruntime's
+      U8S8 kernels add pairs of products in saturating 16 bits (VPMADDUBSW), which took xx_small's worst
+      cosine from 0.99778 to 0.98327; its U8U8 kernels do not saturate and gave 0.99778 there, as U8S8 does on
+      VNNI CPUs (onnxruntime's quantization guide names both fixes; ``reduce_range``'s 7-bit weights gave 0.99448).
     * ``int8_dynamic``: int8 MatMul/Gemm weights, activations quantized at run time.
     """
     import onnx
@@ -104,7 +108,7 @@ def convert_onnx_precision(fp32_path: str | Path, out_path: str | Path, precisio
         with quiet(stdout=True):  # the histogram calibrators print their progress
             quantize_static(str(fp32_path), str(out_path), None if cached else _PhotoReader(calibration),
                             quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QUInt8,
                             op_types_to_quantize=["Conv", "MatMul", "Gemm"], nodes_to_quantize=list(int8_nodes),
                             calibrate_method=getattr(CalibrationMethod, method),
                             calibration_cache_path=calibration_cache)
