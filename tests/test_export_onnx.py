@@ -99,12 +99,12 @@ def test_int8_quantizes_exactly_the_recipe_layers_with_fused_integer_kernels(roo
     recipe = int8_recipe("onnx", "int8")
     g = onnx.load(str(res.artifact))
     assert not [i.name for i in g.graph.initializer if i.data_type == onnx.TensorProto.INT8]
-    int8 = {i.name for i in g.graph.initializer if i.data_type == onnx.TensorProto.UINT8 and len(i.dims) >= 2}
+    weights = {i.name for i in g.graph.initializer if i.data_type == onnx.TensorProto.UINT8 and len(i.dims) >= 2}
     dq = {n.output[0]: n.input[0] for n in g.graph.node if n.op_type == "DequantizeLinear"}
-    weighted = [n for n in g.graph.node if n.op_type in ("Conv", "MatMul", "Gemm") and dq.get(n.input[1]) in int8]
+    weighted = [n for n in g.graph.node if n.op_type in ("Conv", "MatMul", "Gemm") and dq.get(n.input[1]) in weights]
     expected = sum(XXS_LAYER_COUNTS[k] for k in KINDS if k not in recipe.float_kinds and k != "attn_matmul")
     assert len(weighted) == expected > 0
-    both = [n for n in g.graph.node if n.op_type == "MatMul" and all(i in dq and dq[i] not in int8 for i in n.input)]
+    both = [n for n in g.graph.node if n.op_type == "MatMul" and all(i in dq and dq[i] not in weights for i in n.input)]
     assert len(both) == (0 if "attn_matmul" in recipe.float_kinds else 2 * XXS_HEADS * XXS_LAYER_COUNTS["attn_matmul"])
     manifest = json.loads((res.folder / "manifest.json").read_text())
     assert manifest["int8_recipe"]["float_kinds"] == list(recipe.float_kinds)
