@@ -48,6 +48,8 @@ def test_default_artifact_is_an_xcode_ready_classifier(root):
     assert "SYNTHETIC" in meta.shortDescription and meta.author and meta.license and meta.versionString
     assert meta.userDefined["variant"] == "xx_small" and meta.userDefined["synthetic"] == "true"
     assert meta.userDefined["com.apple.coreml.model.preview.type"] == "imageClassifier"  # Xcode's Preview tab
+    # no day stamp: the same export made after midnight must stay byte-identical (coremltools adds one)
+    assert not [k for k in meta.userDefined if "date" in k.lower()]
     assert spec.description.input[0].shortDescription
     manifest = json.loads((res.folder / "manifest.json").read_text())
     assert manifest["precision"] == "fp16" and manifest["patch_strategy"] == "pixel_shuffle"

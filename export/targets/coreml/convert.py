@@ -34,6 +34,7 @@ PROBS_OUTPUT = "classLabel_probs"
 LABEL_OUTPUT = "classLabel"
 PREVIEW_TYPE = "com.apple.coreml.model.preview.type"  # user metadata key Xcode reads for its Preview tab
 PREVIEW_PARAMS = "com.apple.coreml.model.preview.params"  # its parameters (JSON): a segmenter's class labels
+CONVERSION_DATE = "com.github.apple.coremltools.conversion_date"  # user metadata key coremltools sets to the day
 CLASSMAP_OUTPUT = "classmap"
 
 
@@ -423,6 +424,9 @@ def _describe(mlmodel, opts: CoreMLOptions, sizes: tuple[int, ...], classifier: 
     mlmodel.version = md.pop("version", "1.0")
     for key, value in md.items():
         mlmodel.user_defined_metadata[key] = str(value)
+    # coremltools stamps the day of conversion; two exports on either side of midnight then differ. The
+    # manifest published beside the package records when it was made.
+    mlmodel.user_defined_metadata.pop(CONVERSION_DATE, None)
     listed = ", ".join(f"{s}x{s}" for s in sizes)
     name = IMAGE_INPUT if opts.input_kind == "image" else TENSOR_INPUT
     pre = opts.preprocessing.describe()
