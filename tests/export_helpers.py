@@ -12,12 +12,20 @@ TFLITE_ALL = ("fp32", "fp16", "int8_dynamic", "int8")
 
 
 def exported(tmp_root: Path, target: str, variant: str = "xx_small", precisions=(), **kw):
-    """Run (once per session) an export and return its results, keyed by precision."""
+    """Run (once per session) an export and return its results, keyed by precision.
+
+    A failed export is remembered too: every test that shares it fails with the export's own error, not
+    with the "already exists" of a retry into the folder the first attempt partly published."""
     key = (target, variant, tuple(precisions), tuple(sorted(kw.items())))
     if key not in _CACHE:
         out = tmp_root / f"{target}-{variant}-{len(_CACHE)}"
         req = ExportRequest(target=target, variant=variant, precisions=tuple(precisions), out=out, **kw)
-        _CACHE[key] = {r.manifest["precision"]: r for r in run_export(req)}
+        try:
+            _CACHE[key] = {r.manifest["precision"]: r for r in run_export(req)}
+        except Exception as e:  # noqa: BLE001 -- re-raised below, for this test and every later one
+            _CACHE[key] = e
+    if isinstance(_CACHE[key], Exception):
+        raise _CACHE[key]
     return _CACHE[key]
 
 
