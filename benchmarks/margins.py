@@ -267,17 +267,21 @@ def _key(record: dict) -> tuple[str, str, str]:
 
 def merge(previous: dict | None, result: dict) -> dict:
     """``result`` plus the rows of ``previous`` it did not measure (same variant, size, weights, seeds and photos
-    only), in the tolerance table's order; each row keeps the command and time that measured it."""
+    only), in the tolerance table's order; each row keeps the command, time and machine that measured it."""
     same = ("variant", "size", "weights", "seeds", "images_per_seed")
     for r in result["rows"]:
         r.setdefault("command", result["command"])
         r.setdefault("created", result["created"])
+        if "machine" in result:
+            r.setdefault("machine", result["machine"])
     if not previous or any(previous.get(k) != result.get(k) for k in same):
         return result
     rows = {_key(r): r for r in previous["rows"]}
     for r in rows.values():
         r.setdefault("command", previous["command"])
         r.setdefault("created", previous["created"])
+        if "machine" in previous:
+            r.setdefault("machine", previous["machine"])
     rows.update({_key(r): r for r in result["rows"]})
     order = {k: i for i, k in enumerate(TOLERANCES)}
     merged = sorted(rows.values(), key=lambda r: (OUTPUTS.index(r["output"]), order[(r["target"], r["precision"])]))
@@ -306,20 +310,33 @@ def _ratio(v: float) -> str:
     return "∞" if v == float("inf") else f"{v:.3g}x"
 
 
-def render_markdown(result: dict) -> str:
-    m = result["machine"]
+def _machine(m: dict) -> str:
+    """A CPU as the header names it: name, family and model, cores, and which int8 extensions it has."""
     ext = ", ".join(f for f, on in m["int8_extensions"].items() if on) or "none"
-    no = ", ".join(f for f, on in m["int8_extensions"].items() if not on)
+    no = ", ".join(f for f, on in m["int8_extensions"].items() if not on) or "none"
+    family = f"family {m['cpu_family']}, model {m['cpu_model']}; " if m.get("cpu_family") else ""
+    return f"{m['cpu']} ({family}{m['logical_cores']} cores; int8 extensions: {ext}; absent: {no})"
+
+
+def machines(result: dict) -> str:
+    """Where the rows were measured: one CPU, or (rows merged from runs on other machines) each CPU with its rows."""
+    by: dict[str, list[str]] = {}
+    for r in result["rows"]:
+        by.setdefault(_machine(r.get("machine", result["machine"])), []).append(
+            f"{r['target']} {r['precision']} {r['output']}")
+    if len(by) <= 1:
+        return next(iter(by), _machine(result["machine"]))
+    return "rows measured on " + "; ".join(f"{m}: {', '.join(rows)}" for m, rows in by.items())
+
+
+def render_markdown(result: dict) -> str:
     tools = ", ".join(f"{k} {v}" for k, v in result["tools"].items() if v)
     commands = sorted({r.get("command", result["command"]).strip() for r in result["rows"]})
-    family = f"family {m['cpu_family']}, model {m['cpu_model']}; " if m.get("cpu_family") else ""
     out = [f"Tolerance margins: {', '.join(f'`{c}`' for c in commands)} (finished {result['created']}), "
-           f"{m['cpu']} ({family}{m['logical_cores']} cores; "
-           f"int8 extensions: {ext}; "
-           f"absent: {no}); MobileViT {result['variant']} at {result['size']}x{result['size']}, "
+           f"{machines(result)}; MobileViT {result['variant']} at {result['size']}x{result['size']}, "
            f"{result['weights']} weights; each artifact converted once, validated by the exporter's validation on "
            f"{result['images_per_seed']} photos for each of the seeds {', '.join(map(str, result['seeds']))} "
-           f"(the exporter's is 1). Tools: {tools}.", "",
+           f"(the exporter's is 1). Tools (of the newest run): {tools}.", "",
            f"Policy: (1 - cosine limit) >= {POLICY.cosine:g}x the worst (1 - cosine) seen; max_abs_rel limit >= "
            f"{POLICY.max_abs_rel:g}x the worst seen; top-1 limit <= the worst seen minus {POLICY.top1_photos} of "
            f"{POLICY.images} photos (a 100% row is exempt when 2x its max_abs_rel limit is under the smallest "

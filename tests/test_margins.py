@@ -152,3 +152,11 @@ def test_runs_made_in_parallel_merge_into_one_table(tmp_path):
     assert "`a`, `b`" in (tmp_path / "margins.md").read_text()
     (tmp_path / "other.json").write_text(json.dumps({**theirs, "seeds": [1, 3]}))  # other photos: refused
     assert margins.main(["--out", str(tmp_path), "--merge", str(tmp_path / "other.json")]) == 2
+
+    # a row measured on another CPU keeps it: the header names each CPU with its rows, not the newest for all
+    elsewhere = {**theirs, "machine": {"cpu": "CPU Y", "logical_cores": 4, "int8_extensions": {"avx512_vnni": False}}}
+    (tmp_path / "other.json").write_text(json.dumps(elsewhere))
+    assert margins.main(["--out", str(tmp_path), "--merge", str(tmp_path / "other.json")]) == 0
+    header = (tmp_path / "margins.md").read_text().splitlines()[0]
+    assert ("rows measured on CPU X (2 cores; int8 extensions: avx512_vnni; absent: none): onnx fp32 logits; "
+            "CPU Y (4 cores; int8 extensions: none; absent: avx512_vnni): executorch fp32 logits") in header
