@@ -104,10 +104,15 @@ def load_folder(folder: str | Path, limit: int | None = None) -> list[np.ndarray
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    files = image_files(folder)
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) found under {folder}")
     return [decode(p) for p in files[:limit]]
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files under ``folder``, at any depth, sorted by path: the order :func:`load_folder` reads."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
 
 
 def sample_batch(cfg: MobileViTConfig, count: int = 8, size: int | None = None, seed: int = 0) -> torch.Tensor:

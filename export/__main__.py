@@ -78,8 +78,9 @@ def parser() -> argparse.ArgumentParser:
                         f"measured recipe ('' = none); kinds: {', '.join(KINDS)}")
     p.add_argument("--int8-budget", default=None, metavar="cosine=C|top1=P",
                    help="int8 (onnx): choose the layers kept in float for this checkpoint by measurement, the most "
-                        "int8 that keeps mean logit cosine >= C against fp32 on held-out photos (e.g. cosine=0.999); "
-                        "the manifest records the layers and figures")
+                        "int8 that keeps mean logit cosine >= C against fp32 on held-out photos (e.g. cosine=0.999), "
+                        "or top-1 at most P points below fp32 on held-out labelled photos of --images' class folders "
+                        "(e.g. top1=0.5); the manifest records the layers and figures")
     return p
 
 

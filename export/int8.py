@@ -39,6 +39,9 @@ class Int8Options:
     # int8: search the layers kept in float for this checkpoint under a fidelity budget (export.int8search:
     # "cosine=0.999" or "top1=0.5"); None = the recipe (or float_kinds)
     int8_budget: str | None = None
+    # a top-1 budget's labels: the class index of each of the search's held-out photos, which are the last
+    # len(heldout_labels) of the calibration array (export.request.search_photos puts them there)
+    heldout_labels: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.float_kinds is not None:
@@ -49,7 +52,7 @@ class Int8Options:
         if self.int8_budget is not None:
             from .int8search import parse_budget
 
-            parse_budget(self.int8_budget)
+            parse_budget(self.int8_budget)  # a top-1 one without heldout_labels: refused by the search
             if not target_config(self.target).int8_search:
                 raise ExportConfigError(f"--int8-budget: {self.target} has no int8 layer search yet (onnx has); "
                                         "drop it, or choose the float layer kinds with --float-kinds")

@@ -23,6 +23,12 @@ DEFAULT_BUDGET = "cosine=0.999"
 # array as them (``export.request.calibration`` puts them there) and calibrates on the rest. As many as the
 # export validates on: with 8, a set chosen on them once failed validation's worst cosine (0.9941, limit 0.9955)
 SEARCH_IMAGES = 16
+# a top-1 budget: held-out labelled photos, balanced over the classes, from the files of the user's class folders
+# that validation and calibration do not read; at least SEARCH_IMAGES, at most TOP1_IMAGES
+TOP1_IMAGES = 64
+TOP1_NEEDS = ("a top-1 budget is measured on labelled photos the export neither validates nor calibrates on: give "
+              "--images DIR laid out in class folders (DIR/<class name>/*.jpg or DIR/<synset>/*.JPEG) holding at "
+              f"least {SEARCH_IMAGES} images beyond those it validates and calibrates on, or give cosine=C")
 
 
 @dataclass(frozen=True)

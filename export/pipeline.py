@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from . import publish
 from .config import hook, target_config
 from .convert import convert_all, target_options
@@ -27,6 +29,7 @@ from .request import (
     load_model,
     resolve,
     say,
+    search_photos,
     validation_photos,
 )
 from .tasks import segmentation_output
@@ -57,6 +60,10 @@ def run_export(req: ExportRequest) -> list[ExportResult]:
     val = validation_photos(req, model.cfg)
     calib = calibration(req, model.cfg)
     options = req.target_options()
+    held = search_photos(req, model.cfg, weights.class_names)
+    if held is not None:  # a top-1 budget's labelled photos, last (the search splits them off)
+        calib = np.concatenate([calib, held[0]])
+        options["heldout_labels"] = held[1]
     # a softmax classifier (probabilities, not logits) is compared with PyTorch's softmax
     classifier = getattr(target_options(req.target, options), "outputs_probabilities", False)
     preprocessing = model.cfg.preprocessing.describe()

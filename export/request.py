@@ -143,6 +143,11 @@ def resolve(req: ExportRequest) -> ExportRequest:
                   output_kind=output_kind)
     # refuses bad option values (and float_kinds for a precision that is not int8) now, not after loading
     target_options(req.target, req.target_options(), precisions)
+    if req.int8_budget is not None and not req.images:
+        from .int8search import TOP1_NEEDS, parse_budget
+
+        if parse_budget(req.int8_budget).metric == "top1":
+            raise ExportConfigError(f"--int8-budget {req.int8_budget}: {TOP1_NEEDS}")
     if req.images:  # an unreadable photo is bad input: refuse it now, naming the file, before any work
         user_photos(req.images)
     return req
@@ -266,3 +271,31 @@ def calibration(req: ExportRequest, cfg) -> np.ndarray:
         say(f"{req.images} holds {len(images)} images: int8 is calibrated on the photos it is validated on; "
             f"give {VALIDATION_IMAGES + 1} or more to keep them apart")
     return preprocess(images, cfg, req.sizes[0]).numpy()
+
+
+def search_photos(req: ExportRequest, cfg, class_names) -> tuple[np.ndarray, tuple[int, ...]] | None:
+    """A top-1 budget's held-out photos and their labels (None for any other request): labelled files of the
+    user's class folders (``data.folders.scan``) that validation and calibration do not read (those take the
+    first files by path, ``user_photos``), balanced over the classes, at most ``TOP1_IMAGES``. The pipeline
+    appends them to the calibration photos, where the search splits them off (``Int8Options.heldout_labels``)."""
+    from data.folders import FolderError, decode, scan
+    from data.photos import image_files
+    from mobilevit.preprocess import preprocess
+
+    from .int8search import SEARCH_IMAGES, TOP1_IMAGES, TOP1_NEEDS, parse_budget
+
+    if req.int8_budget is None or parse_budget(req.int8_budget).metric != "top1":
+        return None
+    try:
+        found = scan(req.images, cfg.num_classes, list(class_names) if class_names else None)
+    except FolderError as e:
+        raise ExportConfigError(f"--int8-budget {req.int8_budget}: {e}") from e
+    read = set(image_files(req.images)[:VALIDATION_IMAGES + CALIBRATION_IMAGES])
+    rest = found.subset(np.array([i for i, f in enumerate(found.files) if f not in read], dtype=np.int64))
+    if len(rest) < SEARCH_IMAGES:
+        raise ExportConfigError(f"--int8-budget {req.int8_budget}: {req.images} holds {len(rest)} labelled images "
+                                f"beyond the first {len(read)} (by path) that validation and calibration read; "
+                                f"{TOP1_NEEDS}")
+    rest = rest.balanced(TOP1_IMAGES, seed=SEARCH_SEED)
+    photos = preprocess([decode(f) for f in rest.files], cfg, req.sizes[0]).numpy()
+    return photos, tuple(int(k) for k in rest.labels)

@@ -122,7 +122,7 @@ def test_onnx_search_returns_a_planted_sensitive_layer_to_float_first(tmp_path, 
 @pytest.mark.parametrize("args,message", [
     (["onnx", "--precision", "int8", "--int8-budget", "cosine"], "give cosine=C"),
     (["onnx", "--precision", "int8", "--int8-budget", "cosine=1.2"], "a cosine budget is in (0, 1]"),
-    (["onnx", "--precision", "int8", "--int8-budget", "top1=0.5"], "a top-1 budget needs labelled photos"),
+    (["onnx", "--precision", "int8", "--int8-budget", "top1=0.5"], "a top-1 budget is measured on labelled photos"),
     (["onnx", "--precision", "fp32", "--int8-budget", "cosine=0.999"], "add --precision int8"),
     (["onnx", "--precision", "int8", "--int8-budget", "cosine=0.999", "--float-kinds", "stem"], "give one of the two"),
     (["tflite", "--precision", "int8", "--int8-budget", "cosine=0.999"], "tflite has no int8 layer search yet"),
@@ -182,3 +182,75 @@ def test_an_onnx_export_with_a_budget_searches_validates_and_records_it(tmp_path
                      and n.input[1] in weights_dq]
     assert len(int8_weighted) == len([n for n in searched["int8_layers"] if not n.endswith(".matmul")])
     assert not list(folder.glob("*.int8search.json"))  # the record went into the manifest, not beside it
+
+
+def _png(path, pixels: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+@pytest.mark.parametrize("layout,count,message", [
+    ("flat", 70, "has no class folders with images (its images sit directly in it)"),
+    # 50 files in synset folders: the first 48 by path are validation's and calibration's, 2 are left (by hand)
+    ("synset", 50, "holds 2 labelled images beyond the first 48 (by path) that validation and calibration read"),
+])
+def test_a_top1_budget_without_enough_labelled_photos_exits_2(tmp_path, capsys, layout, count, message):
+    from data.photos import photo_variants
+    from export.__main__ import main
+    from mobilevit.labels import imagenet_synsets_and_names
+
+    synsets = [synset for synset, _ in imagenet_synsets_and_names()[:2]]
+    for i, photo in enumerate(photo_variants(count, seed=5)):
+        _png(tmp_path / "photos" / ("" if layout == "flat" else synsets[i % 2]) / f"p{i:03d}.png", photo)
+    out = tmp_path / "out"
+    assert main(["onnx", "--precision", "int8", "--int8-budget", "top1=0.5", "--variant", "xx_small",
+                 "--images", str(tmp_path / "photos"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "class folders" in err
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_a_top1_budget_is_held_on_labelled_photos_the_export_did_not_read(tmp_path, capsys, fine_tuned, digits_64):
+    """`--int8-budget top1=0 --images DIR` on the fine-tuned digits checkpoint, DIR/<digit>/*.png: 64 files, so by
+    hand the search holds out the last 16 by path (validation and calibration read the first 48). Its recorded
+    top-1 drop is checked on those 16 files, read here, against PyTorch and onnxruntime on the published file."""
+    import json
+
+    import onnxruntime as ort
+    import torch
+
+    from export.__main__ import main
+    from mobilevit.checkpoints import load_model
+    from mobilevit.preprocess import preprocess
+
+    _, summary = fine_tuned
+    val = digits_64.val
+    photos = tmp_path / "digits"
+    for i in range(64):
+        pixels = (val.images[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # [64, 64, 3]
+        _png(photos / str(int(val.labels[i])) / f"d{i:03d}.png", pixels)
+    out = tmp_path / "out"
+    assert main(["onnx", "--precision", "int8", "--int8-budget", "top1=0", "--weights", summary["checkpoint"],
+                 "--images", str(photos), "--size", "64", "--out", str(out)]) == 0
+    folder = next(out.glob("*_onnx_int8*"))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    searched = manifest["int8_search"]
+    assert searched["budget"].startswith("top1=0, and worst cosine")
+    assert searched["heldout_labelled"] and searched["heldout_images"] == 16
+    assert manifest["validation"]["passed"]
+
+    held = sorted(photos.rglob("*.png"))[48:]
+    labels = np.array([int(f.parent.name) for f in held])
+    model = load_model(summary["checkpoint"]).eval()
+    from PIL import Image
+
+    x = preprocess([np.asarray(Image.open(f).convert("RGB")) for f in held], model.cfg, 64).numpy()
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy().argmax(1)
+    session = ort.InferenceSession(str(next(folder.glob("*.onnx"))), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    got = np.array([session.run(None, {name: x[i:i + 1]})[0].argmax(1)[0] for i in range(len(x))])
+    drop = 100 * ((ref == labels).mean() - (got == labels).mean())
+    assert drop <= 0 and searched["heldout_figures"]["top1_drop"] == pytest.approx(drop)

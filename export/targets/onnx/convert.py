@@ -42,9 +42,6 @@ class OnnxOptions(Int8Options):
     def __post_init__(self):
         super().__post_init__()
         check_exporter(self.exporter)
-        if self.int8_budget is not None and self.int8_budget.strip().startswith("top1"):
-            raise ExportConfigError(f"--int8-budget {self.int8_budget}: a top-1 budget needs labelled photos, and the "
-                                    "export's held-out photos carry no labels; give cosine=C (e.g. cosine=0.999)")
         if self.dynamic_hw and self.exporter != "ours":
             raise ExportConfigError("dynamic height/width needs exporter='ours'")
 
@@ -75,7 +72,8 @@ def convert(model: torch.nn.Module, precisions: tuple[str, ...], workdir: Path, 
             from .search import search_int8
 
             layers, calibration, searched = search_int8(model, fp32, calibration, options.int8_budget,
-                                                        Path(scratch) / "search", size=sizes[0])
+                                                        Path(scratch) / "search", size=sizes[0],
+                                                        labels=options.heldout_labels)
         else:
             layers = int8_layers(model, fp32, options.float_kinds) if "int8" in precisions else None
         made = {p: convert_onnx_precision(fp32, workdir / f"model_{p}.onnx", p, calibration=calibration,

@@ -147,12 +147,13 @@ def layer_search(model: torch.nn.Module, calibration: np.ndarray, heldout: np.nd
 
 
 def search_int8(model: torch.nn.Module, fp32: Path, calibration: np.ndarray, budget: str, work: Path,
-                size: int) -> tuple[list[str], np.ndarray, dict]:
+                size: int, labels: tuple[int, ...] | None = None) -> tuple[list[str], np.ndarray, dict]:
     """``(int8 node names, calibration photos, record)``: the layers this checkpoint keeps int8 under ``budget``.
 
-    The last ``SEARCH_IMAGES`` calibration photos are the search's held-out photos (``export.request``
-    puts them there: the last of a user's folder, or other views of the validation pool) and the rest
-    calibrate, so the published artifact is validated on photos neither saw. Layers of kinds measured no faster
+    The last ``SEARCH_IMAGES`` calibration photos (``len(labels)`` with ``labels``, a top-1 budget's) are the
+    search's held-out photos (``export.request`` puts them there: the last of a user's folder, other views of
+    the validation pool, or labelled files of a user's class folders) and the rest calibrate, so the
+    published artifact is validated on photos neither saw. Layers of kinds measured no faster
     in int8 stay float; the rest are ranked by drift alone per millisecond saved, and the search returns the worst
     to float until the budget holds (``export.int8search``).
     """
@@ -162,19 +163,23 @@ def search_int8(model: torch.nn.Module, fp32: Path, calibration: np.ndarray, bud
 
     from ...config import tolerance
     from ...errors import ExportConfigError
-    from ...int8search import parse_budget, rank, search
+    from ...int8search import TOP1_NEEDS, parse_budget, rank, search
 
-    if calibration is None or len(calibration) < 2 * SEARCH_IMAGES:
-        raise ExportConfigError(f"--int8-budget needs at least {2 * SEARCH_IMAGES} calibration photos "
-                                f"({SEARCH_IMAGES} are held out for the search); give more --images")
+    parsed = parse_budget(budget)
+    if parsed.metric == "top1" and not labels:
+        raise ExportConfigError(f"--int8-budget {budget}: {TOP1_NEEDS}")
+    held = len(labels) if labels else SEARCH_IMAGES
+    if calibration is None or len(calibration) < held + SEARCH_IMAGES:
+        raise ExportConfigError(f"--int8-budget needs at least {held + SEARCH_IMAGES} calibration photos "
+                                f"({held} are held out for the search); give more --images")
     start = time.perf_counter()
-    calib, heldout = calibration[:-SEARCH_IMAGES], calibration[-SEARCH_IMAGES:]
-    s = OnnxLayerSearch(model, fp32, calib, heldout, work)
+    calib, heldout = calibration[:-held], calibration[-held:]
+    s = OnnxLayerSearch(model, fp32, calib, heldout, work, labels=None if labels is None else np.asarray(labels))
     drift = s.sensitivity()
     macs = layer_macs(model, size)
     total = sum(macs.values())
     gain = s.gains(macs)
-    found = search(rank(drift, gain), s.evaluate, ValidatedBudget(parse_budget(budget), tolerance("onnx", "int8")),
+    found = search(rank(drift, gain), s.evaluate, ValidatedBudget(parsed, tolerance("onnx", "int8")),
                    always_float=[n for n in s.layers if gain[n] <= 0])
     if not found.met:
         raise ExportConfigError(f"--int8-budget {budget}: not met even with every layer float "
@@ -184,7 +189,7 @@ def search_int8(model: torch.nn.Module, fp32: Path, calibration: np.ndarray, bud
               "int8_layers": [n for n in s.layers if n not in keep],
               "int8_mac_share": round(1 - sum(macs[n] for n in keep) / total, 4),
               "float_kinds_touched": sorted({s.kinds[n] for n in keep}),
-              "heldout_figures": found.figures, "heldout_images": SEARCH_IMAGES,
+              "heldout_figures": found.figures, "heldout_images": held, "heldout_labelled": bool(labels),
               "calibration_images": int(len(calib)), "sets_measured": len(found.evaluations),
               "drift_alone": {n: round(v, 8) for n, v in drift.items()},
               "saving_ms": {n: round(v, 5) for n, v in gain.items()},
