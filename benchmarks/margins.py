@@ -151,11 +151,15 @@ def rows_asked(rows: str | None) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def _measure(path: Path, target: str, precision: str, reference, photos: dict[int, np.ndarray]) -> dict:
-    """Validate one artifact on every seed's photos with the exporter's own validation."""
+def _measure(path: Path, target: str, precision: str, reference, photos: dict[int, np.ndarray],
+             probabilities: bool = False) -> dict:
+    """Validate one artifact on every seed's photos with the exporter's own validation (``probabilities``: a
+    classifier's softmax output, judged as the exporter judges it: its differences as they are, not divided by
+    the largest probability)."""
     seeds = {}
     for seed, x in photos.items():
-        report = validate_artifact(path, target, precision, reference, {x.shape[-1]: x}, progress=False)
+        report = validate_artifact(path, target, precision, reference, {x.shape[-1]: x}, progress=False,
+                                   probabilities=probabilities)
         if report.skipped:
             return {"error": "; ".join(report.skipped)}
         d = report.by_size.get(x.shape[-1])
@@ -222,7 +226,8 @@ def measure(seeds: tuple[int, ...], rows: dict[str, tuple[str, ...]], work: Path
             else:
                 _say(f"{target} {precision} ({output}): validating on seeds {', '.join(map(str, seeds))} ...")
                 t1 = time.perf_counter()
-                record.update(_measure(path, target, precision, reference, photos))
+                record.update(_measure(path, target, precision, reference, photos,
+                                       probabilities=output == "classifier"))
                 record["validate_s"] = round(time.perf_counter() - t1, 1)
                 record["artifact"] = path.name
             if "worst" in record:

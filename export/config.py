@@ -39,7 +39,8 @@ class Tolerance:
 
 # (target, precision) -> tolerance. One visible table: change a limit here, nowhere else.
 # Each limit keeps a margin over the worst figure measured across photo seeds (`make margins`: xx_small,
-# calibrated synthetic weights, 16 photos x seeds 1, 0, 11, 2, 3, AMD EPYC with AVX-512 VNNI/BF16, no AMX):
+# calibrated synthetic weights, 16 photos x seeds 1, 0, 11, 2, 3; ONNX and TFLite rows on an AMD Zen 4 with
+# AVX-512 VNNI/BF16, Core ML, ExecuTorch and ONNX int8 on an AMD Zen 3, AVX2 only; neither has AMX):
 # 1 - cosine_min >= 2x the worst 1 - cosine, max_abs_rel >= 1.5x the worst, top1_min <= the worst minus one
 # photo of 16 (100% stands while 2x max_abs_rel is under the smallest top-1 gap, 8.4e-4 of the logit range).
 # The comment on each row: worst max_abs_rel / cosine / top-1 over the seeds, from
@@ -49,19 +50,21 @@ class Tolerance:
 TOLERANCES: dict[tuple[str, str], Tolerance] = {
     ("onnx", "fp32"): Tolerance(1e-4, 0.99999, 1.0),  # 2.5e-6 / 1 - 5e-12 / 100% (margins.json)
     ("onnx", "fp16"): Tolerance(2e-2, 0.999, 0.875),  # 0.0052 / 0.999964 / 94% (margins.json)
-    # onnx int8: 0.293 / 0.997773 / 88% (margins.json: int8 weights, AMD Zen 4 with VNNI); its uint8 weights since
-    # (U8U8, export/targets/onnx/quantize.py): 0.293 / 0.997782 / 88% on AMD Zen 3, AVX2 only (benchmarks.margins)
+    # onnx int8: 0.293 / 0.997782 / 88% (margins.json: uint8 weights, U8U8, on AMD Zen 3, AVX2 only); its int8
+    # weights before (U8S8, export/targets/onnx/quantize.py) gave 0.293 / 0.997773 / 88% on AMD Zen 4 with VNNI
     ("onnx", "int8"): Tolerance(0.44, 0.9955, 0.8),
     ("onnx", "int8_dynamic"): Tolerance(0.5, 0.95, 0.6),  # 0.041 / 0.997924 / 88% (margins.json)
     ("tflite", "fp32"): Tolerance(1e-4, 0.99999, 1.0),  # 2.4e-6 / 1 - 6e-12 / 100% (margins.json)
     ("tflite", "fp16"): Tolerance(2e-2, 0.999, 0.875),  # 0.0052 / 0.999964 / 94% (margins.json)
     ("tflite", "int8_dynamic"): Tolerance(0.5, 0.95, 0.6),  # 0.072 / 0.994134 / 88% (margins.json)
     ("tflite", "int8"): Tolerance(0.44, 0.9954, 0.8),  # 0.293 / 0.997708 / 88% (margins.json)
-    # Core ML and ExecuTorch rows: not yet measured by benchmarks.margins (tests/test_margins.py NOT_YET_MEASURED)
-    ("coreml", "fp32"): Tolerance(1e-4, 0.99999, 1.0),
-    ("coreml", "fp16"): Tolerance(5e-2, 0.999, 0.9),
-    ("coreml", "int8"): Tolerance(0.2, 0.99, 0.8),
-    ("coreml", "palettize8"): Tolerance(0.2, 0.99, 0.8),
+    # Core ML and ExecuTorch rows: margins.json, measured on AMD Zen 3 (AVX2 only); Core ML in the reference executor
+    # (float64 sums: the same figures on every CPU). Logits rows; the classifier rows (probabilities) drift less.
+    ("coreml", "fp32"): Tolerance(1e-4, 0.99999, 1.0),  # 1.8e-6 / 1 - 1e-12 / 100%
+    ("coreml", "fp16"): Tolerance(5e-2, 0.999, 0.875),  # 0.0054 / 0.999966 / 94% (the top-1 limit was 0.9: short)
+    ("coreml", "int8"): Tolerance(0.2, 0.99, 0.8),  # 0.064 / 0.997138 / 88%
+    # 0.091 / 0.994060 / 81% (limits were 0.99 and 0.8: short by the policy)
+    ("coreml", "palettize8"): Tolerance(0.2, 0.988, 0.75),
     # w8a8, tensor in / logits out, reference executor with float64 sums (the same figures on every CPU), validation
     # seeds 0-5 (the exporter's is 1): max abs / max |logit| 0.025-0.045 (worst 0.0446, seed 5), worst cosine
     # 0.99813-0.99892 (worst seed 3; seed 1: 0.99855), mean cosine 0.99927-0.99942, top-1 88-94% (seed 2: 2 of 16);
@@ -70,10 +73,10 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     # limits by the margin policy of benchmarks.margins (1-cosine 2x, max abs 1.5x the worst seen, top-1 one photo
     # below it): 2 x 0.00187 -> 0.996, 1.5 x 0.0446 -> 0.07
     ("coreml", "w8a8"): Tolerance(0.07, 0.996, 0.8),
-    ("executorch", "fp32"): Tolerance(1e-4, 0.99999, 1.0),
-    ("executorch", "int8"): Tolerance(0.35, 0.985, 0.8),  # 0.30 / 0.99694 / 0.99880 / 94%; 0.067 / 0.99473 / 0.99861;
-    # the benchmark's photos (seed 11): 0.27 / 0.99114 / 88%
-    ("executorch", "coreml-fp16"): Tolerance(5e-2, 0.999, 0.9),
+    ("executorch", "fp32"): Tolerance(1e-4, 0.99999, 1.0),  # 2.3e-6 / 1 - 1e-12 / 100%
+    # 0.297 / 0.991394 / 88% (limits were 0.35 and 0.985: short by the policy)
+    ("executorch", "int8"): Tolerance(0.45, 0.982, 0.8),
+    ("executorch", "coreml-fp16"): Tolerance(5e-2, 0.999, 0.875),  # 0.0062 / 0.999960 / 94% (top-1 was 0.9: short)
 }
 
 
