@@ -25,6 +25,8 @@ from .tasks import SEGMENTATION_OUTPUTS, SEGMENTATION_VALIDATION_IMAGES
 # How many real photos each artifact is validated on (a seed apart from the calibration photos).
 VALIDATION_IMAGES = 16
 VALIDATION_SEED = 1
+# the files of a user's --images folder the export reads, the first by path: validation's, then calibration's
+USER_PHOTOS = VALIDATION_IMAGES + CALIBRATION_IMAGES
 SEARCH_SEED = 7  # the views the int8 search is measured on (not VALIDATION_SEED's)
 DYNAMIC_HW_SIZES = (128, 192, 320, 384)  # extra sizes a dynamic-H/W ONNX model is validated at
 
@@ -154,7 +156,7 @@ def resolve(req: ExportRequest) -> ExportRequest:
 
 
 def user_photos(folder: str | Path) -> list[np.ndarray]:
-    """The first ``VALIDATION_IMAGES + CALIBRATION_IMAGES`` photos of the user's ``--images`` folder, decoded once
+    """The first ``USER_PHOTOS`` photos of the user's ``--images`` folder, decoded once
     per process (checking the request, validation at every size and calibration all read this one decode)."""
     folder = Path(folder).resolve()
     files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
@@ -166,7 +168,7 @@ def user_photos(folder: str | Path) -> list[np.ndarray]:
 def _decoded(folder: str, stamp: tuple) -> tuple[np.ndarray, ...]:
     from data.photos import load_folder
 
-    return tuple(load_folder(folder, limit=VALIDATION_IMAGES + CALIBRATION_IMAGES))
+    return tuple(load_folder(folder, limit=USER_PHOTOS))
 
 
 def _takers(field_name: str) -> str:
@@ -290,7 +292,7 @@ def search_photos(req: ExportRequest, cfg, class_names) -> tuple[np.ndarray, tup
         found = scan(req.images, cfg.num_classes, list(class_names) if class_names else None)
     except FolderError as e:
         raise ExportConfigError(f"--int8-budget {req.int8_budget}: {e}") from e
-    read = set(image_files(req.images)[:VALIDATION_IMAGES + CALIBRATION_IMAGES])
+    read = set(image_files(req.images)[:USER_PHOTOS])
     rest = found.subset(np.array([i for i, f in enumerate(found.files) if f not in read], dtype=np.int64))
     if len(rest) < SEARCH_IMAGES:
         raise ExportConfigError(f"--int8-budget {req.int8_budget}: {req.images} holds {len(rest)} labelled images "
