@@ -201,8 +201,9 @@ def onnx_to_tflite(onnx_path: str | Path, out_dir: str | Path, *, precisions=("f
         model = work / "model.onnx"
         shutil.copyfile(onnx_path, model)  # onnx2tf rewrites its input in place
         _offline_calibration_file(work, calibration)
+        np.save(work / "sample.npy", np.ascontiguousarray(calibration[:1], dtype=np.float32))  # [1, 3, H, W]
         spec = {"onnx": str(model), "out": str(work / "out"), "precisions": list(precisions),
-                "saved_model": saved_model is not None}
+                "saved_model": saved_model is not None, "sample": str(work / "sample.npy")}
         (work / "spec.json").write_text(json.dumps(spec))
         # -P: the script's folder (which holds modules named like TensorFlow's) is not put on sys.path
         cmd = [sys.executable, "-P", str(Path(__file__).with_name("onnx2tf_driver.py")), str(work / "spec.json")]
