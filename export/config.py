@@ -249,6 +249,9 @@ class TargetConfig:
     # the benchmark harness's Hugging Face baseline rows for this target, each with its speed target
     baselines: tuple[Baseline, ...] = ()
     timed_on_device: bool = False  # its artifacts can also be timed on an attached Android phone
+    # seconds to convert every precision of the digits demo (xx_small at 64x64, AMD Zen 3, one run): when several
+    # targets convert side by side (``benchmarks.accuracy``), the longest starts first; only the order matters
+    conversion_seconds: float = 0.0
 
 
 TARGETS: dict[str, TargetConfig] = {}
@@ -276,7 +279,7 @@ register(TargetConfig(
     runner="export.targets.coreml.runner:coreml_runner", inspector="export.targets.coreml.graph:inspect_coreml",
     calibrated=("w8a8",), multi_size=True, logits_options={"input_kind": "tensor", "output_kind": "logits"},
     preload=("coremltools",), request_fields=("input_kind", "output_kind"), segmentation_output="classmap",
-    metadata_options="export.targets.coreml.convert:metadata_options",
+    metadata_options="export.targets.coreml.convert:metadata_options", conversion_seconds=106,
     notes="ML program; image input (the checkpoint's channel order and scale) and classifier output by "
           "default; int8 = 8-bit linear weight quantization, palettize8 = 8-bit k-means palettization "
           "(both on fp16 compute); w8a8 = int8 activations (calibrated on real photos) and int8 weights "
@@ -287,7 +290,7 @@ register(TargetConfig(
     runner="export.targets.onnx.runner:OnnxRuntimeRunner", inspector="export.targets.onnx.graph:inspect_onnx",
     profiler="export.targets.onnx.profile:profile", int8_chains="export.targets.onnx.chains:check",
     int8_search="export.targets.onnx.search:layer_search", calibrated=("int8",), preload=("onnxruntime", "onnxscript"),
-    request_fields=("dynamic_hw",),
+    request_fields=("dynamic_hw",), conversion_seconds=22,
     metadata_options="export.targets.onnx.convert:metadata_options",
     baselines=(Baseline("hf-as-is", {"exporter": "as-is"}, 0.85, "onnxruntime fp32 / HF as-is"),
                Baseline("hf-our-exporter", {}, 1.0,
@@ -302,7 +305,7 @@ register(TargetConfig(
     preload=("tensorflow", "onnx2tf", "ai_edge_litert.interpreter"),
     metadata_options="export.targets.tflite.convert:metadata_options",
     artifact_preprocessing="export.targets.tflite.metadata:declared_preprocessing",
-    intermediates="export.targets.tflite.runner:preserving_runner",
+    intermediates="export.targets.tflite.runner:preserving_runner", conversion_seconds=48,
     baselines=(Baseline("hf-as-is", {"exporter": "as-is"}, 0.7, "TFLite fp32 / HF as-is"),), timed_on_device=True,
     notes="via onnx2tf; NHWC RGB input (the stem's input channels reversed), MediaPipe image-classifier metadata "
           "with labels; int8_dynamic = dynamic-range weights, "
@@ -313,7 +316,7 @@ register(TargetConfig(
     converter="export.targets.executorch.convert:convert",
     options="export.targets.executorch.convert:ExecuTorchOptions",
     runner="export.targets.executorch.convert:runner", inspector="export.targets.executorch.convert:inspect_pte",
-    profiler="export.targets.executorch.profile:profile",
+    profiler="export.targets.executorch.profile:profile", conversion_seconds=146,
     calibrated=("int8",), rewrites=("layernorm_as_linear", "qkv_as_three_linears", "pool_keepdim"),
     preload=("torchao", "executorch.exir", "executorch.runtime"),
     baselines=(Baseline("hf-as-is", {"exporter": "as-is"}, 1.0,
