@@ -326,7 +326,6 @@ def evaluate(model: torch.nn.Module, reader, labels: np.ndarray, class_names: li
     stored = {t: [Predictions(store, Artifact(t, p), n) for p in ps] for t, ps in by_target.items()}
     made = _convert(model, {t: [p for p, s in zip(ps, stored[t]) if not s.complete] for t, ps in by_target.items()},
                     size, calib, work, state, save_state)
-    save_state()
     for target, precisions in by_target.items():
         paths = made.get(target, {})
         for p, preds in zip(precisions, stored[target]):

@@ -198,11 +198,9 @@ def onnx_to_tflite(onnx_path: str | Path, out_dir: str | Path, *, precisions=("f
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="onnx2tf-", dir=out_dir) as tmp:
         work = Path(tmp)
-        model = work / "model.onnx"
-        shutil.copyfile(onnx_path, model)  # onnx2tf rewrites its input in place
         _offline_calibration_file(work, calibration)
         np.save(work / "sample.npy", np.ascontiguousarray(calibration[:1], dtype=np.float32))  # [1, 3, H, W]
-        spec = {"onnx": str(model), "out": str(work / "out"), "precisions": list(precisions),
+        spec = {"onnx": str(Path(onnx_path).resolve()), "out": str(work / "out"), "precisions": list(precisions),
                 "saved_model": saved_model is not None, "sample": str(work / "sample.npy")}
         (work / "spec.json").write_text(json.dumps(spec))
         # -P: the script's folder (which holds modules named like TensorFlow's) is not put on sys.path

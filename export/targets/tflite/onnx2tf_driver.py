@@ -77,10 +77,10 @@ def _save(tf, tf_keras, model, folder: Path) -> None:
     archive.write_out(str(folder))
 
 
-def _converter(tf, model, saved: Path):
+def _converter(tf, *, saved: Path | None = None, model=None):
     """From the SavedModel (onnx2tf's fp32/fp16 outputs) or the model's concrete function (its dynamic-range
     one)."""
-    if model is None:
+    if saved is not None:
         converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
     else:
         fn = tf.function(func=lambda *inputs: model(inputs), input_signature=_signature(tf, model))
@@ -93,14 +93,14 @@ def _converter(tf, model, saved: Path):
 def _convert(tf, model, saved: Path, precision: str) -> bytes:
     """The settings of onnx2tf 1.29's ``_float32``, ``_float16`` and ``_dynamic_range_quant`` outputs."""
     if precision == "fp32":
-        return _converter(tf, None, saved).convert()
+        return _converter(tf, saved=saved).convert()
     if precision == "fp16":
-        converter = _converter(tf, None, saved)
+        converter = _converter(tf, saved=saved)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
         return converter.convert()
     if precision == "int8_dynamic":
-        converter = _converter(tf, model, saved)
+        converter = _converter(tf, model=model)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = []
         converter._experimental_disable_per_channel = False
