@@ -31,8 +31,11 @@ $(STAMP): requirements-torch.lock requirements.lock constraints.txt requirements
 	$(PYTHON) -m export.envcheck
 	touch $(STAMP)
 
+# the suite on TEST_WORKERS processes (pytest-xdist); a module's tests, and every Ray test, stay on one worker
+# (tests/conftest.py)
+TEST_WORKERS ?= 2
 test: setup
-	$(PYTHON) -m pytest -q --durations=25 tests
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25 tests
 
 # the development loop: everything but conversions and training (README gives its time); make test runs all
 test-fast: setup

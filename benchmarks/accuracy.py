@@ -238,6 +238,11 @@ def _convert_target(model, target: str, precisions: list[str], size: int, calib:
     return {p: str(v) for p, v in paths.items()}
 
 
+def _threads(n: int) -> None:
+    """A conversion worker's torch threads: the cores shared among the workers (more threads than cores spin)."""
+    torch.set_num_threads(n)
+
+
 def _convert(model, todo: dict[str, list[str]], size: int, calib: np.ndarray, work: Path, state: dict,
              save_state: Callable[[], None]) -> dict[str, dict[str, Path | str]]:
     """``{target: {precision: artifact path or 'error: ...'}}``, reusing the artifacts of an interrupted run.
@@ -271,7 +276,8 @@ def _convert(model, todo: dict[str, list[str]], size: int, calib: np.ndarray, wo
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # spawn, not fork: the parent's torch and onnxruntime thread pools do not survive a fork
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_threads,
+                             initargs=(max(1, (os.cpu_count() or 1) // workers),)) as pool:
         futures = {pool.submit(_convert_target, model, target, precisions, size, calib, work): target
                    for target, precisions in left.items()}
         for future in as_completed(futures):

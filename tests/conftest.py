@@ -9,7 +9,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 # onnx2tf runs `onnxsim` by name: make the venv's bin reachable.
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
-torch.set_num_threads(2)
+# `make test` runs the suite on pytest-xdist workers (TEST_WORKERS, 2 by default): the cores are shared among them
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // WORKERS)))
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker's basetemp is a folder of the run's own basetemp
+        from tests import export_helpers
+
+        export_helpers.SHARED = Path(config.option.basetemp).parent / "shared-exports"
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +99,27 @@ SLOW_TESTS = {"test_failed_validation_writes_nothing", "test_a_partly_failed_exp
               "test_default_export_prints_only_our_own_lines", "test_a_full_output_disk_exits_2_naming_it",
               "test_environment_check_prints_one_line_of_its_own",
               "test_onnx_search_returns_a_planted_sensitive_layer_to_float_first",
-              "test_an_onnx_export_with_a_budget_searches_validates_and_records_it"}
+              "test_an_onnx_export_with_a_budget_searches_validates_and_records_it",
+              "test_tflite_search_ranks_a_planted_sensitive_layer_first_and_returns_it_to_float_first",
+              "test_a_tflite_export_with_a_budget_searches_validates_and_records_it"}
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist (`make test`), a module's tests stay on one worker, so its module fixtures are made
+    once, as with ``--dist loadfile``; and the modules that start Ray clusters share one worker, since the
+    `ray stop --force` that ends one ends every cluster of the machine."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModulesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "ray" if Path(module).stem in RAY_MODULES else module
+
+    return ModulesTogether(config, log)
+
+
+RAY_MODULES = {"test_accuracy_folders", "test_quant"}
 
 
 def pytest_collection_modifyitems(config, items):
