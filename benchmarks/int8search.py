@@ -1,10 +1,11 @@
 """``python -m benchmarks.int8search``: the int8 layer set chosen for *this* checkpoint, by measurement.
 
     python -m benchmarks.int8search [--weights CKPT | --variant xx_small] [--images DIR]
-                                    [--int8-budget cosine=0.999] [--num-images 16] [--out DIR]
+                                    [--int8-budget cosine=0.999] [--num-images 16] [--target T]
+                                    [--out DIR] [--stem int8search]
 
-On a target with a layer search (``TargetConfig.int8_search``: onnx today), from ``export.convert``'s fp32 model
-and one calibration on photos of their own:
+On a target with a layer search (``TargetConfig.int8_search``: ``--target``'s choices), from the target's fp32
+artifact of the model and one calibration on photos of their own:
 
 * each of the model's layers (``mobilevit.layers``: every convolution, linear and attention matmul pair)
   quantized *alone*, its drift (1 - mean logit cosine against fp32) measured in the target's runtime on held-out
@@ -17,7 +18,7 @@ and one calibration on photos of their own:
 * the chosen set, its share of the multiply-accumulates in int8, and the held-out figures, next to the
   fixed recipe's (``export.config.INT8_RECIPES``) on the same photos.
 
-Results: ``--out``'s ``int8search.{json,md}`` (default ``benchmarks/results``) with the CPU and its int8
+Results: ``--out``'s ``STEM.{json,md}`` (default ``benchmarks/results/int8search``) with the CPU and its int8
 extensions. A bad ``--int8-budget`` exits 2 naming the valid forms.
 """
 from __future__ import annotations
@@ -168,6 +169,7 @@ def main(argv=None) -> int:
     p.add_argument("--int8-budget", default=DEFAULT_BUDGET, help="cosine=C or top1=P (default cosine=0.999)")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--stem", default="int8search", help="result file names: STEM.{json,md} in --out")
     a = p.parse_args(argv)
     try:
         budget = parse_budget(a.int8_budget)
@@ -215,7 +217,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="int8search-") as tmp:
         result = run(model, variant, a.size, heldout, calibration, a.int8_budget, Path(tmp), a.target, origin=origin)
     result["meta"] |= run_meta("python -m benchmarks.int8search", argv)
-    write_result(a.out, "int8search", result, render(result))
+    write_result(a.out, a.stem, result, render(result))
     return 0
 
 

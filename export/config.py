@@ -306,6 +306,7 @@ register(TargetConfig(
     metadata_options="export.targets.tflite.convert:metadata_options",
     artifact_preprocessing="export.targets.tflite.metadata:declared_preprocessing",
     intermediates="export.targets.tflite.runner:preserving_runner", conversion_seconds=48,
+    int8_search="export.targets.tflite.search:layer_search",
     baselines=(Baseline("hf-as-is", {"exporter": "as-is"}, 0.7, "TFLite fp32 / HF as-is"),), timed_on_device=True,
     notes="via onnx2tf; NHWC RGB input (the stem's input channels reversed), MediaPipe image-classifier metadata "
           "with labels; int8_dynamic = dynamic-range weights, "

@@ -19,7 +19,7 @@ from torch import nn
 
 from mobilevit.layers import Layer, UnknownKindError, check_kinds, layers
 
-from .config import INT8_RECIPES, int8_recipe, target_config
+from .config import INT8_RECIPES, TARGETS, int8_recipe, target_config
 from .errors import ConversionError, ExportConfigError
 
 
@@ -54,7 +54,8 @@ class Int8Options:
 
             parse_budget(self.int8_budget)  # a top-1 one without heldout_labels: refused by the search
             if not target_config(self.target).int8_search:
-                raise ExportConfigError(f"--int8-budget: {self.target} has no int8 layer search yet (onnx has); "
+                have = ", ".join(t for t, c in TARGETS.items() if c.int8_search)
+                raise ExportConfigError(f"--int8-budget: {self.target} has no int8 layer search yet ({have} have); "
                                         "drop it, or choose the float layer kinds with --float-kinds")
             if self.float_kinds is not None:
                 raise ExportConfigError("--int8-budget searches the layers kept in float; --float-kinds fixes them: "

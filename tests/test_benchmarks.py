@@ -435,7 +435,7 @@ def test_readme_figures_are_the_committed_results_of_the_named_commands():
     readme = (ROOT / "README.md").read_text()
     blocks = {m.group("name"): m.group("body") for m in BLOCK.finditer(readme)}
     assert set(blocks) == {"strategies", "bench", "accuracy", "accuracy_memory", "quant", "int8", "segmentation",
-                           "scaling", "int8search", "profile", "executor"}
+                           "scaling", "int8search", "int8search_tflite", "profile", "executor"}
     for name, body in blocks.items():
         assert body.rstrip() == (ROOT / "benchmarks" / "results" / f"{name}.md").read_text().rstrip(), name
     bench = json.loads((ROOT / "benchmarks" / "results" / "bench.json").read_text())["meta"]
@@ -458,6 +458,9 @@ def test_readme_figures_are_the_committed_results_of_the_named_commands():
         meta = json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())["meta"]
         assert meta["command"] == f"python -m benchmarks.{name}", name
         assert f"`python -m benchmarks.{name}" in readme, name
+    tflite = json.loads((ROOT / "benchmarks" / "results" / "int8search_tflite.json").read_text())["meta"]
+    assert tflite["command"] == "python -m benchmarks.int8search --target tflite --stem int8search_tflite"
+    assert f"`{tflite['command']}`" in readme and tflite["target"] == "tflite"
     profile = json.loads((ROOT / "benchmarks" / "results" / "profile.json").read_text())["meta"]
     assert profile["command"].startswith("python -m benchmarks.profile artifacts/profile/")
     assert "python -m benchmarks.profile artifacts/profile/*/*.onnx artifacts/profile/*/*.pte" in readme

@@ -35,7 +35,7 @@ def test_int8_recipe_kinds_are_int8_and_the_rest_float(root):
     from ai_edge_litert.interpreter import Interpreter
 
     from export.config import int8_recipe
-    from export.targets.tflite import convert as T
+    from export.targets.tflite import quantize as T
     from tests.export_helpers import XXS_HEADS, XXS_LAYER_COUNTS
 
     res = exported(root, "tflite", "xx_small", PASSING)["int8"]

@@ -119,13 +119,94 @@ def test_onnx_search_returns_a_planted_sensitive_layer_to_float_first(tmp_path, 
     assert found.float_layers[:1] == [PLANTED] and found.met
 
 
+def test_tflite_search_ranks_a_planted_sensitive_layer_first_and_returns_it_to_float_first(tmp_path,
+                                                                                            synthetic_xxs):
+    """The same planted feed-forward linear (see the ONNX test), now in LiteRT: among the feed-forward linears
+    (the kind whose layers all sit in the same place of the network), it alone int8 drifts the most, by far,
+    measured on the TFLite graph's own ops; the search returns it to float first."""
+    import copy
+
+    import torch
+
+    from data.photos import photo_variants
+    from export import with_target_defaults
+    from export.convert import calibration_photos
+    from export.targets.tflite.quantize import TFLiteLayerSearch
+    from export.targets.tflite.search import onnx2tf_files
+    from mobilevit import get_config
+    from mobilevit.preprocess import preprocess
+
+    model = with_target_defaults(copy.deepcopy(synthetic_xxs), "tflite")
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        norm = modules[PLANTED.replace("mlp.fc1", "norm2")]
+        norm.weight[0] /= 1024
+        norm.bias[0] /= 1024
+        modules[PLANTED].weight[:, 0] *= 1024  # [out, in]: column 0 meets feature 0
+    cfg = get_config("xx_small")
+    calibration = calibration_photos(cfg, 256, count=16)
+    saved, fp32 = onnx2tf_files(model, calibration, tmp_path, 256)
+    s = TFLiteLayerSearch(model, saved, fp32, calibration, preprocess(photo_variants(8, seed=0), cfg, 256).numpy(),
+                          tmp_path / "search")
+    ffn = [n for n in s.layers if s.kinds[n] == "ffn"]
+    assert len(ffn) == 18 and PLANTED in ffn  # 9 transformer layers, 2 linears each (by hand)
+    drift = s.sensitivity(ffn)
+    ranked = rank(drift)
+    assert ranked[0] == PLANTED, sorted(drift.items(), key=lambda kv: -kv[1])[:3]
+    assert drift[PLANTED] > 3 * max(v for k, v in drift.items() if k != PLANTED)  # not a near tie
+    int8 = [n for n in s.layers if n in ffn]  # the feed-forward linears int8, everything else float
+    all_ffn = s.evaluate([n for n in s.layers if n not in int8])["cosine"]
+    without = s.evaluate([n for n in s.layers if n not in int8 or n == PLANTED])["cosine"]
+    assert without > all_ffn  # returning it to float helps
+    fixed = [n for n in s.layers if n not in int8]
+    found = search(ranked, s.evaluate, Budget("cosine", (all_ffn + without) / 2), always_float=fixed)
+    assert found.float_layers[len(fixed):len(fixed) + 1] == [PLANTED] and found.met
+
+
+def test_a_tflite_export_with_a_budget_searches_validates_and_records_it(tmp_path):
+    """`python -m export tflite --precision int8 --int8-budget cosine=0.999`: published and validated; the
+    manifest's layers add up to the model's, and the published graph has exactly one int8 convolution or
+    fully-connected op per int8 conv/linear layer the manifest names (counted in the flatbuffer: int8 input)."""
+    import json
+
+    from ai_edge_litert import schema_py_generated as schema
+
+    from data.synthetic import synthetic_model
+    from export import with_target_defaults
+    from export.__main__ import main
+    from mobilevit.layers import layers
+
+    assert main(["tflite", "--precision", "int8", "--int8-budget", "cosine=0.999", "--variant", "xx_small",
+                 "--out", str(tmp_path)]) == 0
+    folder = tmp_path / "mobilevit_xx_small_tflite_int8"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    searched = manifest["int8_search"]
+    names = [layer.name for layer in layers(with_target_defaults(synthetic_model("xx_small"), "tflite"))]
+    assert sorted(searched["float_layers"] + searched["int8_layers"]) == sorted(names)
+    assert searched["heldout_figures"]["cosine"] >= 0.999 and manifest["validation"]["passed"]
+    assert manifest["int8_recipe"]["source"].startswith("search (cosine=0.999")
+    assert searched["runtime"] == "litert"
+    buf = (folder / "mobilevit_xx_small_int8.tflite").read_bytes()
+    m = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(buf, 0))
+    codes = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    g = m.subgraphs[0]
+    int8_weighted = [op for op in g.operators
+                     if codes[max(m.operatorCodes[op.opcodeIndex].builtinCode,
+                                  m.operatorCodes[op.opcodeIndex].deprecatedBuiltinCode)]
+                     in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+                     and g.tensors[op.inputs[0]].type == schema.TensorType.INT8]
+    assert len(int8_weighted) == len([n for n in searched["int8_layers"] if not n.endswith(".matmul")])
+    assert not list(folder.glob("*.int8search.json"))
+
+
 @pytest.mark.parametrize("args,message", [
     (["onnx", "--precision", "int8", "--int8-budget", "cosine"], "give cosine=C"),
     (["onnx", "--precision", "int8", "--int8-budget", "cosine=1.2"], "a cosine budget is in (0, 1]"),
     (["onnx", "--precision", "int8", "--int8-budget", "top1=0.5"], "a top-1 budget is measured on labelled photos"),
     (["onnx", "--precision", "fp32", "--int8-budget", "cosine=0.999"], "add --precision int8"),
     (["onnx", "--precision", "int8", "--int8-budget", "cosine=0.999", "--float-kinds", "stem"], "give one of the two"),
-    (["tflite", "--precision", "int8", "--int8-budget", "cosine=0.999"], "tflite has no int8 layer search yet"),
+    (["executorch", "--precision", "int8", "--int8-budget", "cosine=0.999"],
+     "executorch has no int8 layer search yet (onnx, tflite have)"),
 ])
 def test_a_bad_int8_budget_exits_2_before_any_work(tmp_path, capsys, args, message):
     from export.__main__ import main

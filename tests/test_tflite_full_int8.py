@@ -2,7 +2,7 @@
 import pytest
 from torch import nn
 
-from export.targets.tflite import convert as T
+from export.targets.tflite import quantize as T
 from mobilevit.layers import UnknownKindError
 
 

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import ConversionError, ExportConfigError
-from ...int8 import Int8Options, LayerMatchError, LayerOp, match_layers, ops_of_kinds
+from ...int8 import Int8Options
+from .quantize import _nhwc, full_int8, search_int8
 
 FLOAT_PRECISIONS = ("fp32", "fp16", "int8_dynamic")  # what onnx2tf's Keras model converts to (onnx2tf_driver)
 CALIBRATION_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
@@ -67,7 +68,8 @@ def convert(model, precisions: tuple[str, ...], workdir: Path, *, sizes: tuple[i
     """PyTorch -> ONNX (static batch 1) -> one onnx2tf run -> ``{precision: .tflite}``.
 
     ``int8`` is :func:`full_int8` on the SavedModel of that same onnx2tf run, with the recipe's float kinds
-    and op types (``export.config.INT8_RECIPES``) or ``options.float_kinds``."""
+    and op types (``export.config.INT8_RECIPES``) or ``options.float_kinds``; with ``options.int8_budget``, the
+    layers kept float are searched for this checkpoint (``quantize.search_int8``)."""
     from ...config import int8_recipe
     from ...int8 import float_kinds
     from ..onnx.convert import export_fp32
@@ -77,16 +79,26 @@ def convert(model, precisions: tuple[str, ...], workdir: Path, *, sizes: tuple[i
     with tempfile.TemporaryDirectory(prefix="tflite-onnx-", dir=workdir) as tmp:
         onnx_path = export_fp32(model, Path(tmp) / "model.onnx", size=sizes[0], exporter=options.exporter,
                                 dynamic_batch=False)
+        search = "int8" in precisions and options.int8_budget is not None
         float_precisions = tuple(p for p in precisions if p != "int8") or ("fp32",)
+        if search and "fp32" not in float_precisions:  # the search's reference
+            float_precisions = ("fp32", *float_precisions)
         saved = Path(tmp) / "saved_model" if "int8" in precisions else None
         made = onnx_to_tflite(onnx_path, Path(tmp) / "onnx2tf", precisions=float_precisions,
                               calibration=calibration, saved_model=saved)
         results = {}
         for p in precisions:
-            if p == "int8":
-                results[p] = full_int8(model, workdir / "model_int8.tflite", calibration,
+            if p == "int8" and search:
+                from ...publish import write_int8_search
+
+                results[p], searched = search_int8(model, saved, made["fp32"], calibration, options.int8_budget,
+                                                   Path(tmp) / "search", sizes[0], workdir / "model_int8.tflite",
+                                                   labels=options.heldout_labels)
+                write_int8_search(results[p], searched)  # the pipeline puts it in the manifest
+            elif p == "int8":
+                results[p] = full_int8(model, workdir / "model_int8.tflite", calibration, saved,
                                        float_kinds("tflite", p, options.float_kinds),
-                                       float_ops=int8_recipe("tflite", p).float_ops, saved_model=saved)
+                                       float_ops=int8_recipe("tflite", p).float_ops)
             else:
                 results[p] = Path(shutil.move(str(made[p]), workdir / made[p].name))
     for p, path in results.items():
@@ -163,10 +175,6 @@ def write_metadata(path: Path, model, channels: dict, options: TFLiteOptions, pr
     path.write_bytes(buf)
 
 
-def _nhwc(images: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(images.transpose(0, 2, 3, 1)).astype(np.float32)  # [N,3,H,W] -> [N,H,W,3]
-
-
 def _offline_calibration_file(folder: Path, images: np.ndarray) -> None:
     """onnx2tf's own 20x128x128x3 sample file, made from our photos so it never downloads it."""
     import torch
@@ -232,171 +240,3 @@ def _keep_saved_model(folder: Path, dest: Path) -> None:
     if dest.exists():
         shutil.rmtree(dest)
     shutil.move(str(folder), dest)
-
-
-# ---------------------------------------------------------------------------------------------
-# Selective full-integer quantization: int8 where it pays, float where the measurements say.
-#
-# onnx2tf's own full-int8 model (``-oiqt``) quantizes every op, LayerNorm's mean/variance, softmax
-# and SiLU included; those int8 ops run on the built-in kernels (55 XNNPACK partitions) and lose
-# the accuracy (REPORT_tflite_int8.md). Here the SavedModel onnx2tf writes is calibrated once with
-# TensorFlow's TFLiteConverter (representative dataset = our photos), then quantized by TensorFlow's
-# MLIR quantizer with a denylist: the ops of the float kinds (``mobilevit.layers``) and the float
-# op types stay in float. Kinds map to TFLite ops by execution order of the weight-bearing ops.
-# ---------------------------------------------------------------------------------------------
-
-# The TFLite ops that carry a mobilevit.layers kind, per op family of mobilevit.layers.KINDS.
-KIND_OPS = {"conv": ("CONV_2D", "DEPTHWISE_CONV_2D"), "linear": ("FULLY_CONNECTED",), "matmul": ("BATCH_MATMUL",)}
-WEIGHTED_OPS = tuple(op for ops in KIND_OPS.values() for op in ops)
-ALL_OTHER_OPS = "*"  # in ``float_ops``: every op that carries no kind stays float
-# in ``float_ops``: every op of a LayerNorm (onnx2tf names them ``.../layer_normalization_N/...``):
-# MEAN, SQUARED_DIFFERENCE, ADD eps, RSQRT, SUB, MUL, ADD
-LAYER_NORM = "LAYER_NORM"
-# What stays float by default, measured (REPORT_tflite_int8.md): in int8, SOFTMAX and LayerNorm's
-# SQUARED_DIFFERENCE / eps ADD / RSQRT run on the built-in kernels (55 XNNPACK partitions).
-DEFAULT_FLOAT_OPS = ("SOFTMAX", LAYER_NORM)
-
-
-@dataclass(frozen=True)
-class GraphOp:
-    """One operator of a TFLite flatbuffer (subgraph 0), in execution order."""
-
-    index: int
-    op: str  # builtin name: CONV_2D, FULLY_CONNECTED, ...
-    output: str  # name of its first output tensor (what the quantizer's denylist names)
-    weight_shape: tuple[int, ...] | None  # shape of its second input when that is a constant
-
-
-def graph_ops(tflite: bytes) -> list[GraphOp]:
-    """The operators of a ``.tflite`` flatbuffer in execution order."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(tflite, 0))
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    graph = model.subgraphs[0]
-    out = []
-    for i, op in enumerate(graph.operators):
-        code = model.operatorCodes[op.opcodeIndex]
-        name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
-        weight = None
-        if len(op.inputs) > 1 and op.inputs[1] >= 0:
-            t = graph.tensors[op.inputs[1]]
-            if model.buffers[t.buffer].data is not None:  # a constant: the weights
-                weight = tuple(int(d) for d in (t.shape if t.shape is not None else ()))
-        out.append(GraphOp(i, name, graph.tensors[op.outputs[0]].name.decode(), weight))
-    return out
-
-
-def _tflite_weight_shape(module) -> tuple[int, ...]:
-    """The TFLite shape of a torch Conv2d / Linear weight (NHWC kernels: [O, kh, kw, I], depthwise [1, kh, kw, O])."""
-    w = tuple(module.weight.shape)
-    if len(w) == 2:
-        return w  # FULLY_CONNECTED [out, in]
-    o, i, kh, kw = w
-    if module.groups == o and i == 1 and module.groups > 1:
-        return (1, kh, kw, o)
-    return (o, kh, kw, i)
-
-
-def map_kinds(model, tflite: bytes):
-    """Each ``mobilevit.layers`` layer with the output-tensor names of its TFLite ops
-    (``export.int8.match_layers``): CONV_2D / DEPTHWISE_CONV_2D and FULLY_CONNECTED with a constant weight
-    (in TFLite's layout); a BATCH_MATMUL without one is an attention product."""
-    family = {op: fam for fam, ops in KIND_OPS.items() for op in ops}
-    ops = [LayerOp(op.output, op.op, family[op.op], op.weight_shape) for op in graph_ops(tflite)
-           if op.op in WEIGHTED_OPS]
-    return match_layers("tflite", model, ops, lambda module: (_tflite_weight_shape(module),))
-
-
-def calibrate(saved_model: str | Path, calibration: np.ndarray) -> bytes:
-    """A float TFLite model with calibration statistics (TFLiteConverter, MLIR quantizer), not yet quantized.
-
-    ``calibration``: float32 ``[N, 3, H, W]`` photos (the SavedModel takes NHWC, as onnx2tf writes it)."""
-    import tensorflow as tf
-
-    images = _nhwc(calibration)
-
-    def representative():
-        for i in range(len(images)):
-            yield [images[i:i + 1]]
-
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.experimental_mlir_quantizer = True
-    converter._experimental_calibrate_only = True  # what tf.lite.experimental.QuantizationDebugger does
-    return converter.convert()
-
-
-def denylist(model, calibrated: bytes, float_kinds=(), float_ops=DEFAULT_FLOAT_OPS) -> tuple[list[str], list[str]]:
-    """``(op types, node names)`` to keep in float: the op types ``float_ops`` (``ALL_OTHER_OPS`` = every
-    op type that carries no kind) and the output-tensor names of the ops of ``float_kinds``.
-
-    Op types that carry kinds are never denylisted by type (that would float every kind at once);
-    other op types are denylisted by type, because the quantizer does not match a multi-output op
-    (SPLIT) by its tensor name."""
-    from ai_edge_litert import schema_py_generated as schema
-    from torch import nn
-
-    from mobilevit.layers import check_kinds
-
-    float_kinds = set(check_kinds(float_kinds))
-    graph = graph_ops(calibrated)
-    if ALL_OTHER_OPS in float_ops:
-        types = list(dict.fromkeys(op.op for op in graph if op.op not in WEIGHTED_OPS))
-    else:
-        types = [t for t in float_ops if t != LAYER_NORM]
-        unknown = [t for t in types if not hasattr(schema.BuiltinOperator, t)]
-        if unknown:
-            raise ExportConfigError(f"{unknown} are not TFLite builtin op names (e.g. SOFTMAX, LOGISTIC, MUL), "
-                                    f"nor {LAYER_NORM!r} or {ALL_OTHER_OPS!r}")
-        bad = [t for t in types if t in WEIGHTED_OPS]
-        if bad:
-            raise ExportConfigError(f"{bad} carry layer kinds: keep them in float with float_kinds, not float_ops")
-    names = ops_of_kinds(map_kinds(model, calibrated), float_kinds)
-    if LAYER_NORM in float_ops:
-        norms = [op.output for op in graph if "layer_normalization" in op.output and op.op not in WEIGHTED_OPS]
-        if not norms and any(isinstance(m, nn.LayerNorm) for m in model.modules()):
-            raise LayerMatchError("tflite: no op named .../layer_normalization... in the graph: "
-                                   "cannot keep LayerNorm in float")
-        names += norms
-    return types, names
-
-
-def quantize(calibrated: bytes, float_op_types=(), float_node_names=()) -> bytes:
-    """Int8 (per-channel weights, float I/O) except the op types and the ops (by output tensor) named."""
-    from tensorflow.lite.python import convert as tf_convert
-
-    return tf_convert.mlir_quantize(calibrated, disable_per_channel=False, fully_quantize=False,
-                                    denylisted_ops=list(float_op_types) or None,
-                                    denylisted_nodes=list(float_node_names) or None)
-
-
-def full_int8(model, out_path: str | Path, calibration: np.ndarray, float_kinds: tuple[str, ...] = (), *,
-              float_ops: tuple[str, ...] = DEFAULT_FLOAT_OPS, saved_model: str | Path | None = None,
-              size: int = 256, exporter: str = "ours") -> Path:
-    """A full-integer TFLite of ``model`` keeping ``float_kinds`` (``mobilevit.layers`` kinds) and the op
-    types ``float_ops`` in float; float input and output (NHWC). Returns ``out_path``.
-
-    ``model`` is the MobileViT the graph came from (its layers name the kinds). ``saved_model`` reuses
-    the SavedModel of an earlier onnx2tf run (``onnx_to_tflite(..., saved_model=...)``); without it,
-    the model is exported to ONNX and converted by onnx2tf here.
-
-    Keep ``attn_matmul`` in float unless measured otherwise: the attn.v matmul takes softmax
-    probabilities quantized with scale 1/256, so 1/N for N = 256 tokens is one step (xx_small,
-    synthetic weights: cosine 0.71 with that kind alone in int8; REPORT_tflite_int8.md).
-    """
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="full-int8-", dir=out_path.parent) as tmp:
-        if saved_model is None:
-            from ..onnx.convert import export_fp32
-
-            onnx_path = export_fp32(model, Path(tmp) / "model.onnx", size=size, exporter=exporter,
-                                    dynamic_batch=False)
-            saved_model = Path(tmp) / "saved_model"
-            onnx_to_tflite(onnx_path, Path(tmp) / "tflite", precisions=("fp32",), calibration=calibration,
-                           saved_model=saved_model)
-        calibrated = calibrate(saved_model, calibration)
-        out_path.write_bytes(quantize(calibrated, *denylist(model, calibrated, float_kinds, float_ops)))
-    return out_path
