@@ -79,6 +79,19 @@ def test_search_says_when_even_all_float_misses():
 PLANTED = "stages.3.1.transformer.0.mlp.fc1"
 
 
+def _plant(model) -> None:
+    """``PLANTED`` rescaled at equal function (see the ONNX test below): input feature 0 made 1024x smaller by
+    the LayerNorm before it, and that column of its weights 1024x larger."""
+    import torch
+
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        norm = modules[PLANTED.replace("mlp.fc1", "norm2")]
+        norm.weight[0] /= 1024
+        norm.bias[0] /= 1024
+        modules[PLANTED].weight[:, 0] *= 1024  # [out, in]: column 0 meets feature 0
+
+
 def test_onnx_search_returns_a_planted_sensitive_layer_to_float_first(tmp_path, synthetic_xxs):
     """A feed-forward linear (a kind that is harmless in int8 on these weights) rescaled at equal function: its
     input feature 0 made 1024x smaller (the LayerNorm before it: gamma and beta / 1024) and that column of its
@@ -86,8 +99,6 @@ def test_onnx_search_returns_a_planted_sensitive_layer_to_float_first(tmp_path, 
     large column, and the other weights fall to a few steps: this layer alone int8 must drift more than any
     other (measured in onnxruntime), and the search (ranked by drift) returns it to float first."""
     import copy
-
-    import torch
 
     from data.photos import photo_variants
     from export import convert_all, with_target_defaults
@@ -97,12 +108,7 @@ def test_onnx_search_returns_a_planted_sensitive_layer_to_float_first(tmp_path, 
     from mobilevit.preprocess import preprocess
 
     model = with_target_defaults(copy.deepcopy(synthetic_xxs), "onnx")
-    modules = dict(model.named_modules())
-    with torch.no_grad():
-        norm = modules[PLANTED.replace("mlp.fc1", "norm2")]
-        norm.weight[0] /= 1024
-        norm.bias[0] /= 1024
-        modules[PLANTED].weight[:, 0] *= 1024  # [out, in]: column 0 meets feature 0
+    _plant(model)
     cfg = get_config("xx_small")
     fp32 = convert_all(model, "onnx", ["fp32"], tmp_path / "fp32", size=256)["fp32"]
     s = OnnxLayerSearch(model, fp32, calibration_photos(cfg, 256, count=16),
@@ -126,8 +132,6 @@ def test_tflite_search_ranks_a_planted_sensitive_layer_first_and_returns_it_to_f
     measured on the TFLite graph's own ops; the search returns it to float first."""
     import copy
 
-    import torch
-
     from data.photos import photo_variants
     from export import with_target_defaults
     from export.convert import calibration_photos
@@ -137,12 +141,7 @@ def test_tflite_search_ranks_a_planted_sensitive_layer_first_and_returns_it_to_f
     from mobilevit.preprocess import preprocess
 
     model = with_target_defaults(copy.deepcopy(synthetic_xxs), "tflite")
-    modules = dict(model.named_modules())
-    with torch.no_grad():
-        norm = modules[PLANTED.replace("mlp.fc1", "norm2")]
-        norm.weight[0] /= 1024
-        norm.bias[0] /= 1024
-        modules[PLANTED].weight[:, 0] *= 1024  # [out, in]: column 0 meets feature 0
+    _plant(model)
     cfg = get_config("xx_small")
     calibration = calibration_photos(cfg, 256, count=16)
     saved, fp32 = onnx2tf_files(model, calibration, tmp_path, 256)
@@ -154,11 +153,10 @@ def test_tflite_search_ranks_a_planted_sensitive_layer_first_and_returns_it_to_f
     ranked = rank(drift)
     assert ranked[0] == PLANTED, sorted(drift.items(), key=lambda kv: -kv[1])[:3]
     assert drift[PLANTED] > 3 * max(v for k, v in drift.items() if k != PLANTED)  # not a near tie
-    int8 = [n for n in s.layers if n in ffn]  # the feed-forward linears int8, everything else float
-    all_ffn = s.evaluate([n for n in s.layers if n not in int8])["cosine"]
-    without = s.evaluate([n for n in s.layers if n not in int8 or n == PLANTED])["cosine"]
+    fixed = [n for n in s.layers if n not in ffn]  # the feed-forward linears int8, everything else float
+    all_ffn = s.evaluate(fixed)["cosine"]
+    without = s.evaluate(fixed + [PLANTED])["cosine"]
     assert without > all_ffn  # returning it to float helps
-    fixed = [n for n in s.layers if n not in int8]
     found = search(ranked, s.evaluate, Budget("cosine", (all_ffn + without) / 2), always_float=fixed)
     assert found.float_layers[len(fixed):len(fixed) + 1] == [PLANTED] and found.met
 
