@@ -49,14 +49,16 @@ def _across_workers(key: str, run):
     done = SHARED / f"{name}.pickle"
     with open(SHARED / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        if not done.exists():
-            result = run(SHARED / name)
-            try:
-                pickle.loads(blob := pickle.dumps(result))
-            except Exception:  # noqa: BLE001 -- an error type that does not survive pickling: keep its words
-                blob = pickle.dumps(RuntimeError(f"{type(result).__name__}: {result}"))
-            done.write_bytes(blob)
-        return pickle.loads(done.read_bytes())
+        if done.exists():
+            return pickle.loads(done.read_bytes())
+        result = run(SHARED / name)
+        try:
+            pickle.loads(blob := pickle.dumps(result))
+        except Exception:  # noqa: BLE001 -- an error type that does not survive pickling: keep its words
+            result = RuntimeError(f"{type(result).__name__}: {result}")
+            blob = pickle.dumps(result)
+        done.write_bytes(blob)
+        return result
 
 
 # Layers of xx_small per kind, counted by hand from the architecture: 7 inverted residuals, 3 MobileViT
