@@ -2,7 +2,7 @@
 
     python -m benchmarks.int8search [--weights CKPT | --variant xx_small] [--images DIR]
                                     [--int8-budget cosine=0.999] [--num-images 16] [--target T]
-                                    [--out DIR] [--stem int8search]
+                                    [--int8-objective speed|macs] [--out DIR] [--stem int8search]
 
 On a target with a layer search (``TargetConfig.int8_search``: ``--target``'s choices), from the target's fp32
 artifact of the model and one calibration on photos of their own:
@@ -33,7 +33,7 @@ import numpy as np
 
 from export import TARGETS
 from export.errors import ExportConfigError
-from export.int8search import DEFAULT_BUDGET, parse_budget, rank, search
+from export.int8search import DEFAULT_BUDGET, OBJECTIVES, parse_budget, rank, search
 
 from .harness import EXIT_BAD_INPUT, _say, artifact_entry, measure_latency, run_meta, write_result
 from .stats import ratio_ci
@@ -45,27 +45,30 @@ CALIBRATION_DIGITS = 64  # --images digits: calibration images after the held-ou
 
 
 def run(model, variant: str, size: int, heldout: np.ndarray, calibration: np.ndarray, budget_text: str,
-        work: Path, target: str, origin: str = "") -> dict:
+        work: Path, target: str, origin: str = "", objective: str = "speed") -> dict:
     """Per-layer drift, the search, and the recipe on the same held-out photos (see the module docstring)."""
     from export import target_config, with_target_defaults
     from export.config import INT8_RECIPES, load
     from export.int8 import float_kinds
-    from mobilevit.layers import layer_macs, layers
+    from mobilevit.layers import layer_macs
 
     budget = parse_budget(budget_text)
     start = time.perf_counter()
     model = with_target_defaults(model, target)
     s = load(target_config(target).int8_search)(model, calibration, heldout, work, size)
-    kinds = {layer.name: layer.kind for layer in layers(model)}
-    macs = layer_macs(model, size)
+    kinds = s.kinds
+    macs = layer_macs(s.model, size)
     total = sum(macs.values())
     _say(f"each of {len(s.layers)} layers int8 alone, on {len(heldout)} held-out photos ...")
     t = time.perf_counter()
     drift = s.sensitivity()
     sensitivity_s = time.perf_counter() - t
-    _say("timing each layer kind alone int8 against fp32 (1 thread) ...")
     t = time.perf_counter()
-    gain = s.gains(macs)
+    if objective == "speed":
+        _say(f"timing what each layer's int8 saves: {s.timed_by} ...")
+        gain = s.gains(macs)
+    else:  # the most MACs in int8: nothing timed
+        gain = {n: float(macs[n]) for n in s.layers}
     savings_s = time.perf_counter() - t
     ranked = rank(drift, gain)
     _say(f"searching for {budget} ...")
@@ -85,24 +88,29 @@ def run(model, variant: str, size: int, heldout: np.ndarray, calibration: np.nda
     entries = [artifact_entry(target, name, "ours", ("", ""), path) for name, path in paths.items()]
     measure_latency(entries, [1], RUNS, 3, heldout[:1])
     lat = {e.precision: e.results["latency"]["1"] for e in entries}
+    runtime = {name: s.figures(paths[name]) for name in ("recipe", "searched")}  # the artifacts as timed
     speed = {name: {"median_ms": lat[name]["median_ms"],
                     **({} if name == "fp32" else {"speedup": ratio_ci(lat["fp32"]["samples_ms"],
                                                                       lat[name]["samples_ms"])})}
              for name in paths}
 
     return {"meta": {"variant": variant, "size": size, "weights": origin, "target": target, "budget": str(budget),
+                     "measured_in": s.measured_in, "runtime": s.runner.runtime, "objective": objective,
+                     "timed_by": s.timed_by if objective == "speed" else "nothing (objective macs)",
                      "savings_seconds": round(savings_s, 1),
                      "heldout_images": int(len(heldout)), "calibration_images": int(len(calibration)),
                      "sensitivity_seconds": round(sensitivity_s, 1), "search_seconds": round(search_s, 1),
                      "seconds": round(time.perf_counter() - start, 1)},
             "layers": [{"layer": n, "kind": kinds[n], "mac_share": round(macs[n] / total, 5),
-                        "drift_alone": drift[n], "saving_ms": round(gain[n], 5), "rank": ranked.index(n) + 1}
+                        "drift_alone": drift[n], "saving_ms": round(gain[n], 5) if objective == "speed" else None,
+                        "rank": ranked.index(n) + 1}
                        for n in s.layers],
             "search": {"float_layers": found.float_layers, "met": found.met, "figures": found.figures,
                        "int8_mac_share": round(share(found.float_layers), 4), "evaluations": found.evaluations,
-                       "latency": speed["searched"]},
+                       "latency": speed["searched"], "runtime_figures": runtime["searched"]},
             "recipe": {"float_layers": recipe_float, "figures": recipe,
-                       "int8_mac_share": round(share(recipe_float), 4), "latency": speed["recipe"]},
+                       "int8_mac_share": round(share(recipe_float), 4), "latency": speed["recipe"],
+                       "runtime_figures": runtime["recipe"]},
             "fp32": {"latency": speed["fp32"]}}
 
 
@@ -115,44 +123,62 @@ def _speed(row: dict) -> str:
     return f"{sp['value']:.2f}x [{sp['ci95_low']:.2f}, {sp['ci95_high']:.2f}]" if sp else "-"
 
 
+def _saving(rows: list[dict]) -> str:
+    return "-" if any(x["saving_ms"] is None for x in rows) else f"{sum(x['saving_ms'] for x in rows):+.2f}"
+
+
+KIND_TIMING = "a kind's saving (the kind alone int8, timed against fp32 at 1 thread), shared among its layers by MACs"
+
+
 def render(result: dict) -> str:
     m, cpu = result["meta"], result["meta"]["cpu"]
     ext = ", ".join(f for f, on in cpu["int8_extensions"].items() if on) or "none"
     s, r = result["search"], result["recipe"]
+    simulated = m.get("measured_in", "").startswith("simulation")
 
     def fig(f):
         return f"mean cosine {f['cosine']:.5f}, worst {f['worst_cosine']:.5f}, top-1 agreement " \
                f"{100 * f['agreement_top1']:.0f}%"
+
+    def row(name, x, layers):
+        cells = [name, str(layers), f"{100 * x['int8_mac_share']:.1f}%", fig(x["figures"])]
+        if simulated:
+            cells.append(fig(x["runtime_figures"]))
+        return "| " + " | ".join(cells + [_ms(x), _speed(x)]) + " |"
     lines = [f"Int8 layer search on {m['target']}, MobileViT {m['variant']} at {m['size']}, weights: "
              f"{m['weights']}; budget {m['budget']} on {m['heldout_images']} held-out photos, calibration on "
              f"{m['calibration_images']} others ({cpu['cpu']}, family {cpu['cpu_family']} model "
              f"{cpu['cpu_model']}, int8 extensions: {ext}; {m['created']}). Wall time: per-layer drift "
-             f"{m['sensitivity_seconds']:.0f} s, per-kind timing {m['savings_seconds']:.0f} s, search "
+             f"{m['sensitivity_seconds']:.0f} s, timing {m['savings_seconds']:.0f} s, search "
              f"{m['search_seconds']:.0f} s "
-             f"({len(s['evaluations'])} sets measured), whole run {m['seconds']:.0f} s.", "",
-             f"Latency: median of {RUNS} runs at 1 thread, interleaved; speed-up = fp32 median / row median "
-             "[bootstrap 95% CI].", "",
-             "| int8 set | layers in float | MACs in int8 | held-out figures | median ms | speed-up over fp32 |",
-             "|---|---|---|---|---|---|",
-             f"| searched ({'meets' if s['met'] else 'MISSES'} the budget) | {len(s['float_layers'])} | "
-             f"{100 * s['int8_mac_share']:.1f}% | {fig(s['figures'])} | {_ms(s)} | {_speed(s)} |",
-             f"| fixed recipe | {len(r['float_layers'])} | {100 * r['int8_mac_share']:.1f}% | {fig(r['figures'])} | "
-             f"{_ms(r)} | {_speed(r)} |",
-             f"| fp32 | all | 0% | - | {_ms(result['fp32'])} | 1 |",
-             "", "Layers returned to float by the search, in order: "
-             + (", ".join(f"`{n}`" for n in s["float_layers"]) or "none") + ".", "",
-             "Ranking: first the layers whose kind measured no faster in int8 (they stay float), then the most "
-             "drift per millisecond saved (a kind's saving, timed with the kind alone int8, shared among its "
-             "layers by MACs). Per kind:", "",
-             "| kind | layers | MAC share | saving when int8 alone (ms) | layers float in the searched set |",
-             "|---|---|---|---|---|"]
+             f"({len(s['evaluations'])} sets measured), whole run {m['seconds']:.0f} s.", ""]
+    if simulated:
+        lines += [f"Drift measured in {m['measured_in']}; the searched and the recipe's sets are also lowered and "
+                  f"measured in {m['runtime']} (\"in the runtime\"): how well the simulation predicts them.", ""]
+    lines += [f"Latency: median of {RUNS} runs at 1 thread, interleaved; speed-up = fp32 median / row median "
+              "[bootstrap 95% CI].", "",
+              "| int8 set | layers in float | MACs in int8 | held-out figures | "
+              + ("in the runtime | " if simulated else "") + "median ms | speed-up over fp32 |",
+              "|---|---|---|---|" + ("---|" if simulated else "") + "---|---|",
+              row(f"searched ({'meets' if s['met'] else 'MISSES'} the budget)", s, len(s["float_layers"])),
+              row("fixed recipe", r, len(r["float_layers"])),
+              f"| fp32 | all | 0% | - | {'- | ' if simulated else ''}{_ms(result['fp32'])} | 1 |",
+              "", "Layers returned to float by the search, in order: "
+              + (", ".join(f"`{n}`" for n in s["float_layers"]) or "none") + ".", "",
+              ("Ranking: first the layers whose int8 measured no faster (they stay float), then the most drift per "
+               f"millisecond saved ({m.get('timed_by', KIND_TIMING)}). Per kind:"
+               if m.get("objective", "speed") == "speed" else
+               "Ranking (objective macs: the most multiply-accumulates in int8, nothing timed): the most drift per "
+               "multiply-accumulate first. Per kind:"), "",
+              "| kind | layers | MAC share | saving when int8 (ms) | layers float in the searched set |",
+              "|---|---|---|---|---|"]
     kinds: dict[str, list[dict]] = {}
-    for row in result["layers"]:
-        kinds.setdefault(row["kind"], []).append(row)
+    for layer in result["layers"]:
+        kinds.setdefault(layer["kind"], []).append(layer)
     chosen = set(s["float_layers"])
     for kind, rows in kinds.items():
-        lines.append(f"| {kind} | {len(rows)} | {100 * sum(r['mac_share'] for r in rows):.1f}% | "
-                     f"{sum(r['saving_ms'] for r in rows):+.2f} | {sum(r['layer'] in chosen for r in rows)} |")
+        lines.append(f"| {kind} | {len(rows)} | {100 * sum(x['mac_share'] for x in rows):.1f}% | "
+                     f"{_saving(rows)} | {sum(x['layer'] in chosen for x in rows)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -170,6 +196,8 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--stem", default="int8search", help="result file names: STEM.{json,md} in --out")
+    p.add_argument("--int8-objective", default="speed", choices=OBJECTIVES,
+                   help="what the search maximises: speed (measured here) or macs (the MAC share in int8)")
     a = p.parse_args(argv)
     try:
         budget = parse_budget(a.int8_budget)
@@ -215,7 +243,8 @@ def main(argv=None) -> int:
         heldout = preprocess(photo_variants(a.num_images, seed=VALIDATION_SEED), cfg, a.size).numpy()
         calibration = calibration_photos(cfg, a.size)
     with tempfile.TemporaryDirectory(prefix="int8search-") as tmp:
-        result = run(model, variant, a.size, heldout, calibration, a.int8_budget, Path(tmp), a.target, origin=origin)
+        result = run(model, variant, a.size, heldout, calibration, a.int8_budget, Path(tmp), a.target, origin=origin,
+                     objective=a.int8_objective)
     result["meta"] |= run_meta("python -m benchmarks.int8search", argv)
     write_result(a.out, a.stem, result, render(result))
     return 0

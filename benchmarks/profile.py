@@ -8,7 +8,7 @@ Artifacts are exported ones (``python -m export ... --out DIR``; their ``manifes
 size). A target whose runtime has no per-op profiler we can call (LiteRT's Python interpreter, the Core ML
 reference executor) is listed with that reason. For int8 artifacts of a runtime with a chain check
 (onnxruntime: its optimized graph), the float islands between int8 kernels and the ops that broke each chain.
-Results: ``--out``'s ``profile.{json,md}`` (default ``benchmarks/results``), with the CPU and its int8
+Results: ``--out``'s ``STEM.{json,md}`` (default ``benchmarks/results/profile``), with the CPU and its int8
 extensions.
 """
 from __future__ import annotations
@@ -109,6 +109,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--stem", default="profile", help="result file names: STEM.{json,md} in --out")
     a = p.parse_args(argv)
     if a.threads < 1 or a.runs < 1:
         print(f"error: --threads {a.threads} --runs {a.runs}: give at least 1 of each", file=sys.stderr)
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
         return EXIT_BAD_INPUT
     result = {"meta": {**run_meta("python -m benchmarks.profile", argv), "threads": a.threads, "runs": a.runs},
               "artifacts": rows}
-    write_result(a.out, "profile", result, render(result))
+    write_result(a.out, a.stem, result, render(result))
     return 0
 
 

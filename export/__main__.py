@@ -77,10 +77,15 @@ def parser() -> argparse.ArgumentParser:
                    help="int8 precisions: comma-separated layer kinds to keep in float, replacing the target's "
                         f"measured recipe ('' = none); kinds: {', '.join(KINDS)}")
     p.add_argument("--int8-budget", default=None, metavar="cosine=C|top1=P",
-                   help="int8 (onnx): choose the layers kept in float for this checkpoint by measurement, the most "
-                        "int8 that keeps mean logit cosine >= C against fp32 on held-out photos (e.g. cosine=0.999), "
+                   help="int8 (onnx, tflite, executorch): choose the layers kept in float for this checkpoint by "
+                        "measurement, the most int8 that keeps mean logit cosine >= C against fp32 on held-out photos "
+                        "(e.g. cosine=0.999), "
                         "or top-1 at most P points below fp32 on held-out labelled photos of --images' class folders "
                         "(e.g. top1=0.5); the manifest records the layers and figures")
+    p.add_argument("--int8-objective", default="speed", choices=("speed", "macs"),
+                   help="with --int8-budget: speed = the fastest set in the target's runtime on this machine "
+                        "(measured); macs = the most multiply-accumulates in int8, for a device other than this "
+                        "machine (a phone's NPU or DSP), the same set on every machine")
     return p
 
 
@@ -159,6 +164,7 @@ def main(argv=None) -> int:
             task=args.task,
             dynamic_hw=args.dynamic_hw, images=args.images,
             float_kinds=_kinds(args.float_kinds), int8_budget=args.int8_budget,
+            int8_objective=args.int8_objective,
             options=parse_options(target, args.options)))
             for target in targets]
     except bad_request as e:

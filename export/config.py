@@ -315,9 +315,10 @@ register(TargetConfig(
 register(TargetConfig(
     "executorch", ("fp32", "int8", "coreml-fp16"), "fp32", "reference", "bmm", ".pte",
     converter="export.targets.executorch.convert:convert",
-    options="export.targets.executorch.convert:ExecuTorchOptions",
-    runner="export.targets.executorch.convert:runner", inspector="export.targets.executorch.convert:inspect_pte",
+    options="export.targets.executorch.program:ExecuTorchOptions",
+    runner="export.targets.executorch.runner:runner", inspector="export.targets.executorch.runner:inspect_pte",
     profiler="export.targets.executorch.profile:profile", conversion_seconds=146,
+    int8_search="export.targets.executorch.search:layer_search",
     calibrated=("int8",), rewrites=("layernorm_as_linear", "qkv_as_three_linears", "pool_keepdim"),
     preload=("torchao", "executorch.exir", "executorch.runtime"),
     baselines=(Baseline("hf-as-is", {"exporter": "as-is"}, 1.0,

@@ -39,6 +39,8 @@ class Int8Options:
     # int8: search the layers kept in float for this checkpoint under a fidelity budget (export.int8search:
     # "cosine=0.999" or "top1=0.5"); None = the recipe (or float_kinds)
     int8_budget: str | None = None
+    # with int8_budget: what the search maximises, "speed" (measured here) or "macs" (export.int8search.OBJECTIVES)
+    int8_objective: str = "speed"
     # a top-1 budget's labels: the class index of each of the search's held-out photos, which are the last
     # len(heldout_labels) of the calibration array (export.request.search_photos puts them there)
     heldout_labels: tuple[int, ...] | None = None
@@ -49,8 +51,13 @@ class Int8Options:
                 object.__setattr__(self, "float_kinds", check_kinds(self.float_kinds))
             except UnknownKindError as e:
                 raise ExportConfigError(str(e)) from e
+        if self.int8_objective != "speed" and self.int8_budget is None:
+            raise ExportConfigError(f"--int8-objective {self.int8_objective} steers the search of --int8-budget: "
+                                    "give --int8-budget too (e.g. cosine=0.999), or drop --int8-objective")
         if self.int8_budget is not None:
-            from .int8search import parse_budget
+            from .int8search import check_objective, parse_budget
+
+            check_objective(self.int8_objective)
 
             parse_budget(self.int8_budget)  # a top-1 one without heldout_labels: refused by the search
             if not target_config(self.target).int8_search:

@@ -25,6 +25,11 @@ from .errors import ExportConfigError
 BUDGET_FORMS = "cosine=C (mean logit cosine against fp32 at least C, 0 < C <= 1; default cosine=0.999) or " \
                "top1=P (top-1 at most P points below fp32 on labelled photos, P >= 0)"
 DEFAULT_BUDGET = "cosine=0.999"
+# what the search maximises under the budget: "speed", measured in the target's runtime on this machine (the
+# default), or "macs", the multiply-accumulates in int8, for a device other than the exporting machine (a phone's
+# NPU or DSP, whose int8 speed this machine cannot measure); "macs" times nothing, so it chooses the same set on
+# every machine
+OBJECTIVES = ("speed", "macs")
 # photos the search is measured on: a searching converter takes the last SEARCH_IMAGES of its calibration
 # array as them (``export.request.calibration`` puts them there) and calibrates on the rest. As many as the
 # export validates on: with 8, a set chosen on them once failed validation's worst cosine (0.9941, limit 0.9955)
@@ -135,13 +140,17 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class LayerSearch:
     """Any set of a model's layers int8 (the rest float), measured in a target's runtime on held-out photos
     against the target's fp32 artifact. A target subclasses it with ``quantize(int8_layers) -> path`` (one
-    calibration, any layer set) and ``runner`` (its ``export.runners.Runner``); ``layers``: the model's layers
-    in execution order, ``kinds``: each one's ``mobilevit.layers`` kind."""
+    calibration, any layer set) and ``runner`` (its ``export.runners.Runner``); ``layers``: the layers of
+    ``model`` in execution order, ``kinds``: each one's ``mobilevit.layers`` kind."""
 
     runner: type = None  # the target's Runner class
+    # how :meth:`measure` measures a layer set, and how :meth:`gains` times a layer (for reports)
+    measured_in = "the target's runtime, on an artifact quantized for the set"
+    timed_by = "a kind's saving (the kind alone int8, timed against fp32 at 1 thread), shared among its layers by MACs"
 
-    def __init__(self, fp32: Path, layers: list[str], kinds: dict[str, str], heldout: np.ndarray, work: Path,
+    def __init__(self, model, fp32: Path, layers: list[str], kinds: dict[str, str], heldout: np.ndarray, work: Path,
                  labels: np.ndarray | None = None, threads: int = 1):
+        self.model = model  # the model (as the target's converter gets it) whose layers these are
         self.fp32, self.work, self.threads = Path(fp32), Path(work), threads
         self.work.mkdir(parents=True, exist_ok=True)
         self.layers, self.kinds = list(layers), dict(kinds)
@@ -152,8 +161,8 @@ class LayerSearch:
         """An int8 artifact with ``int8_layers`` int8 and everything else float (a new file in ``work``)."""
         raise NotImplementedError
 
-    def figures(self, path: Path) -> dict:
-        logits = self.runner(path, self.threads)(self.heldout)
+    def scores(self, logits: np.ndarray) -> dict:
+        """Held-out figures of ``logits`` against the fp32 artifact's."""
         cos = cosines(logits, self.reference)
         out = {"cosine": float(cos.mean()), "worst_cosine": float(cos.min()),
                "max_abs_rel": float(np.abs(logits - self.reference).max() / np.abs(self.reference).max()),
@@ -163,28 +172,28 @@ class LayerSearch:
                                            - (logits.argmax(1) == self.labels).mean())
         return out
 
-    def evaluate(self, float_layers: list[str]) -> dict:
-        """Held-out figures with every layer int8 except ``float_layers``."""
-        keep = set(float_layers)
-        int8 = [name for name in self.layers if name not in keep]
-        if not int8:
-            return self.figures(self.fp32)
-        path = self.quantize(int8)
+    def figures(self, path: Path) -> dict:
+        """Held-out figures of an artifact, in the target's runtime."""
+        return self.scores(self.runner(path, self.threads)(self.heldout))
+
+    def measure(self, int8_layers: list[str]) -> dict:
+        """Held-out figures with exactly ``int8_layers`` int8: an artifact quantized and run in the runtime. A
+        target whose artifacts are slow to make may simulate instead (and show that simulation predicts it)."""
+        path = self.quantize(int8_layers)
         try:
             return self.figures(path)
         finally:
             path.unlink()
 
+    def evaluate(self, float_layers: list[str]) -> dict:
+        """Held-out figures with every layer int8 except ``float_layers``."""
+        keep = set(float_layers)
+        int8 = [name for name in self.layers if name not in keep]
+        return self.measure(int8) if int8 else self.figures(self.fp32)
+
     def sensitivity(self, layers: list[str] | None = None) -> dict[str, float]:
         """Each layer's drift (1 - mean cosine) with it alone int8."""
-        out = {}
-        for name in layers or self.layers:
-            path = self.quantize([name])
-            try:
-                out[name] = 1.0 - self.figures(path)["cosine"]
-            finally:
-                path.unlink()
-        return out
+        return {name: 1.0 - self.measure([name])["cosine"] for name in (self.layers if layers is None else layers)}
 
     def savings(self, groups: dict[str, list[str]], runs: int = 30, seed: int = 0) -> dict[str, float]:
         """Milliseconds per image each group of layers saves when it alone is int8 (negative: it costs time):
@@ -240,9 +249,18 @@ class ValidatedBudget:
                 f"<= {self.tol.max_abs_rel / self.MARGIN:g}, top-1 agreement >= {self.tol.top1_min:g}")
 
 
+def check_objective(objective: str) -> str:
+    """``objective`` if it is one of :data:`OBJECTIVES`; else an :class:`ExportConfigError` naming them."""
+    if objective not in OBJECTIVES:
+        raise ExportConfigError(f"--int8-objective {objective!r}: choose one of {', '.join(OBJECTIVES)} (speed: "
+                                "measured in the runtime here; macs: the most multiply-accumulates in int8)")
+    return objective
+
+
 def choose(make: Callable[[np.ndarray, np.ndarray, np.ndarray | None], LayerSearch], model, size: int,
            calibration: np.ndarray, budget: str, target: str, precision: str,
-           labels: tuple[int, ...] | None = None) -> tuple[LayerSearch, list[str], np.ndarray, dict]:
+           labels: tuple[int, ...] | None = None, objective: str = "speed"
+           ) -> tuple[LayerSearch, list[str], np.ndarray, dict]:
     """``(search, int8 layers, calibration photos, record)``: the layers this checkpoint keeps int8 under
     ``budget``, for ``--int8-budget`` in a converter. ``make(calibration, heldout, labels)`` builds the target's
     :class:`LayerSearch`.
@@ -250,9 +268,11 @@ def choose(make: Callable[[np.ndarray, np.ndarray, np.ndarray | None], LayerSear
     The last ``SEARCH_IMAGES`` calibration photos (``len(labels)`` with ``labels``, a top-1 budget's) are the
     search's held-out photos (``export.request`` puts them there: the last of a user's folder, other views of
     the validation pool, or labelled files of a user's class folders) and the rest calibrate, so the
-    published artifact is validated on photos neither saw. Layers of kinds measured no faster in int8 stay
-    float; the rest are ranked by drift alone per millisecond saved, and the search returns the worst to float
-    until the budget (and the validation limits, with a margin: :class:`ValidatedBudget`) holds."""
+    published artifact is validated on photos neither saw. With ``objective`` "speed", layers whose int8
+    measured no faster stay float (their drift alone is not measured) and the rest are ranked by drift alone per
+    millisecond saved; with "macs", every layer is ranked by drift alone per multiply-accumulate. The search
+    returns the worst to float until the budget (and the validation limits, with a margin:
+    :class:`ValidatedBudget`) holds."""
     from mobilevit.layers import layer_macs
 
     from .config import tolerance
@@ -267,16 +287,21 @@ def choose(make: Callable[[np.ndarray, np.ndarray, np.ndarray | None], LayerSear
     start = time.perf_counter()
     calib, heldout = calibration[:-held], calibration[-held:]
     s = make(calib, heldout, None if labels is None else np.asarray(labels))
-    drift = s.sensitivity()
-    macs = layer_macs(model, size)
+    macs = layer_macs(s.model, size)
     total = sum(macs.values())
-    gain = s.gains(macs)
+    gain = s.gains(macs) if check_objective(objective) == "speed" else {n: float(macs[n]) for n in s.layers}
+    always_float = [n for n in s.layers if gain[n] <= 0]
+    drift = s.sensitivity([n for n in s.layers if gain[n] > 0])  # the others stay float whatever they drift
     found = search(rank(drift, gain), s.evaluate, ValidatedBudget(parsed, tolerance(target, precision)),
-                   always_float=[n for n in s.layers if gain[n] <= 0])
+                   always_float=always_float)
     if not found.met:
         raise ExportConfigError(f"--int8-budget {budget}: not met even with every layer float "
                                 f"({found.figures}); relax the budget")
     keep = set(found.float_layers)
+    if len(keep) == len(s.layers):
+        raise ExportConfigError(f"--int8-budget {budget}: no layer stays int8 ({len(always_float)} of {len(s.layers)} "
+                                f"measured no faster in int8 on this machine's {s.runner.runtime}, the rest returned "
+                                "to float for the budget): export fp32, or drop --int8-budget for the fixed recipe")
     record = {"budget": found.budget, "float_layers": found.float_layers,
               "int8_layers": [n for n in s.layers if n not in keep],
               "int8_mac_share": round(1 - sum(macs[n] for n in keep) / total, 4),
@@ -284,8 +309,11 @@ def choose(make: Callable[[np.ndarray, np.ndarray, np.ndarray | None], LayerSear
               "heldout_figures": found.figures, "heldout_images": held, "heldout_labelled": bool(labels),
               "calibration_images": int(len(calib)), "sets_measured": len(found.evaluations),
               "drift_alone": {n: round(v, 8) for n, v in drift.items()},
-              "saving_ms": {n: round(v, 5) for n, v in gain.items()},
+              "objective": objective,
+              **({"saving_ms": {n: round(v, 5) for n, v in gain.items()}} if objective == "speed" else {}),
               "seconds": round(time.perf_counter() - start, 1),
               "runtime": s.runner.runtime,
-              "ranking": "kinds measured no faster in int8 first (always float), then drift alone per ms saved"}
+              "ranking": ("layers measured no faster in int8 always float (their drift alone not measured), then "
+                          "the most drift alone per ms saved first") if objective == "speed" else
+                         "the most drift alone per multiply-accumulate first"}
     return s, record["int8_layers"], calib, record

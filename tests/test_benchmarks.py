@@ -435,7 +435,9 @@ def test_readme_figures_are_the_committed_results_of_the_named_commands():
     readme = (ROOT / "README.md").read_text()
     blocks = {m.group("name"): m.group("body") for m in BLOCK.finditer(readme)}
     assert set(blocks) == {"strategies", "bench", "accuracy", "accuracy_memory", "quant", "int8", "segmentation",
-                           "scaling", "int8search", "int8search_tflite", "profile", "executor"}
+                           "scaling", "int8search", "int8search_tflite", "profile", "executor", "int8search_amx",
+                           "int8search_tflite_amx", "int8search_executorch_amx", "profile_amx",
+                           "int8search_onnx_macs", "int8search_tflite_macs", "int8search_executorch_macs"}
     for name, body in blocks.items():
         assert body.rstrip() == (ROOT / "benchmarks" / "results" / f"{name}.md").read_text().rstrip(), name
     bench = json.loads((ROOT / "benchmarks" / "results" / "bench.json").read_text())["meta"]
@@ -461,6 +463,20 @@ def test_readme_figures_are_the_committed_results_of_the_named_commands():
     tflite = json.loads((ROOT / "benchmarks" / "results" / "int8search_tflite.json").read_text())["meta"]
     assert tflite["command"] == "python -m benchmarks.int8search --target tflite --stem int8search_tflite"
     assert f"`{tflite['command']}`" in readme and tflite["target"] == "tflite"
+    for stem, target in (("int8search_amx", "onnx"), ("int8search_tflite_amx", "tflite"),
+                         ("int8search_executorch_amx", "executorch")):  # the Xeon runs: AMX, as their text says
+        meta = json.loads((ROOT / "benchmarks" / "results" / f"{stem}.json").read_text())["meta"]
+        assert meta["command"] == f"python -m benchmarks.int8search --target {target} --stem {stem}", stem
+        assert f"    {meta['command']}\n" in readme and meta["cpu"]["int8_extensions"]["amx_int8"], stem
+    for target in ("onnx", "tflite", "executorch"):  # the most MACs in int8 under the budget
+        meta = json.loads((ROOT / "benchmarks" / "results" / f"int8search_{target}_macs.json").read_text())["meta"]
+        assert meta["command"] == (f"python -m benchmarks.int8search --target {target} --int8-objective macs "
+                                   f"--stem int8search_{target}_macs") and meta["objective"] == "macs", target
+        assert f"    {meta['command']}\n" in readme, target
+    amx = json.loads((ROOT / "benchmarks" / "results" / "profile_amx.json").read_text())["meta"]
+    assert amx["command"].startswith("python -m benchmarks.profile artifacts/profile/")
+    assert amx["command"].endswith("--stem profile_amx") and amx["cpu"]["int8_extensions"]["amx_int8"]
+    assert "benchmarks.profile artifacts/profile/*/*.onnx artifacts/profile/*/*.pte --stem profile_amx" in readme
     profile = json.loads((ROOT / "benchmarks" / "results" / "profile.json").read_text())["meta"]
     assert profile["command"].startswith("python -m benchmarks.profile artifacts/profile/")
     assert "python -m benchmarks.profile artifacts/profile/*/*.onnx artifacts/profile/*/*.pte" in readme

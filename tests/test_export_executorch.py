@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from export.targets.executorch.convert import delegation, extract_coreml, inspect_pte, runner
+from export.targets.executorch.runner import delegation, extract_coreml, inspect_pte, runner
 from tests.export_helpers import exported
 
 XNNPACK_ONLY = {"segments": 1, "backends": {"XnnpackBackend": 1}, "non_delegated_ops": {}}
@@ -128,7 +128,7 @@ def test_int8_filter_follows_the_float_kinds(synthetic_xxs):
 
     from export import with_target_defaults
     from export.config import TARGETS
-    from export.targets.executorch.convert import int8_filter
+    from export.targets.executorch.program import int8_filter
     from mobilevit.layers import KINDS
     from mobilevit.rewrites import apply_rewrites
 

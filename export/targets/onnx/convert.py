@@ -73,7 +73,8 @@ def convert(model: torch.nn.Module, precisions: tuple[str, ...], workdir: Path, 
 
             layers, calibration, searched = search_int8(model, fp32, calibration, options.int8_budget,
                                                         Path(scratch) / "search", size=sizes[0],
-                                                        labels=options.heldout_labels)
+                                                        labels=options.heldout_labels,
+                                                        objective=options.int8_objective)
         else:
             layers = int8_layers(model, fp32, options.float_kinds) if "int8" in precisions else None
         made = {p: convert_onnx_precision(fp32, workdir / f"model_{p}.onnx", p, calibration=calibration,

@@ -25,7 +25,7 @@ class OnnxLayerSearch(LayerSearch):
 
         matches = layer_nodes(onnx.load(str(fp32)), model)
         self.nodes = {layer.name: ids for layer, ids in matches}
-        super().__init__(fp32, list(self.nodes), {layer.name: layer.kind for layer, _ in matches}, heldout, work,
+        super().__init__(model, fp32, list(self.nodes), {layer.name: layer.kind for layer, _ in matches}, heldout, work,
                          labels, threads)
         self.calibration = calibration
         self.cache = self.work / "calibration.json"  # onnxruntime's ranges: calibrated once, by the first call
@@ -50,9 +50,10 @@ def layer_search(model: torch.nn.Module, calibration: np.ndarray, heldout: np.nd
 
 
 def search_int8(model: torch.nn.Module, fp32: Path, calibration: np.ndarray, budget: str, work: Path,
-                size: int, labels: tuple[int, ...] | None = None) -> tuple[list[str], np.ndarray, dict]:
+                size: int, labels: tuple[int, ...] | None = None, objective: str = "speed"
+                ) -> tuple[list[str], np.ndarray, dict]:
     """``(int8 node names, calibration photos, record)``: the layers this checkpoint keeps int8 under ``budget``
     (``export.int8search.choose``), as the nodes of ``fp32``."""
     s, int8, calib, record = choose(lambda c, h, y: OnnxLayerSearch(model, fp32, c, h, work, labels=y), model, size,
-                                    calibration, budget, "onnx", "int8", labels)
+                                    calibration, budget, "onnx", "int8", labels, objective)
     return [i for n in int8 for i in s.nodes[n]], calib, record

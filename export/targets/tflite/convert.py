@@ -93,7 +93,7 @@ def convert(model, precisions: tuple[str, ...], workdir: Path, *, sizes: tuple[i
 
                 results[p], searched = search_int8(model, saved, made["fp32"], calibration, options.int8_budget,
                                                    Path(tmp) / "search", sizes[0], workdir / "model_int8.tflite",
-                                                   labels=options.heldout_labels)
+                                                   labels=options.heldout_labels, objective=options.int8_objective)
                 write_int8_search(results[p], searched)  # the pipeline puts it in the manifest
             elif p == "int8":
                 results[p] = full_int8(model, workdir / "model_int8.tflite", calibration, saved,

@@ -198,7 +198,7 @@ class TFLiteLayerSearch(LayerSearch):
         self.nodes = {layer.name: outputs for layer, outputs in matches}  # each layer's ops, by output tensor
         self.float_types, self.float_nodes = denylist(model, self.calibrated, (),
                                                       int8_recipe("tflite", "int8").float_ops)
-        super().__init__(fp32, list(self.nodes), {layer.name: layer.kind for layer, _ in matches}, heldout, work,
+        super().__init__(model, fp32, list(self.nodes), {layer.name: layer.kind for layer, _ in matches}, heldout, work,
                          labels, threads)
         self.n = 0
 
@@ -212,10 +212,11 @@ class TFLiteLayerSearch(LayerSearch):
 
 
 def search_int8(model: nn.Module, saved_model: Path, fp32: Path, calibration: np.ndarray, budget: str,
-                work: Path, size: int, out: Path, labels: tuple[int, ...] | None = None) -> tuple[Path, dict]:
+                work: Path, size: int, out: Path, labels: tuple[int, ...] | None = None,
+                objective: str = "speed") -> tuple[Path, dict]:
     """``(out, record)``: the full-int8 ``.tflite`` with the layers this checkpoint keeps int8 under ``budget``
     (``export.int8search.choose``), calibrated on the photos the search did not hold out."""
     s, int8, _, record = choose(lambda c, h, y: TFLiteLayerSearch(model, saved_model, fp32, c, h, work, labels=y),
-                                model, size, calibration, budget, "tflite", "int8", labels)
+                                model, size, calibration, budget, "tflite", "int8", labels, objective)
     Path(s.quantize(int8)).replace(out)
     return out, record
