@@ -33,7 +33,7 @@ import numpy as np
 
 from export import TARGETS
 from export.errors import ExportConfigError
-from export.int8search import DEFAULT_BUDGET, OBJECTIVES, parse_budget, rank, search
+from export.int8search import DEFAULT_BUDGET, OBJECTIVES, objective_gains, parse_budget, rank, search
 
 from .harness import EXIT_BAD_INPUT, _say, artifact_entry, measure_latency, run_meta, write_result
 from .stats import ratio_ci
@@ -66,9 +66,7 @@ def run(model, variant: str, size: int, heldout: np.ndarray, calibration: np.nda
     t = time.perf_counter()
     if objective == "speed":
         _say(f"timing what each layer's int8 saves: {s.timed_by} ...")
-        gain = s.gains(macs)
-    else:  # the most MACs in int8: nothing timed
-        gain = {n: float(macs[n]) for n in s.layers}
+    gain = objective_gains(s, macs, objective)
     savings_s = time.perf_counter() - t
     ranked = rank(drift, gain)
     _say(f"searching for {budget} ...")

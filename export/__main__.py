@@ -22,6 +22,7 @@ def parser() -> argparse.ArgumentParser:
     from mobilevit.rewrites import REWRITES
 
     from .config import TARGETS
+    from .int8search import OBJECTIVES
     from .tasks import TASKS
 
     p = argparse.ArgumentParser(
@@ -82,7 +83,7 @@ def parser() -> argparse.ArgumentParser:
                         "(e.g. cosine=0.999), "
                         "or top-1 at most P points below fp32 on held-out labelled photos of --images' class folders "
                         "(e.g. top1=0.5); the manifest records the layers and figures")
-    p.add_argument("--int8-objective", default="speed", choices=("speed", "macs"),
+    p.add_argument("--int8-objective", default="speed", choices=OBJECTIVES,
                    help="with --int8-budget: speed = the fastest set in the target's runtime on this machine "
                         "(measured); macs = the most multiply-accumulates in int8, for a device other than this "
                         "machine (a phone's NPU or DSP), the same set on every machine")

@@ -257,6 +257,15 @@ def check_objective(objective: str) -> str:
     return objective
 
 
+def objective_gains(s: LayerSearch, macs: dict[str, int], objective: str) -> dict[str, float]:
+    """What each layer's int8 buys under ``objective``: its measured saving in milliseconds (``speed``,
+    :meth:`LayerSearch.gains`) or its multiply-accumulates (``macs``, nothing timed). A layer buying nothing
+    (gain <= 0) stays float."""
+    if check_objective(objective) == "speed":
+        return s.gains(macs)
+    return {n: float(macs[n]) for n in s.layers}
+
+
 def choose(make: Callable[[np.ndarray, np.ndarray, np.ndarray | None], LayerSearch], model, size: int,
            calibration: np.ndarray, budget: str, target: str, precision: str,
            labels: tuple[int, ...] | None = None, objective: str = "speed"
@@ -289,7 +298,7 @@ def choose(make: Callable[[np.ndarray, np.ndarray, np.ndarray | None], LayerSear
     s = make(calib, heldout, None if labels is None else np.asarray(labels))
     macs = layer_macs(s.model, size)
     total = sum(macs.values())
-    gain = s.gains(macs) if check_objective(objective) == "speed" else {n: float(macs[n]) for n in s.layers}
+    gain = objective_gains(s, macs, objective)
     always_float = [n for n in s.layers if gain[n] <= 0]
     drift = s.sensitivity([n for n in s.layers if gain[n] > 0])  # the others stay float whatever they drift
     found = search(rank(drift, gain), s.evaluate, ValidatedBudget(parsed, tolerance(target, precision)),
@@ -312,7 +321,7 @@ def choose(make: Callable[[np.ndarray, np.ndarray, np.ndarray | None], LayerSear
               "objective": objective,
               **({"saving_ms": {n: round(v, 5) for n, v in gain.items()}} if objective == "speed" else {}),
               "seconds": round(time.perf_counter() - start, 1),
-              "runtime": s.runner.runtime,
+              "runtime": s.runner.runtime, "measured_in": s.measured_in,
               "ranking": ("layers measured no faster in int8 always float (their drift alone not measured), then "
                           "the most drift alone per ms saved first") if objective == "speed" else
                          "the most drift alone per multiply-accumulate first"}

@@ -31,17 +31,19 @@ def convert(model: torch.nn.Module, precisions, workdir: Path, *, sizes: tuple[i
             calibration: np.ndarray | None, options: ExecuTorchOptions) -> dict[str, Path]:
     """This target's converter (see ``export.config.TargetConfig.converter``); with ``options.int8_budget``, the
     int8 program's layers are searched for this checkpoint (``search.search_int8``)."""
+    search = options.int8_budget is not None
     made = {}
-    for p in precisions:
+    for p in sorted(precisions, key=lambda p: search and p == "int8"):  # a search last: it reuses the fp32 program
         path = Path(workdir) / f"model_{p}.pte"
-        if p == "int8" and options.int8_budget is not None:
+        if p == "int8" and search:
             from ...publish import write_int8_search
             from .search import search_int8
 
             with tempfile.TemporaryDirectory(prefix="executorch-search-", dir=workdir) as scratch:
                 made[p], searched = search_int8(model, calibration, options.int8_budget, Path(scratch), sizes[0],
-                                                path, labels=options.heldout_labels, objective=options.int8_objective)
+                                                path, labels=options.heldout_labels, objective=options.int8_objective,
+                                                fp32=made.get("fp32"))
             write_int8_search(made[p], searched)  # the pipeline puts it in the manifest
         else:
             made[p] = to_pte(model, p, path, size=sizes[0], calibration=calibration, options=options)
-    return made
+    return {p: made[p] for p in precisions}

@@ -82,11 +82,16 @@ def layer_filter(int8: Callable[[str], bool]):
     return quantize
 
 
-def int8_filter(float_kinds: tuple[str, ...]):
-    """:func:`layer_filter` for a recipe: every layer whose kind is not in ``float_kinds``."""
+def recipe_layers(float_kinds: tuple[str, ...]) -> Callable[[str], bool]:
+    """The layers a recipe quantizes: every layer whose kind is not in ``float_kinds``."""
     from mobilevit.layers import kind_of
 
-    return layer_filter(lambda layer: kind_of(layer) not in float_kinds)
+    return lambda layer: kind_of(layer) not in float_kinds
+
+
+def int8_filter(float_kinds: tuple[str, ...]):
+    """:func:`layer_filter` for a recipe (:func:`recipe_layers`)."""
+    return layer_filter(recipe_layers(float_kinds))
 
 
 def quantize_int8(graph: torch.fx.GraphModule, example: torch.Tensor, calibration: np.ndarray,
@@ -148,10 +153,8 @@ def to_pte(model: torch.nn.Module, precision: str, path: Path, *, size: int, cal
     with quiet(stderr=True):
         program = _export(model, example)
         if precision == "int8":
-            from mobilevit.layers import kind_of
-
             from ...int8 import float_kinds
 
             kinds = float_kinds("executorch", precision, options.float_kinds)
-            program = quantize_int8(program.module(), example, calibration, lambda layer: kind_of(layer) not in kinds)
+            program = quantize_int8(program.module(), example, calibration, recipe_layers(kinds))
     return lower(program, precision, path, options)

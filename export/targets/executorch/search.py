@@ -73,7 +73,7 @@ def layer_times(graph: torch.fx.Graph, events: list[tuple[str, float]], int8_lay
 class ExecuTorchLayerSearch(LayerSearch):
     """``model`` (the registry's rewrites applied, as the converter gets it), its fp32 ``.pte``, calibration and
     held-out photos. Lowering a program to XNNPACK takes about 20 s (xx_small), so a layer set is *measured* in
-    simulation: the PT2E program (``convert.pt2e_int8``, the same quantizer and calibration) run in torch with
+    simulation: the PT2E program (``program.pt2e_int8``, the same quantizer and calibration) run in torch with
     its quantize / dequantize ops (:meth:`measure`); :meth:`quantize` lowers a set for real (the artifact, and the
     timing). What a layer's int8 saves is read from two ExecuTorch profiles, of the fp32 and the all-int8 program
     (:meth:`gains`)."""
@@ -139,25 +139,27 @@ def layer_search(model: torch.nn.Module, calibration: np.ndarray, heldout: np.nd
 
     from ...config import target_config
 
-    work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
     model = apply_rewrites(copy.deepcopy(model), target_config("executorch").rewrites).eval()
-    fp32 = to_pte(model, "fp32", work / "fp32.pte", size=size, calibration=None, options=ExecuTorchOptions())
-    return ExecuTorchLayerSearch(model, fp32, calibration, heldout, work / "search")
+    return ExecuTorchLayerSearch(model, _fp32(model, work, size), calibration, heldout, Path(work) / "search")
+
+
+def _fp32(model: torch.nn.Module, work: Path, size: int) -> Path:
+    """The fp32 ``.pte`` of ``model`` the search measures against, as the converter makes it."""
+    Path(work).mkdir(parents=True, exist_ok=True)
+    return to_pte(model, "fp32", Path(work) / "fp32.pte", size=size, calibration=None, options=ExecuTorchOptions())
 
 
 def search_int8(model: torch.nn.Module, calibration: np.ndarray, budget: str, work: Path, size: int, out: Path,
-                labels: tuple[int, ...] | None = None, objective: str = "speed") -> tuple[Path, dict]:
+                labels: tuple[int, ...] | None = None, objective: str = "speed",
+                fp32: Path | None = None) -> tuple[Path, dict]:
     """``(out, record)``: the int8 ``.pte`` with the layers this checkpoint keeps int8 under ``budget``
     (``export.int8search.choose``, on simulated figures), calibrated on the photos the search did not hold out.
-    The record adds the lowered program's own held-out figures (``runtime_figures``): how well the simulation
-    predicted it."""
-    work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
-    fp32 = to_pte(model, "fp32", work / "fp32.pte", size=size, calibration=None, options=ExecuTorchOptions())
-    s, int8, _, record = choose(lambda c, h, y: ExecuTorchLayerSearch(model, fp32, c, h, work / "search", labels=y),
+    ``fp32``: the export's own fp32 program of ``model``, if it made one (else lowered here). The record adds the
+    lowered program's own held-out figures (``runtime_figures``): how well the simulation predicted it."""
+    fp32 = fp32 or _fp32(model, work, size)
+    s, int8, _, record = choose(lambda c, h, y: ExecuTorchLayerSearch(model, fp32, c, h, Path(work) / "search",
+                                                                      labels=y),
                                 model, size, calibration, budget, "executorch", "int8", labels, objective)
     Path(s.quantize(int8)).replace(out)
-    record["simulated"] = "PT2E program in torch (quantize / dequantize ops); runtime_figures: the .pte in ExecuTorch"
     record["runtime_figures"] = s.figures(out)
     return out, record
