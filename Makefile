@@ -35,7 +35,7 @@ $(STAMP): requirements-torch.lock requirements.lock constraints.txt requirements
 # (tests/conftest.py)
 TEST_WORKERS ?= 2
 test: setup
-	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25 tests
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=60 tests
 
 # the development loop: everything but conversions and training (README gives its time); make test runs all
 test-fast: setup

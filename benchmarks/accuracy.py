@@ -189,10 +189,13 @@ def predict(fn: Callable[[np.ndarray], np.ndarray], reader, preds: Predictions, 
 
 class LocalEngine:
     """The passes in this process, one after the other, at ``threads`` runtime threads (the default engine;
-    ``--ray`` swaps in :class:`benchmarks.cluster.RayEngine`, which has the same ``run``)."""
+    ``--ray`` swaps in :class:`benchmarks.cluster.RayEngine`, which has the same ``run``). No ``threads``:
+    ``export.runners.default_threads()`` (2, or ``$MOBILEVIT_THREADS``)."""
 
-    def __init__(self, threads: int = 2):
-        self.threads = threads
+    def __init__(self, threads: int | None = None):
+        from export.runners import default_threads
+
+        self.threads = default_threads() if threads is None else threads
 
     def describe(self) -> dict:
         return {"engine": "local", "threads": self.threads}

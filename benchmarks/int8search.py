@@ -33,7 +33,7 @@ import numpy as np
 
 from export import TARGETS
 from export.errors import ExportConfigError
-from export.int8search import DEFAULT_BUDGET, OBJECTIVES, objective_gains, parse_budget, rank, search
+from export.int8search import DEFAULT_BUDGET, OBJECTIVES, objective_gains, parse_budget, rank, resolve_objective, search
 
 from .harness import EXIT_BAD_INPUT, _say, artifact_entry, measure_latency, run_meta, write_result
 from .stats import ratio_ci
@@ -45,7 +45,7 @@ CALIBRATION_DIGITS = 64  # --images digits: calibration images after the held-ou
 
 
 def run(model, variant: str, size: int, heldout: np.ndarray, calibration: np.ndarray, budget_text: str,
-        work: Path, target: str, origin: str = "", objective: str = "speed") -> dict:
+        work: Path, target: str, origin: str = "", objective: str | None = None) -> dict:
     """Per-layer drift, the search, and the recipe on the same held-out photos (see the module docstring)."""
     from export import target_config, with_target_defaults
     from export.config import INT8_RECIPES, load
@@ -56,6 +56,7 @@ def run(model, variant: str, size: int, heldout: np.ndarray, calibration: np.nda
     start = time.perf_counter()
     model = with_target_defaults(model, target)
     s = load(target_config(target).int8_search)(model, calibration, heldout, work, size)
+    objective = resolve_objective(objective, s.runner)
     kinds = s.kinds
     macs = layer_macs(s.model, size)
     total = sum(macs.values())
@@ -77,20 +78,22 @@ def run(model, variant: str, size: int, heldout: np.ndarray, calibration: np.nda
     recipe_float = [n for n in s.layers if kinds[n] in float_kinds(target, precision, None)]
     recipe = s.evaluate(recipe_float)
 
-    def share(float_layers) -> float:
-        return 1 - sum(macs[n] for n in float_layers) / total
+    def share(float_layers) -> float:  # layers the target cannot make int8 (not in s.layers) count as float
+        return sum(macs[n] for n in s.layers if n not in set(float_layers)) / total
 
-    _say(f"timing fp32, the recipe and the searched set at 1 thread ({RUNS} runs each, interleaved) ...")
     paths = {"fp32": s.fp32, "recipe": s.quantize([n for n in s.layers if n not in set(recipe_float)]),
              "searched": s.quantize([n for n in s.layers if n not in set(found.float_layers)])}
-    entries = [artifact_entry(target, name, "ours", ("", ""), path) for name, path in paths.items()]
-    measure_latency(entries, [1], RUNS, 3, heldout[:1])
-    lat = {e.precision: e.results["latency"]["1"] for e in entries}
+    speed = dict.fromkeys(paths)  # None: the runner cannot time the target's runtime here (Runner.timeable)
+    if s.runner.timeable:
+        _say(f"timing fp32, the recipe and the searched set at 1 thread ({RUNS} runs each, interleaved) ...")
+        entries = [artifact_entry(target, name, "ours", ("", ""), path) for name, path in paths.items()]
+        measure_latency(entries, [1], RUNS, 3, heldout[:1])
+        lat = {e.precision: e.results["latency"]["1"] for e in entries}
+        speed = {name: {"median_ms": lat[name]["median_ms"],
+                        **({} if name == "fp32" else {"speedup": ratio_ci(lat["fp32"]["samples_ms"],
+                                                                          lat[name]["samples_ms"])})}
+                 for name in paths}
     runtime = {name: s.figures(paths[name]) for name in ("recipe", "searched")}  # the artifacts as timed
-    speed = {name: {"median_ms": lat[name]["median_ms"],
-                    **({} if name == "fp32" else {"speedup": ratio_ci(lat["fp32"]["samples_ms"],
-                                                                      lat[name]["samples_ms"])})}
-             for name in paths}
 
     return {"meta": {"variant": variant, "size": size, "weights": origin, "target": target, "budget": str(budget),
                      "measured_in": s.measured_in, "runtime": s.runner.runtime, "objective": objective,
@@ -142,7 +145,8 @@ def render(result: dict) -> str:
         cells = [name, str(layers), f"{100 * x['int8_mac_share']:.1f}%", fig(x["figures"])]
         if simulated:
             cells.append(fig(x["runtime_figures"]))
-        return "| " + " | ".join(cells + [_ms(x), _speed(x)]) + " |"
+        return "| " + " | ".join(cells + ([_ms(x), _speed(x)] if timed else [])) + " |"
+    timed = bool(result["fp32"]["latency"])
     lines = [f"Int8 layer search on {m['target']}, MobileViT {m['variant']} at {m['size']}, weights: "
              f"{m['weights']}; budget {m['budget']} on {m['heldout_images']} held-out photos, calibration on "
              f"{m['calibration_images']} others ({cpu['cpu']}, family {cpu['cpu_family']} model "
@@ -154,13 +158,17 @@ def render(result: dict) -> str:
         lines += [f"Drift measured in {m['measured_in']}; the searched and the recipe's sets are also lowered and "
                   f"measured in {m['runtime']} (\"in the runtime\"): how well the simulation predicts them.", ""]
     lines += [f"Latency: median of {RUNS} runs at 1 thread, interleaved; speed-up = fp32 median / row median "
-              "[bootstrap 95% CI].", "",
-              "| int8 set | layers in float | MACs in int8 | held-out figures | "
-              + ("in the runtime | " if simulated else "") + "median ms | speed-up over fp32 |",
-              "|---|---|---|---|" + ("---|" if simulated else "") + "---|---|",
+              "[bootstrap 95% CI]." if timed else
+              f"Not timed: {m['runtime']} computes the target's numbers, not its speed (it does not run on this "
+              "machine).", "",
+              ("| int8 set | layers in float | MACs in int8 | held-out figures | "
+               + ("in the runtime | " if simulated else "") + ("median ms | speed-up over fp32 |" if timed else ""))
+              .rstrip(),
+              "|---|---|---|---|" + ("---|" if simulated else "") + ("---|---|" if timed else ""),
               row(f"searched ({'meets' if s['met'] else 'MISSES'} the budget)", s, len(s["float_layers"])),
               row("fixed recipe", r, len(r["float_layers"])),
-              f"| fp32 | all | 0% | - | {'- | ' if simulated else ''}{_ms(result['fp32'])} | 1 |",
+              (f"| fp32 | all | 0% | - | {'- | ' if simulated else ''}"
+               + (f"{_ms(result['fp32'])} | 1 |" if timed else "")).rstrip(),
               "", "Layers returned to float by the search, in order: "
               + (", ".join(f"`{n}`" for n in s["float_layers"]) or "none") + ".", "",
               ("Ranking: first the layers whose int8 measured no faster (they stay float), then the most drift per "
@@ -186,7 +194,8 @@ def main(argv=None) -> int:
     p.add_argument("--weights", help="checkpoint (any format mobilevit.checkpoints reads); default: synthetic")
     p.add_argument("--variant", default="xx_small", choices=["xx_small", "x_small", "small"])
     searchable = [t for t, c in TARGETS.items() if c.int8_search]
-    p.add_argument("--target", default=searchable[0], choices=searchable, help="a target with a layer search")
+    p.add_argument("--target", default=None, choices=searchable,
+                   help="a target with a layer search (default: the first whose runtime is timed here)")
     p.add_argument("--images", help="your photos: the first --num-images are held out, the rest calibrate; "
                                     "'digits': the digits validation split (data.datasets, for the digits checkpoint)")
     p.add_argument("--num-images", type=int, default=16)
@@ -194,8 +203,9 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--stem", default="int8search", help="result file names: STEM.{json,md} in --out")
-    p.add_argument("--int8-objective", default="speed", choices=OBJECTIVES,
-                   help="what the search maximises: speed (measured here) or macs (the MAC share in int8)")
+    p.add_argument("--int8-objective", default=None, choices=OBJECTIVES,
+                   help="what the search maximises: speed (measured here; the default where the runtime is timed "
+                        "here) or macs (the MAC share in int8)")
     a = p.parse_args(argv)
     try:
         budget = parse_budget(a.int8_budget)
@@ -207,6 +217,7 @@ def main(argv=None) -> int:
         return EXIT_BAD_INPUT
     from data.photos import load_folder, photo_variants
     from data.synthetic import synthetic_model
+    from export.config import load
     from export.convert import calibration_photos
     from mobilevit import get_config
     from mobilevit.checkpoints import load_checkpoint, load_model
@@ -240,9 +251,14 @@ def main(argv=None) -> int:
     else:
         heldout = preprocess(photo_variants(a.num_images, seed=VALIDATION_SEED), cfg, a.size).numpy()
         calibration = calibration_photos(cfg, a.size)
+    target = a.target or next(t for t in searchable if getattr(load(TARGETS[t].runner), "timeable", False))
     with tempfile.TemporaryDirectory(prefix="int8search-") as tmp:
-        result = run(model, variant, a.size, heldout, calibration, a.int8_budget, Path(tmp), a.target, origin=origin,
-                     objective=a.int8_objective)
+        try:
+            result = run(model, variant, a.size, heldout, calibration, a.int8_budget, Path(tmp), target,
+                         origin=origin, objective=a.int8_objective)
+        except ExportConfigError as e:  # an objective the target cannot measure here
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     result["meta"] |= run_meta("python -m benchmarks.int8search", argv)
     write_result(a.out, a.stem, result, render(result))
     return 0

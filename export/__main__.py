@@ -78,15 +78,16 @@ def parser() -> argparse.ArgumentParser:
                    help="int8 precisions: comma-separated layer kinds to keep in float, replacing the target's "
                         f"measured recipe ('' = none); kinds: {', '.join(KINDS)}")
     p.add_argument("--int8-budget", default=None, metavar="cosine=C|top1=P",
-                   help="int8 (onnx, tflite, executorch): choose the layers kept in float for this checkpoint by "
-                        "measurement, the most int8 that keeps mean logit cosine >= C against fp32 on held-out photos "
-                        "(e.g. cosine=0.999), "
+                   help="int8 (onnx, tflite, executorch) and w8a8 (coreml): choose the layers kept in float for this "
+                        "checkpoint by measurement, the most int8 that keeps mean logit cosine >= C against fp32 on "
+                        "held-out photos (e.g. cosine=0.999), "
                         "or top-1 at most P points below fp32 on held-out labelled photos of --images' class folders "
                         "(e.g. top1=0.5); the manifest records the layers and figures")
-    p.add_argument("--int8-objective", default="speed", choices=OBJECTIVES,
+    p.add_argument("--int8-objective", default=None, choices=OBJECTIVES,
                    help="with --int8-budget: speed = the fastest set in the target's runtime on this machine "
-                        "(measured); macs = the most multiply-accumulates in int8, for a device other than this "
-                        "machine (a phone's NPU or DSP), the same set on every machine")
+                        "(measured; the default where the runtime runs here); macs = the most multiply-accumulates "
+                        "in int8, for a device other than this machine (a phone's NPU or DSP), the same set on every "
+                        "machine (the default for Core ML off macOS)")
     return p
 
 

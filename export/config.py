@@ -280,10 +280,11 @@ register(TargetConfig(
     calibrated=("w8a8",), multi_size=True, logits_options={"input_kind": "tensor", "output_kind": "logits"},
     preload=("coremltools",), request_fields=("input_kind", "output_kind"), segmentation_output="classmap",
     metadata_options="export.targets.coreml.convert:metadata_options", conversion_seconds=106,
+    int8_search="export.targets.coreml.search:layer_search",
     notes="ML program; image input (the checkpoint's channel order and scale) and classifier output by "
           "default; int8 = 8-bit linear weight quantization, palettize8 = 8-bit k-means palettization "
           "(both on fp16 compute); w8a8 = int8 activations (calibrated on real photos) and int8 weights "
-          "for the int8 recipe's layers (INT8_RECIPES), iOS 17."))
+          "for the int8 recipe's layers (INT8_RECIPES) or the layers --int8-budget searched, iOS 17."))
 register(TargetConfig(
     "onnx", ("fp32", "fp16", "int8", "int8_dynamic"), "fp32", "slice", "split", ".onnx",
     converter="export.targets.onnx.convert:convert", options="export.targets.onnx.convert:OnnxOptions",

@@ -39,8 +39,9 @@ class Int8Options:
     # int8: search the layers kept in float for this checkpoint under a fidelity budget (export.int8search:
     # "cosine=0.999" or "top1=0.5"); None = the recipe (or float_kinds)
     int8_budget: str | None = None
-    # with int8_budget: what the search maximises, "speed" (measured here) or "macs" (export.int8search.OBJECTIVES)
-    int8_objective: str = "speed"
+    # with int8_budget: what the search maximises, "speed" (measured here) or "macs" (export.int8search.OBJECTIVES);
+    # None: speed where the target's runtime can be timed here, else macs
+    int8_objective: str | None = None
     # a top-1 budget's labels: the class index of each of the search's held-out photos, which are the last
     # len(heldout_labels) of the calibration array (export.request.search_photos puts them there)
     heldout_labels: tuple[int, ...] | None = None
@@ -51,7 +52,7 @@ class Int8Options:
                 object.__setattr__(self, "float_kinds", check_kinds(self.float_kinds))
             except UnknownKindError as e:
                 raise ExportConfigError(str(e)) from e
-        if self.int8_objective != "speed" and self.int8_budget is None:
+        if self.int8_objective is not None and self.int8_budget is None:
             raise ExportConfigError(f"--int8-objective {self.int8_objective} steers the search of --int8-budget: "
                                     "give --int8-budget too (e.g. cosine=0.999), or drop --int8-objective")
         if self.int8_budget is not None:

@@ -13,6 +13,7 @@ hook that builds it (``TargetConfig.int8_search``). :func:`choose` is what a con
 """
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,9 @@ DEFAULT_BUDGET = "cosine=0.999"
 # what the search maximises under the budget: "speed", measured in the target's runtime on this machine (the
 # default), or "macs", the multiply-accumulates in int8, for a device other than the exporting machine (a phone's
 # NPU or DSP, whose int8 speed this machine cannot measure); "macs" times nothing, so it chooses the same set on
-# every machine
+# every machine. No objective given: "speed" where the target's runner times its runtime here
+# (``Runner.timeable``), else "macs" (Core ML off macOS: the reference executor computes Core ML's numbers, not
+# its speed)
 OBJECTIVES = ("speed", "macs")
 # photos the search is measured on: a searching converter takes the last SEARCH_IMAGES of its calibration
 # array as them (``export.request.calibration`` puts them there) and calibrates on the rest. As many as the
@@ -183,7 +186,7 @@ class LayerSearch:
         try:
             return self.figures(path)
         finally:
-            path.unlink()
+            _remove(path)
 
     def evaluate(self, float_layers: list[str]) -> dict:
         """Held-out figures with every layer int8 except ``float_layers``."""
@@ -212,7 +215,7 @@ class LayerSearch:
                 samples[names[k]].append(time.perf_counter() - t)
         del runners
         for p in paths.values():
-            p.unlink()
+            _remove(p)
         base = float(np.median(samples[""]))
         return {g: 1e3 * (base - float(np.median(samples[g]))) if g in samples else 0.0 for g in groups}
 
@@ -249,11 +252,30 @@ class ValidatedBudget:
                 f"<= {self.tol.max_abs_rel / self.MARGIN:g}, top-1 agreement >= {self.tol.top1_min:g}")
 
 
-def check_objective(objective: str) -> str:
-    """``objective`` if it is one of :data:`OBJECTIVES`; else an :class:`ExportConfigError` naming them."""
-    if objective not in OBJECTIVES:
+def _remove(path: Path) -> None:
+    """An artifact file, or a directory one (a Core ML ``.mlpackage``)."""
+    shutil.rmtree(path) if Path(path).is_dir() else Path(path).unlink()
+
+
+def check_objective(objective: str | None) -> str | None:
+    """``objective`` if it is one of :data:`OBJECTIVES` (or None: the target's default); else an
+    :class:`ExportConfigError` naming them."""
+    if objective is not None and objective not in OBJECTIVES:
         raise ExportConfigError(f"--int8-objective {objective!r}: choose one of {', '.join(OBJECTIVES)} (speed: "
                                 "measured in the runtime here; macs: the most multiply-accumulates in int8)")
+    return objective
+
+
+def resolve_objective(objective: str | None, runner) -> str:
+    """``objective``, or for None "speed" where ``runner`` times its runtime (``Runner.timeable``) and else "macs";
+    "speed" with a runner that cannot is an :class:`ExportConfigError` naming the fix."""
+    if check_objective(objective) is None:
+        return "speed" if runner.timeable else "macs"
+    if objective == "speed" and not runner.timeable:
+        raise ExportConfigError(f"--int8-objective speed: {runner.runtime} computes the artifact's numbers but its "
+                                "speed is not the target runtime's, so no layer can be timed on this machine: give "
+                                "--int8-objective macs (the most multiply-accumulates in int8), or search on a "
+                                "machine that runs the target's own runtime")
     return objective
 
 
@@ -261,14 +283,14 @@ def objective_gains(s: LayerSearch, macs: dict[str, int], objective: str) -> dic
     """What each layer's int8 buys under ``objective``: its measured saving in milliseconds (``speed``,
     :meth:`LayerSearch.gains`) or its multiply-accumulates (``macs``, nothing timed). A layer buying nothing
     (gain <= 0) stays float."""
-    if check_objective(objective) == "speed":
+    if resolve_objective(objective, s.runner) == "speed":
         return s.gains(macs)
     return {n: float(macs[n]) for n in s.layers}
 
 
 def choose(make: Callable[[np.ndarray, np.ndarray, np.ndarray | None], LayerSearch], model, size: int,
            calibration: np.ndarray, budget: str, target: str, precision: str,
-           labels: tuple[int, ...] | None = None, objective: str = "speed"
+           labels: tuple[int, ...] | None = None, objective: str | None = None
            ) -> tuple[LayerSearch, list[str], np.ndarray, dict]:
     """``(search, int8 layers, calibration photos, record)``: the layers this checkpoint keeps int8 under
     ``budget``, for ``--int8-budget`` in a converter. ``make(calibration, heldout, labels)`` builds the target's
@@ -296,6 +318,7 @@ def choose(make: Callable[[np.ndarray, np.ndarray, np.ndarray | None], LayerSear
     start = time.perf_counter()
     calib, heldout = calibration[:-held], calibration[-held:]
     s = make(calib, heldout, None if labels is None else np.asarray(labels))
+    objective = resolve_objective(objective, s.runner)
     macs = layer_macs(s.model, size)
     total = sum(macs.values())
     gain = objective_gains(s, macs, objective)
@@ -308,12 +331,15 @@ def choose(make: Callable[[np.ndarray, np.ndarray, np.ndarray | None], LayerSear
                                 f"({found.figures}); relax the budget")
     keep = set(found.float_layers)
     if len(keep) == len(s.layers):
-        raise ExportConfigError(f"--int8-budget {budget}: no layer stays int8 ({len(always_float)} of {len(s.layers)} "
-                                f"measured no faster in int8 on this machine's {s.runner.runtime}, the rest returned "
-                                "to float for the budget): export fp32, or drop --int8-budget for the fixed recipe")
-    record = {"budget": found.budget, "float_layers": found.float_layers,
-              "int8_layers": [n for n in s.layers if n not in keep],
-              "int8_mac_share": round(1 - sum(macs[n] for n in keep) / total, 4),
+        why = (f"{len(always_float)} of {len(s.layers)} measured no faster in int8 on this machine's "
+               f"{s.runner.runtime}, the rest returned to float for the budget" if objective == "speed" else
+               f"all {len(s.layers)} returned to float for the budget")
+        raise ExportConfigError(f"--int8-budget {budget}: no layer stays int8 ({why}): export fp32, or drop "
+                                "--int8-budget for the fixed recipe")
+    int8 = [n for n in s.layers if n not in keep]
+    record = {"budget": found.budget, "float_layers": found.float_layers, "int8_layers": int8,
+              # layers the target cannot make int8 (not in s.layers: Core ML's matmuls) count as float
+              "int8_mac_share": round(sum(macs[n] for n in int8) / total, 4),
               "float_kinds_touched": sorted({s.kinds[n] for n in keep}),
               "heldout_figures": found.figures, "heldout_images": held, "heldout_labelled": bool(labels),
               "calibration_images": int(len(calib)), "sets_measured": len(found.evaluations),

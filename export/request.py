@@ -52,7 +52,7 @@ class ExportRequest:
     images: str | None = None  # folder of the user's own photos for validation/calibration
     float_kinds: tuple[str, ...] | None = None  # int8: layer kinds kept in float (None: the target's recipe)
     int8_budget: str | None = None  # int8: search the float layers under this budget (export.int8search)
-    int8_objective: str = "speed"  # what that search maximises: speed (measured here) | macs
+    int8_objective: str | None = None  # what that search maximises: speed (measured here) | macs; None: the target's
     task: str = "classification"  # classification | segmentation (DeepLabV3-MobileViT; export.tasks)
     options: tuple[tuple[str, object], ...] = ()  # the target's own options by name (CLI: --option KEY=VALUE)
 
@@ -71,7 +71,7 @@ class ExportRequest:
             options["float_kinds"] = tuple(self.float_kinds)
         if self.int8_budget is not None:
             options["int8_budget"] = self.int8_budget
-        if self.int8_objective != "speed":
+        if self.int8_objective is not None:
             options["int8_objective"] = self.int8_objective
         return options
 

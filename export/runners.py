@@ -12,6 +12,7 @@ options that change speed (threads, spinning), for the benchmark JSON.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,26 @@ class Runner:
         return self.run(self.prepare(x))
 
 
-def make_runner(path: str | Path, threads: int = 2, **kwargs) -> Runner:
-    """The runner of the target whose artifacts end like ``path`` (``export.config.TARGETS``)."""
-    return load(target_for_path(path).runner)(path, threads, **kwargs)
+DEFAULT_THREADS = 2  # a runner's threads when the caller gives none (validation); MOBILEVIT_THREADS sets another
+THREADS_ENV = "MOBILEVIT_THREADS"
+
+
+def default_threads() -> int:
+    """The threads a runner uses when none is given: ``$MOBILEVIT_THREADS`` (a positive integer) or 2. Set it to
+    each process's share of the cores when several run side by side (the test workers do): two processes of 2
+    threads each on 2 cores ran the Core ML reference executor 4.6x slower than two of 1 thread each (8 photos,
+    xx_small w8a8: 6.1 s against 1.3 s; one process alone, 1.1 s at 2 threads, 1.3 s at 1)."""
+    value = os.environ.get(THREADS_ENV, "")
+    if not value:
+        return DEFAULT_THREADS
+    if not value.isdigit() or int(value) < 1:
+        from .errors import ExportConfigError
+
+        raise ExportConfigError(f"{THREADS_ENV}={value!r}: give a positive whole number of threads, or unset it")
+    return int(value)
+
+
+def make_runner(path: str | Path, threads: int | None = None, **kwargs) -> Runner:
+    """The runner of the target whose artifacts end like ``path`` (``export.config.TARGETS``), at ``threads``
+    (:func:`default_threads` if None)."""
+    return load(target_for_path(path).runner)(path, default_threads() if threads is None else threads, **kwargs)

@@ -437,7 +437,8 @@ def test_readme_figures_are_the_committed_results_of_the_named_commands():
     assert set(blocks) == {"strategies", "bench", "accuracy", "accuracy_memory", "quant", "int8", "segmentation",
                            "scaling", "int8search", "int8search_tflite", "profile", "executor", "int8search_amx",
                            "int8search_tflite_amx", "int8search_executorch_amx", "profile_amx",
-                           "int8search_onnx_macs", "int8search_tflite_macs", "int8search_executorch_macs"}
+                           "int8search_onnx_macs", "int8search_tflite_macs", "int8search_executorch_macs",
+                           "int8search_coreml_macs"}
     for name, body in blocks.items():
         assert body.rstrip() == (ROOT / "benchmarks" / "results" / f"{name}.md").read_text().rstrip(), name
     bench = json.loads((ROOT / "benchmarks" / "results" / "bench.json").read_text())["meta"]
@@ -468,7 +469,7 @@ def test_readme_figures_are_the_committed_results_of_the_named_commands():
         meta = json.loads((ROOT / "benchmarks" / "results" / f"{stem}.json").read_text())["meta"]
         assert meta["command"] == f"python -m benchmarks.int8search --target {target} --stem {stem}", stem
         assert f"    {meta['command']}\n" in readme and meta["cpu"]["int8_extensions"]["amx_int8"], stem
-    for target in ("onnx", "tflite", "executorch"):  # the most MACs in int8 under the budget
+    for target in ("onnx", "tflite", "executorch", "coreml"):  # the most MACs in int8 under the budget
         meta = json.loads((ROOT / "benchmarks" / "results" / f"int8search_{target}_macs.json").read_text())["meta"]
         assert meta["command"] == (f"python -m benchmarks.int8search --target {target} --int8-objective macs "
                                    f"--stem int8search_{target}_macs") and meta["objective"] == "macs", target

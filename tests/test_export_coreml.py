@@ -13,9 +13,10 @@ import pytest
 from data.synthetic import synthetic_model
 from export import with_target_defaults
 from export.errors import ExportError
-from export.targets.coreml.convert import CoreMLOptions, _op_name, convert_coreml, kind_ops, mil_layer_ops
+from export.targets.coreml.convert import CoreMLOptions, convert_coreml
 from export.targets.coreml.graph import inspect_coreml
 from export.targets.coreml.labels import classifier_labels
+from export.targets.coreml.program import _op_name, kind_ops, mil_layer_ops
 from export.targets.coreml.reference import CoreMLReference
 from mobilevit.labels import imagenet_labels
 from mobilevit.layers import KINDS, layers

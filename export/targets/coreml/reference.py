@@ -763,9 +763,11 @@ class CoreMLReferenceRunner:
     runtime = "coreml-reference"
     timeable = False  # a re-implementation of Core ML: its speed says nothing about a device
 
-    def __init__(self, path, threads: int = 2, accumulate: str = "fp64", kernels: str = "torch"):
+    def __init__(self, path, threads: int | None = None, accumulate: str = "fp64", kernels: str = "torch"):
+        from ...runners import default_threads
+
         self.path = Path(path)
-        self.threads = threads
+        self.threads = default_threads() if threads is None else threads
         self.model = CoreMLReference(path, accumulate=accumulate, kernels=kernels)
         self.kernels = kernels
         desc = self.model.spec.description.input[0]
