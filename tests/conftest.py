@@ -49,13 +49,21 @@ def digits_64():
 
 @pytest.fixture(scope="session")
 def fine_tuned(tmp_path_factory, digits_64):
-    """xx_small fine-tuned on the digits for 2 epochs at 64x64, once per session: ``(TrainConfig, summary)``.
-    The training tests and the accuracy demo's test read its checkpoint; none writes into its folder."""
+    """xx_small fine-tuned on the digits for 2 epochs at 64x64, once per session, whichever worker asks first (the
+    others read its result: training twice cost 355 s of one worker): ``(TrainConfig, summary)``. The training
+    tests, the accuracy demo's test and a top-1 int8 search read its checkpoint; none writes into its folder. It
+    trains at the worker's share of the cores (``train`` leaves torch at ``cfg.threads``)."""
+    from tests import export_helpers
     from training.finetune import TrainConfig, train
 
-    cfg = TrainConfig(variant="xx_small", epochs=2, sizes=(64,), base_size=64, base_batch=32, lr=3e-3,
-                      out=str(tmp_path_factory.mktemp("ft")), warmup_epochs=0.3)
-    return cfg, train(cfg, data=digits_64, progress=False)
+    def run(out: Path):
+        cfg = TrainConfig(variant="xx_small", epochs=2, sizes=(64,), base_size=64, base_batch=32, lr=3e-3,
+                          out=str(out), warmup_epochs=0.3, threads=SHARE)
+        return cfg, train(cfg, data=digits_64, progress=False)
+
+    if export_helpers.SHARED is None:
+        return run(tmp_path_factory.mktemp("ft"))
+    return export_helpers.across_workers("fine_tuned", run)
 
 
 @pytest.fixture(scope="session")

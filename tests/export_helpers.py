@@ -35,13 +35,13 @@ def exported(tmp_root: Path, target: str, variant: str = "xx_small", precisions=
         if SHARED is None:
             _CACHE[key] = run(tmp_root / f"{target}-{variant}-{len(_CACHE)}")
         else:
-            _CACHE[key] = _across_workers(repr(key), run)
+            _CACHE[key] = across_workers(repr(key), run)
     if isinstance(_CACHE[key], Exception):
         raise _CACHE[key]
     return _CACHE[key]
 
 
-def _across_workers(key: str, run):
+def across_workers(key: str, run):
     """``run(out)`` once for all workers of the run: under an exclusive lock on the key's own lock file, the
     first caller runs it and pickles what it returned (results or error); later callers unpickle that."""
     name = hashlib.sha256(key.encode()).hexdigest()[:16]
