@@ -33,7 +33,16 @@ import numpy as np
 
 from export import TARGETS
 from export.errors import ExportConfigError
-from export.int8search import DEFAULT_BUDGET, OBJECTIVES, objective_gains, parse_budget, rank, resolve_objective, search
+from export.int8search import (
+    DEFAULT_BUDGET,
+    OBJECTIVES,
+    int8_mac_share,
+    objective_gains,
+    parse_budget,
+    rank,
+    resolve_objective,
+    search,
+)
 
 from .harness import EXIT_BAD_INPUT, _say, artifact_entry, measure_latency, run_meta, write_result
 from .stats import ratio_ci
@@ -78,8 +87,8 @@ def run(model, variant: str, size: int, heldout: np.ndarray, calibration: np.nda
     recipe_float = [n for n in s.layers if kinds[n] in float_kinds(target, precision, None)]
     recipe = s.evaluate(recipe_float)
 
-    def share(float_layers) -> float:  # layers the target cannot make int8 (not in s.layers) count as float
-        return sum(macs[n] for n in s.layers if n not in set(float_layers)) / total
+    def share(float_layers) -> float:
+        return int8_mac_share(macs, [n for n in s.layers if n not in set(float_layers)])
 
     paths = {"fp32": s.fp32, "recipe": s.quantize([n for n in s.layers if n not in set(recipe_float)]),
              "searched": s.quantize([n for n in s.layers if n not in set(found.float_layers)])}
@@ -195,7 +204,7 @@ def main(argv=None) -> int:
     p.add_argument("--variant", default="xx_small", choices=["xx_small", "x_small", "small"])
     searchable = [t for t, c in TARGETS.items() if c.int8_search]
     p.add_argument("--target", default=None, choices=searchable,
-                   help="a target with a layer search (default: the first whose runtime is timed here)")
+                   help=f"a target with a layer search (default: {searchable[0]}, the first registered)")
     p.add_argument("--images", help="your photos: the first --num-images are held out, the rest calibrate; "
                                     "'digits': the digits validation split (data.datasets, for the digits checkpoint)")
     p.add_argument("--num-images", type=int, default=16)
@@ -217,7 +226,6 @@ def main(argv=None) -> int:
         return EXIT_BAD_INPUT
     from data.photos import load_folder, photo_variants
     from data.synthetic import synthetic_model
-    from export.config import load
     from export.convert import calibration_photos
     from mobilevit import get_config
     from mobilevit.checkpoints import load_checkpoint, load_model
@@ -251,7 +259,7 @@ def main(argv=None) -> int:
     else:
         heldout = preprocess(photo_variants(a.num_images, seed=VALIDATION_SEED), cfg, a.size).numpy()
         calibration = calibration_photos(cfg, a.size)
-    target = a.target or next(t for t in searchable if getattr(load(TARGETS[t].runner), "timeable", False))
+    target = a.target or searchable[0]
     with tempfile.TemporaryDirectory(prefix="int8search-") as tmp:
         try:
             result = run(model, variant, a.size, heldout, calibration, a.int8_budget, Path(tmp), target,

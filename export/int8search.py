@@ -280,12 +280,21 @@ def resolve_objective(objective: str | None, runner) -> str:
 
 
 def objective_gains(s: LayerSearch, macs: dict[str, int], objective: str) -> dict[str, float]:
-    """What each layer's int8 buys under ``objective``: its measured saving in milliseconds (``speed``,
-    :meth:`LayerSearch.gains`) or its multiply-accumulates (``macs``, nothing timed). A layer buying nothing
-    (gain <= 0) stays float."""
-    if resolve_objective(objective, s.runner) == "speed":
+    """What each layer's int8 buys under ``objective`` (resolved: :func:`resolve_objective`): its measured saving
+    in milliseconds (``speed``, :meth:`LayerSearch.gains`) or its multiply-accumulates (``macs``, nothing timed).
+    A layer buying nothing (gain <= 0) stays float."""
+    if objective == "speed":
         return s.gains(macs)
+    if objective != "macs":
+        raise ValueError(f"objective_gains takes a resolved objective ({', '.join(OBJECTIVES)}), got {objective!r}")
     return {n: float(macs[n]) for n in s.layers}
+
+
+def int8_mac_share(macs: dict[str, int], int8_layers) -> float:
+    """The share of the model's multiply-accumulates (``macs``: every layer's, ``mobilevit.layers.layer_macs``) in
+    ``int8_layers``. A layer a target cannot make int8 (Core ML's attention matmuls) is never among them: it
+    counts as float."""
+    return sum(macs[n] for n in set(int8_layers)) / sum(macs.values())
 
 
 def choose(make: Callable[[np.ndarray, np.ndarray, np.ndarray | None], LayerSearch], model, size: int,
@@ -320,7 +329,6 @@ def choose(make: Callable[[np.ndarray, np.ndarray, np.ndarray | None], LayerSear
     s = make(calib, heldout, None if labels is None else np.asarray(labels))
     objective = resolve_objective(objective, s.runner)
     macs = layer_macs(s.model, size)
-    total = sum(macs.values())
     gain = objective_gains(s, macs, objective)
     always_float = [n for n in s.layers if gain[n] <= 0]
     drift = s.sensitivity([n for n in s.layers if gain[n] > 0])  # the others stay float whatever they drift
@@ -338,8 +346,7 @@ def choose(make: Callable[[np.ndarray, np.ndarray, np.ndarray | None], LayerSear
                                 "--int8-budget for the fixed recipe")
     int8 = [n for n in s.layers if n not in keep]
     record = {"budget": found.budget, "float_layers": found.float_layers, "int8_layers": int8,
-              # layers the target cannot make int8 (not in s.layers: Core ML's matmuls) count as float
-              "int8_mac_share": round(sum(macs[n] for n in int8) / total, 4),
+              "int8_mac_share": round(int8_mac_share(macs, int8), 4),
               "float_kinds_touched": sorted({s.kinds[n] for n in keep}),
               "heldout_figures": found.figures, "heldout_images": held, "heldout_labelled": bool(labels),
               "calibration_images": int(len(calib)), "sets_measured": len(found.evaluations),

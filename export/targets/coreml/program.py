@@ -56,14 +56,11 @@ class CoreMLOptions(Int8Options):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.int8_budget is not None and self.int8_objective == "speed":
-            from .runner import coreml_runtime_available
+        if self.int8_budget is not None:  # an objective the runtime here cannot measure: refused before any work
+            from ...int8search import resolve_objective
+            from .runner import runner_class
 
-            ok, why = coreml_runtime_available()
-            if not ok:
-                raise ExportConfigError(f"--int8-objective speed: Core ML's int8 speed is measured in Core ML, and "
-                                        f"{why}; give --int8-objective macs (the default here: the most "
-                                        "multiply-accumulates in int8 under the budget), or search on a Mac")
+            resolve_objective(self.int8_objective, runner_class())
         if self.input_kind not in INPUT_KINDS:
             raise ExportConfigError(f"unknown input kind {self.input_kind!r}; choose one of: {', '.join(INPUT_KINDS)}")
         if self.output_kind not in OUTPUT_KINDS:

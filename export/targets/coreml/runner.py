@@ -64,10 +64,16 @@ class CoreMLRuntimeRunner(Runner):
         return np.asarray(out, np.float32).reshape(1, -1)
 
 
-def coreml_runner(path: str | Path, threads: int = 2, **kwargs) -> Runner:
+def runner_class() -> type:
     """Core ML itself on macOS; elsewhere the reference executor (``export.targets.coreml.reference``)."""
     if coreml_runtime_available()[0]:
-        return CoreMLRuntimeRunner(path, threads, **kwargs)
+        return CoreMLRuntimeRunner
     from .reference import CoreMLReferenceRunner
 
-    return CoreMLReferenceRunner(path, threads=threads, **kwargs)
+    return CoreMLReferenceRunner
+
+
+def coreml_runner(path: str | Path, threads: int = 2, **kwargs) -> Runner:
+    """The registry's runner: :func:`runner_class` on ``path``."""
+    return runner_class()(path, threads=threads, **kwargs)
+

@@ -25,7 +25,7 @@ from .program import (
     quantize_w8a8,
     w8a8_configs,
 )
-from .runner import CoreMLRuntimeRunner, coreml_runtime_available
+from .runner import runner_class
 
 
 class CoreMLLayerSearch(LayerSearch):
@@ -38,12 +38,7 @@ class CoreMLLayerSearch(LayerSearch):
 
     def __init__(self, model: torch.nn.Module, fp32: Path, base, calibration: np.ndarray, heldout: np.ndarray,
                  work: Path, labels: np.ndarray | None = None, threads: int = 1):
-        if coreml_runtime_available()[0]:
-            self.runner = CoreMLRuntimeRunner
-        else:
-            from .reference import CoreMLReferenceRunner
-
-            self.runner = CoreMLReferenceRunner
+        self.runner = runner_class()  # Core ML on macOS, else the reference executor
         self.measured_in = self.measured_in.format(runtime=self.runner.runtime)
         self.base = base  # the fp16 iOS 17 program, unquantized
         matches = [(layer, ids) for layer, ids in layer_matches(base.get_spec(), model) if layer.weighted]
