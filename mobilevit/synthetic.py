@@ -28,7 +28,9 @@ SYNTHETIC_ORIGIN = "synthetic-calibrated"
 def calibrated_init_(model: MobileViT | MobileViTSegmentation, images: torch.Tensor, seed: int = 0,
                      passes: int = 2) -> MobileViT | MobileViTSegmentation:
     """Re-initialise ``model`` in place (seeded) and recompute BatchNorm statistics on ``images``
-    (preprocessed photographs ``[N, 3, S, S]`` in the model's input format)."""
+    (preprocessed photographs ``[N, 3, S, S]`` in the model's input format). The statistics are summed at one
+    torch thread whatever the caller's count (sums split over 2 threads rounded otherwise: other weights, and an
+    export with synthetic weights that differed with the machine's cores or the process's history)."""
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -39,7 +41,12 @@ def calibrated_init_(model: MobileViT | MobileViTSegmentation, images: torch.Ten
         elif isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
             m.weight.copy_(1.0 + 0.1 * torch.randn(m.weight.shape, generator=g))
             m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-    return recompute_batchnorm(model, images, batch=8, passes=passes)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return recompute_batchnorm(model, images, batch=8, passes=passes)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @torch.no_grad()

@@ -137,3 +137,22 @@ def test_synthetic_weights_stay_out_of_denormals(synthetic_xxs):
         assert 0.05 < f.std().item() < 20
     assert logits.std().item() > 0.05
     assert len(set(logits.argmax(1).tolist())) > 1  # photos do not all collapse to one class
+
+
+def test_synthetic_weights_are_the_same_at_any_torch_thread_count():
+    """Calibrated with torch at 2 threads and at 1 (each time from scratch), the synthetic weights are the same bits:
+    a second export with synthetic weights is the same file whatever threads the process had been left at (2
+    threads used to sum the BatchNorm statistics in another order: a Core ML export's weight.bin differed in CI)."""
+    from data.synthetic import forget_synthetic_weights, synthetic_model
+
+    threads = torch.get_num_threads()
+    weights = []
+    try:
+        for t in (2, 1):
+            torch.set_num_threads(t)
+            forget_synthetic_weights()  # calibrated again, not the process's copy
+            weights.append(synthetic_model("xx_small").state_dict())
+            assert torch.get_num_threads() == t  # the caller's count is left as it was
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(v, weights[1][k]) for k, v in weights[0].items())
