@@ -43,6 +43,7 @@ import torch
 
 from export import TARGETS
 from mobilevit.atomic import write_atomic
+from mobilevit.threads import torch_threads
 
 from .harness import EXIT_BAD_INPUT
 from .predictions import SAVE_EVERY, Pass, Predictions, load_fn, timing, top_k
@@ -206,11 +207,8 @@ class LocalEngine:
     def run(self, passes: list[Pass], reader, unreadable: set[int], batch: int, progress: bool = True) -> None:
         """Fill each pass's predictions; only the reference pass adds to ``unreadable`` (the others skip them).
         PyTorch and the torch-kernel runners set torch's thread count; it is restored after."""
-        threads = torch.get_num_threads()
-        try:
+        with torch_threads():
             self._run(passes, reader, unreadable, batch, progress)
-        finally:
-            torch.set_num_threads(threads)
 
     def _run(self, passes, reader, unreadable, batch, progress) -> None:
         for p in passes:

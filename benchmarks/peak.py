@@ -9,6 +9,8 @@ import time
 import numpy as np
 import torch
 
+from mobilevit.threads import torch_threads
+
 INT8_OPSET = 13  # MatMulInteger exists since opset 10; keep within what every installed runtime supports (<= 18)
 
 
@@ -17,13 +19,9 @@ def gemm_peak_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
 
     PyTorch's thread count is restored afterwards.
     """
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         a, b = torch.randn(n, n), torch.randn(n, n)
         return _best_gops(lambda: torch.matmul(a, b), n, repeats)
-    finally:
-        torch.set_num_threads(old)
 
 
 def ort_fp32_peak_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:

@@ -20,6 +20,7 @@ from torch import nn
 
 from .model import MobileViT
 from .segmentation import MobileViTSegmentation
+from .threads import torch_threads
 
 SYNTHETIC_ORIGIN = "synthetic-calibrated"
 
@@ -41,12 +42,8 @@ def calibrated_init_(model: MobileViT | MobileViTSegmentation, images: torch.Ten
         elif isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
             m.weight.copy_(1.0 + 0.1 * torch.randn(m.weight.shape, generator=g))
             m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return recompute_batchnorm(model, images, batch=8, passes=passes)
-    finally:
-        torch.set_num_threads(threads)
 
 
 @torch.no_grad()

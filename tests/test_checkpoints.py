@@ -63,6 +63,7 @@ from mobilevit.checkpoints import (
     save_checkpoint,
     to_format,
 )
+from mobilevit.threads import torch_threads
 from tests.checkpoint_helpers import (
     SKELETONS,
     _hf_model,
@@ -77,10 +78,8 @@ VARIANTS = ("xx_small", "x_small", "small")
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """These models are small: one thread is several times faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 def test_skeletons_have_the_documented_keys():

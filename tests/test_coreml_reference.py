@@ -1,5 +1,6 @@
 """The Core ML reference executor: op semantics, whole models, planted faults, clear errors."""
 import shutil
+from pathlib import Path
 
 import coremltools as ct
 import numpy as np
@@ -324,6 +325,95 @@ def test_corrupted_weight_is_detected(xxs_package, tmp_path, photos_xxs):
     blob.write_bytes(bytes(data))
     diff = np.abs(_outputs(pkg, photos_xxs[:1]) - _outputs(path, photos_xxs[:1]))
     assert not np.isfinite(diff).all() or diff.max() > 1e-3
+
+
+def _blob_values(spec):
+    """Every blob-file value of an ML program's main block: const values and op attributes / arguments."""
+    main = spec.mlProgram.functions["main"]
+    for op in main.block_specializations[main.opset].operations:
+        values = list(op.attributes.values()) + [a.value for arg in op.inputs.values() for a in arg.arguments
+                                                  if a.HasField("value")]
+        yield from (v for v in values if v.HasField("blobFileValue"))
+
+
+def test_the_package_reader_reads_every_blob_as_coremltools_does(tmp_path, xxs_package):
+    """``package`` reads an .mlpackage without coremltools: the same spec as ``coremltools.utils.load_spec`` and
+    the same bytes, blob by blob, as coremltools' native ``_BlobStorageReader`` (the peer), on xx_small's fp32
+    program and on a program built here whose weights are int8 and uint8 (quantized), fp32 and fp16 blobs."""
+    from coremltools.libmilstoragepython import _BlobStorageReader
+
+    from export.targets.coreml.package import BlobFile, load_spec
+
+    w8 = RNG.integers(-128, 128, (32, 16), dtype=np.int8)
+    u8 = RNG.integers(0, 256, (32, 16), dtype=np.uint8)
+    w = RNG.standard_normal((8, 32)).astype(np.float32)
+    w16 = RNG.standard_normal((4, 8)).astype(np.float16)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 16))], opset_version=ct.target.iOS16)
+    def prog(x):
+        a = mb.constexpr_affine_dequantize(quantized_data=w8, zero_point=np.int8(0), scale=np.float32(0.01), axis=0)
+        b = mb.constexpr_affine_dequantize(quantized_data=u8, zero_point=np.uint8(128), scale=np.float32(0.02),
+                                           axis=0)
+        y = mb.linear(x=mb.add(x=mb.linear(x=x, weight=a), y=mb.linear(x=x, weight=b)), weight=w)
+        return mb.cast(x=mb.linear(x=mb.cast(x=y, dtype="fp16"), weight=w16), dtype="fp32")
+
+    _save_program(prog, tmp_path / "q.mlpackage")
+    readers = {10: ("read_fp16_data", np.float16), 11: ("read_float_data", np.float32),
+               21: ("read_int8_data", np.int8), 31: ("read_uint8_data", np.uint8)}
+    seen = set()
+    for pkg in (xxs_package[1], tmp_path / "q.mlpackage"):
+        spec = load_spec(pkg)
+        assert spec == ct.utils.load_spec(str(pkg))
+        weights = str(_spec_file(pkg).parent / "weights" / "weight.bin")
+        ours, peer = BlobFile(weights), _BlobStorageReader(weights)
+        for value in _blob_values(spec):
+            dt, offset = value.type.tensorType.dataType, value.blobFileValue.offset
+            method, dtype = readers[dt]
+            expected = np.asarray(getattr(peer, method)(offset))
+            got = ours.array(offset, dtype)
+            assert got.tobytes() == expected.astype(expected.dtype, copy=False).tobytes(), (pkg.name, offset)
+            seen.add(dt)
+    assert seen == set(readers)  # fp16, fp32, int8, uint8 blobs were all compared
+
+
+def test_running_a_package_in_a_fresh_process_does_not_import_coremltools(xxs_package, photos_xxs, tmp_path):
+    """A process that only runs a package (a Ray worker, a validation) does not pay for ``import coremltools``
+    (which imports TensorFlow, torchao and ExecuTorch's EXIR: seconds): same outputs as in this process, and
+    coremltools imported afterwards reads the same spec classes."""
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "x.npy", photos_xxs[:1])
+    script = (
+        "import sys, numpy as np\n"
+        "from export.targets.coreml.reference import CoreMLReferenceRunner\n"
+        "r = CoreMLReferenceRunner(sys.argv[1], threads=1)\n"
+        "np.save(sys.argv[3], r(np.load(sys.argv[2])))\n"
+        "print(sorted(m for m in ('coremltools', 'tensorflow') if m in sys.modules))\n"
+        "import coremltools as ct\n"
+        "print(type(r.model.spec) is ct.proto.Model_pb2.Model)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(xxs_package[1]), str(tmp_path / "x.npy"),
+                           str(tmp_path / "y.npy")], capture_output=True, text=True, timeout=300,
+                          cwd=str(Path(__file__).resolve().parent.parent))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:2] == ["[]", "True"], done.stdout
+    expected = CoreMLReferenceRunner(xxs_package[1], threads=1)(photos_xxs[:1])
+    assert np.array_equal(np.load(tmp_path / "y.npy"), expected)
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda data, offset: data[:32], "shorter than a weight file's header"),
+    (lambda data, offset: data[:offset] + b"\0" * 4 + data[offset + 4:], "no blob at offset"),
+    (lambda data, offset: data[:offset + 64 + 16], "cut short")])
+def test_a_damaged_weight_file_is_a_clear_error(xxs_package, tmp_path, damage, message):
+    """A weight file that is not what the spec says: too short for its header, a blob's sentinel overwritten, a
+    blob cut short: ``CoreMLReferenceError`` naming the package and what is wrong, not numbers."""
+    pkg = _copy(xxs_package[1], tmp_path)
+    blob = pkg / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    offset = max(v.blobFileValue.offset for v in _blob_values(CoreMLReference(pkg).spec))  # the last blob
+    blob.write_bytes(damage(blob.read_bytes(), offset))
+    with pytest.raises(CoreMLReferenceError, match=f"{pkg.name}.*{message}"):
+        CoreMLReference(pkg)
 
 
 def _plant_perm(pkg, rank, edit, declare=False):

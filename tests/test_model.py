@@ -144,15 +144,34 @@ def test_synthetic_weights_are_the_same_at_any_torch_thread_count():
     a second export with synthetic weights is the same file whatever threads the process had been left at (2
     threads used to sum the BatchNorm statistics in another order: a Core ML export's weight.bin differed in CI)."""
     from data.synthetic import forget_synthetic_weights, synthetic_model
+    from mobilevit.threads import torch_threads
 
-    threads = torch.get_num_threads()
     weights = []
-    try:
+    with torch_threads():
         for t in (2, 1):
             torch.set_num_threads(t)
             forget_synthetic_weights()  # calibrated again, not the process's copy
             weights.append(synthetic_model("xx_small").state_dict())
             assert torch.get_num_threads() == t  # the caller's count is left as it was
-    finally:
-        torch.set_num_threads(threads)
     assert all(torch.equal(v, weights[1][k]) for k, v in weights[0].items())
+
+
+def test_torch_threads_gives_the_caller_its_count_back_also_on_error():
+    """The block runs at the count asked (or sets its own, with ``None``); after it, on return or on an exception,
+    torch has the count it had before (by hand: 1 before, 2 inside)."""
+    from mobilevit.threads import torch_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch_threads(2):
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 1
+        with pytest.raises(KeyError), torch_threads(2):
+            raise KeyError("work that fails")
+        assert torch.get_num_threads() == 1
+        with torch_threads():
+            torch.set_num_threads(2)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

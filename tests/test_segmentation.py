@@ -43,6 +43,7 @@ from mobilevit.config import VOC_CLASSES, dilate, get_config, get_segmentation_c
 from mobilevit.model import ATTENTION_LAYOUTS
 from mobilevit.patches import STRATEGIES
 from mobilevit.segmentation import build_segmentation, upsample_logits
+from mobilevit.threads import torch_threads
 from tests.checkpoint_helpers import (
     _cv_conv_layer,
     _hf_segmentation_model,
@@ -66,10 +67,8 @@ TOL = 1e-5
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """These models are small: one thread is faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 def _image(size, seed=0):

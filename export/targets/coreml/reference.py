@@ -53,8 +53,7 @@ _DTYPES = {10: np.float16, 11: np.float32, 12: np.float64, 21: np.int8, 22: np.i
            24: np.int64, 31: np.uint8, 32: np.uint16, 33: np.uint32, 34: np.uint64, 1: np.bool_}
 _CAST = {"fp16": np.float16, "fp32": np.float32, "int32": np.int32, "int64": np.int64, "bool": np.bool_,
          "int8": np.int8, "uint8": np.uint8, "int16": np.int16}
-_BLOB_READERS = {10: "read_fp16_data", 11: "read_float_data", 21: "read_int8_data", 31: "read_uint8_data",
-                 22: "read_int16_data", 32: "read_uint16_data", 23: "read_int32_data", 33: "read_uint32_data"}
+_BLOB_DTYPES = (10, 11, 21, 31, 22, 32, 23, 33)  # fp16, fp32, int8, uint8, int16, uint16, int32, uint32
 _CHUNK = 32  # products per fp16 partial sum in the pessimistic mode
 
 
@@ -74,11 +73,9 @@ def _tensor_value(value, blobs) -> object:
     vtype = value.type
     if value.HasField("blobFileValue"):
         dt = vtype.tensorType.dataType
-        if dt not in _BLOB_READERS:
+        if dt not in _BLOB_DTYPES:
             raise CoreMLReferenceError(f"blob of data type {dt} is not supported")
-        raw = getattr(blobs, _BLOB_READERS[dt])(value.blobFileValue.offset)
-        arr = np.asarray(raw).view(_DTYPES[dt]) if dt == 10 else np.asarray(raw, _DTYPES[dt])
-        return arr.reshape(_shape(vtype.tensorType))
+        return blobs.array(value.blobFileValue.offset, _DTYPES[dt]).reshape(_shape(vtype.tensorType))
     imm = value.immediateValue
     kind = imm.WhichOneof("value")
     if kind == "list":
@@ -612,7 +609,7 @@ class CoreMLReference:
     """
 
     def __init__(self, path: str | Path, accumulate: str = "fp64", kernels: str = "numpy"):
-        import coremltools as ct
+        from .package import BlobFile, PackageError, load_spec
 
         if accumulate not in _ACCUMULATE:
             raise ValueError(f"accumulate must be one of {', '.join(map(repr, _ACCUMULATE))}, got {accumulate!r}")
@@ -623,8 +620,8 @@ class CoreMLReference:
             raise CoreMLReferenceError(f"{self.path} is not an .mlpackage (no Manifest.json): export one with "
                                        "`python -m export coreml`")
         try:
-            spec = ct.utils.load_spec(str(self.path))
-        except Exception as e:
+            spec = load_spec(self.path)
+        except PackageError as e:
             raise CoreMLReferenceError(f"{self.path}: cannot read the model spec ({e})") from e
         if spec.WhichOneof("Type") != "mlProgram":
             raise CoreMLReferenceError(f"{self.path} is a {spec.WhichOneof('Type')} model, not an ML program")
@@ -636,11 +633,15 @@ class CoreMLReference:
         weights = self.path / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
         self._blobs = None
         if weights.exists():
-            from coremltools.libmilstoragepython import _BlobStorageReader
-
-            self._blobs = _BlobStorageReader(str(weights))
+            try:
+                self._blobs = BlobFile(weights)
+            except (OSError, PackageError) as e:
+                raise CoreMLReferenceError(f"{self.path}: cannot read its weights ({e})") from e
         self._consts: dict[str, object] = {}
-        self._load_consts()
+        try:
+            self._load_consts()
+        except PackageError as e:
+            raise CoreMLReferenceError(f"{self.path}: cannot read its weights ({e})") from e
         self._kernel_consts = {k: self.kernels.const(v) for k, v in self._consts.items()}
         self._steps = [self._step(index, op) for index, op in enumerate(self.block.operations) if op.type != "const"]
 

@@ -76,4 +76,3 @@ def runner_class() -> type:
 def coreml_runner(path: str | Path, threads: int = 2, **kwargs) -> Runner:
     """The registry's runner: :func:`runner_class` on ``path``."""
     return runner_class()(path, threads=threads, **kwargs)
-
