@@ -631,16 +631,11 @@ class CoreMLReference:
         self.block = main.block_specializations[main.opset]
         self.function_inputs = {v.name: v for v in main.inputs}
         weights = self.path / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
-        self._blobs = None
-        if weights.exists():
-            try:
-                self._blobs = BlobFile(weights)
-            except (OSError, PackageError) as e:
-                raise CoreMLReferenceError(f"{self.path}: cannot read its weights ({e})") from e
         self._consts: dict[str, object] = {}
         try:
+            self._blobs = BlobFile(weights) if weights.exists() else None
             self._load_consts()
-        except PackageError as e:
+        except (OSError, PackageError) as e:
             raise CoreMLReferenceError(f"{self.path}: cannot read its weights ({e})") from e
         self._kernel_consts = {k: self.kernels.const(v) for k, v in self._consts.items()}
         self._steps = [self._step(index, op) for index, op in enumerate(self.block.operations) if op.type != "const"]
