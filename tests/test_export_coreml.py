@@ -212,6 +212,64 @@ def test_w8a8_artifact_and_its_figures_are_the_same_on_every_cpu(tmp_path, xxs_c
         assert np.array_equal(other_outputs, outputs), f"{condition}: the validator's outputs differ"
 
 
+def test_w8a8_in_one_pipeline_is_coremltools_two_calls(tmp_path, xxs_coreml):
+    """``quantize_w8a8`` applies the activation and weight passes in one conversion (each of coremltools' calls
+    converts the program again through its whole default pipeline). Its program must be the one coremltools'
+    own two calls make (the activation passes converted, then the public ``linear_quantize_weights`` on that,
+    its shared consts given their own configs first, as before): the same ops and the same weight file byte for
+    byte, the same outputs in the executor bit for bit, and a spec that differs in variable names at most (the
+    second conversion renames some); for the export's default (every op it can quantize) and for a searched set
+    of two ops, whose weights alone are int8."""
+    import coremltools.optimize.coreml as cto
+    import numpy as np
+    from coremltools import _SPECIFICATION_VERSION_IOS_17
+    from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
+    from coremltools.models import utils as model_utils
+
+    from export.convert import calibration_photos
+    from export.targets.coreml.program import (
+        _calibration_feeds,
+        activation_ranges,
+        float_program,
+        keep_shared_consts_consistent,
+        kind_ops,
+        quantize_w8a8,
+        w8a8_configs,
+        w8a8_passes,
+    )
+
+    opts = CoreMLOptions(input_kind="tensor", output_kind="logits")
+    base = float_program(xxs_coreml, "w8a8", (64,), opts)
+    base.save(str(tmp_path / "float.mlpackage"))
+    photos = calibration_photos(xxs_coreml.cfg, 64, count=3)
+    stats = activation_ranges(tmp_path / "float.mlpackage", _calibration_feeds(photos[:2], "tensor",
+                                                                                 opts.preprocessing))
+    by_kind = kind_ops(base.get_spec(), xxs_coreml)
+    conv, linear = by_kind["stem"][0], by_kind["ffn"][0]
+    for name, configs, int8_weights in (("default", lambda: w8a8_configs(by_kind), 72),  # xx_small's conv / linear
+                                        ("two ops", lambda: w8a8_configs({}, only_ops=[conv, linear]), 2)):
+        fused = quantize_w8a8(base, [], *configs(), stats=stats)
+        act, weight = configs()
+        activations = model_utils._apply_graph_pass(base, w8a8_passes(base, stats, act, configs()[1])[:-1],
+                                                    spec_version=_SPECIFICATION_VERSION_IOS_17,
+                                                    pymil_load_func=milproto_load, skip_model_load=True)
+        peer = cto.linear_quantize_weights(activations, keep_shared_consts_consistent(activations.get_spec(), weight))
+        saved = {}
+        for model, folder in ((fused, "fused"), (peer, "peer")):
+            saved[folder] = tmp_path / name / f"{folder}.mlpackage"
+            model.save(str(saved[folder]))
+        weights = [(p / "Data/com.apple.CoreML/weights/weight.bin").read_bytes() for p in saved.values()]
+        assert weights[0] == weights[1], name
+        ours, theirs = (str(m.get_spec()).splitlines() for m in (fused, peer))
+        assert len(ours) == len(theirs), name
+        renamed = [(a, b) for a, b in zip(ours, theirs) if a != b]
+        assert all(a.split(":")[0] == b.split(":")[0] and a.strip().split(":")[0] in ("name", "values")
+                   for a, b in renamed), (name, renamed[:4])
+        outputs = [CoreMLReference(p).run({"input": photos[2:]})["logits"] for p in saved.values()]
+        assert np.array_equal(outputs[0], outputs[1]), name
+        assert inspect_coreml(saved["fused"]).ops.get("constexpr_affine_dequantize", 0) == int8_weights, name
+
+
 def test_the_executor_benchmark_times_each_kernel_set_against_the_numpy_reference(root, tmp_path, capsys):
     """benchmarks.executor on the session's default program: the torch kernels with float64 sums give the numpy
     reference's outputs bit for bit (the executor's design: same roundings, same sums); float32 sums do not, but

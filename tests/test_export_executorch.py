@@ -152,3 +152,49 @@ def test_int8_filter_follows_the_float_kinds(synthetic_xxs):
     assert all(int8_filter(())(n) for n in graph.nodes if n.op == "placeholder")  # weights are asked about too
     add = next(n for n in calls if n.target == torch.ops.aten.add.Tensor)
     assert not int8_filter(())(add)
+
+
+def test_the_ptq_quantizer_quantizes_as_xnnpacks_own(synthetic_xxs):
+    """``ptq_quantizer`` (XNNPACK's quantizer without its QAT-only conv + batch_norm patterns, which exported their
+    pattern graphs again in every ``prepare_pt2e``) gives the program XNNPACK's own quantizer gives: the same
+    converted graph and the same outputs, bit for bit, for every layer int8 and for one layer alone (a
+    depthwise conv, whose BatchNorm was folded before annotation). The peer is ExecuTorch's quantizer itself."""
+    import copy
+
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from export import with_target_defaults
+    from export.config import TARGETS
+    from export.targets.executorch.program import _export, layer_filter, ptq_quantizer
+    from export.targets.executorch.search import graph_layers
+    from mobilevit.rewrites import apply_rewrites
+
+    m = apply_rewrites(copy.deepcopy(with_target_defaults(synthetic_xxs, "executorch")), TARGETS["executorch"].rewrites)
+    graph = _export(m.eval(), torch.zeros(1, 3, 64, 64)).module()
+    layers = graph_layers(graph.graph)
+    photos = torch.randn(3, 1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    depthwise = "stages.1.0.dw.conv"
+    assert depthwise in layers
+
+    def program(quantizer_class, int8):
+        q = quantizer_class().set_global(get_symmetric_quantization_config(is_per_channel=True))
+        q.set_filter_function(layer_filter(int8.__contains__))
+        prepared = prepare_pt2e(copy.deepcopy(graph), q)
+        for x in photos[:2]:
+            prepared(x)
+        converted = convert_pt2e(prepared)
+        weights = sum(1 for n in converted.graph.nodes if "dequantize_per_channel" in str(n.target))
+        with torch.no_grad():
+            return converted.code, converted(photos[2]), weights
+
+    for int8 in (set(layers), {depthwise}):
+        code, out, weights = program(ptq_quantizer(), int8)
+        want_code, want_out, _ = program(XNNPACKQuantizer, int8)
+        assert code == want_code and torch.equal(out, want_out)
+        # int8 weights, by hand: every layer: 35 convs + 55 linears (test_int8_filter_follows_the_float_kinds's
+        # counts; the 9 attention matmuls have none); the depthwise conv alone: its own
+        assert weights == (90 if len(int8) > 1 else 1)

@@ -9,9 +9,10 @@ import pytest
 from export.int8search import Budget, rank, search
 
 PLANTED = "stages.3.1.transformer.0.mlp.fc1"
-# ExecuTorch and Core ML measure a set in about 4-5 s whatever the size, most of it quantizing (PT2E, coremltools'
-# passes), and lower or convert at a cost that grows with it: their tests run at 128x128 (the planted layer alone
-# drifted 70x and 85x the next feed-forward linear in ExecuTorch, two photo seeds, 965x in Core ML; this Xeon)
+# ExecuTorch and Core ML measure a set in about 1.6 s and 3.4 s whatever the size, most of it quantizing (PT2E,
+# coremltools' passes), and lower or convert at a cost that grows with it: their tests run at 128x128 (the planted
+# layer alone drifted 70x and 85x the next feed-forward linear in ExecuTorch, two photo seeds, 965x in Core ML;
+# this Xeon)
 SMALL = 128
 
 
