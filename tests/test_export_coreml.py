@@ -229,13 +229,13 @@ def test_w8a8_in_one_pipeline_is_coremltools_two_calls(tmp_path, xxs_coreml):
     from export.convert import calibration_photos
     from export.targets.coreml.program import (
         _calibration_feeds,
+        activation_passes,
         activation_ranges,
         float_program,
         keep_shared_consts_consistent,
         kind_ops,
         quantize_w8a8,
         w8a8_configs,
-        w8a8_passes,
     )
 
     opts = CoreMLOptions(input_kind="tensor", output_kind="logits")
@@ -250,7 +250,7 @@ def test_w8a8_in_one_pipeline_is_coremltools_two_calls(tmp_path, xxs_coreml):
                                         ("two ops", lambda: w8a8_configs({}, only_ops=[conv, linear]), 2)):
         fused = quantize_w8a8(base, [], *configs(), stats=stats)
         act, weight = configs()
-        activations = model_utils._apply_graph_pass(base, w8a8_passes(base, stats, act, configs()[1])[:-1],
+        activations = model_utils._apply_graph_pass(base, activation_passes(base, stats, act),
                                                     spec_version=_SPECIFICATION_VERSION_IOS_17,
                                                     pymil_load_func=milproto_load, skip_model_load=True)
         peer = cto.linear_quantize_weights(activations, keep_shared_consts_consistent(activations.get_spec(), weight))

@@ -283,15 +283,10 @@ def activation_ranges(path: str | Path, samples: list[dict]) -> dict[str, dict[s
     return stats
 
 
-def w8a8_passes(mlmodel, stats: dict, act_config, weight_config) -> list:
+def activation_passes(mlmodel, stats: dict, config) -> list:
     """The graph passes of coremltools 9.0's ``linear_quantize_activations`` with ranges given
-    (``activation_ranges``) instead of measured with ``MLModel.predict`` (quantize / dequantize pairs
-    before and after conv, linear and add, matmul not among them; the same concat range sharing), then
-    those of ``linear_quantize_weights``. Applied in one conversion (:func:`quantize_w8a8`): each of
-    coremltools' calls converts the program again through its whole default pipeline (92 passes, each
-    followed by a validation of the whole program). One conversion makes the same program as the two (the
-    same ops and weight file; a few variable names differ where the second conversion renamed them) in about
-    half the time: 6.2 s -> 3.4 s for all 72 layers of xx_small at 128x128 (Intel Xeon)."""
+    (``activation_ranges``) instead of measured with ``MLModel.predict``: quantize / dequantize pairs
+    before and after conv, linear and add (matmul is not among them), the same concat range sharing."""
     from coremltools.converters.mil.mil.passes.graph_pass import PassOption
     from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
     from coremltools.optimize.coreml.experimental._model_debugger import ModelDebugger
@@ -305,22 +300,26 @@ def w8a8_passes(mlmodel, stats: dict, act_config, weight_config) -> list:
     for name in ("compression::insert_prefix_quantize_dequantize_pair",
                  "compression::insert_suffix_quantize_dequantize_pair"):
         graph_pass = PASS_REGISTRY[name]
-        graph_pass.set_options([PassOption("config", act_config)])
+        graph_pass.set_options([PassOption("config", config)])
         graph_pass.set_options([PassOption("activation_stats", stats)])
         passes.append(graph_pass)
-    passes.append(PASS_REGISTRY["common::dequantize_quantize_pair_elimination"])
-    weights = PASS_REGISTRY["compression::linear_quantize_weights"]
-    weights.set_options([PassOption("config", keep_shared_consts_consistent(mlmodel.get_spec(), weight_config)),
-                         PassOption("joint_compression", False)])
-    return passes + [weights]
+    return passes + [PASS_REGISTRY["common::dequantize_quantize_pair_elimination"]]
 
 
 def quantize_w8a8(mlmodel, samples: list[dict], act_config, weight_config, stats: dict | None = None):
-    """Int8 activations (ranges from ``samples``, or ``stats`` already measured) and int8 weights."""
+    """Int8 activations (ranges from ``samples``, or ``stats`` already measured) and int8 weights.
+
+    The activation passes and ``linear_quantize_weights``' pass run in one conversion: each of coremltools'
+    calls converts the program again through its whole default pipeline (92 passes, each followed by a
+    validation of the whole program). One conversion makes the same program as the two (the same ops and
+    weight file; a few variable names differ where the second conversion renamed them) in about half the
+    time: 6.2 s -> 3.4 s for all 72 layers of xx_small at 128x128 (Intel Xeon)."""
     import tempfile
 
     from coremltools import _SPECIFICATION_VERSION_IOS_17
     from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
+    from coremltools.converters.mil.mil.passes.graph_pass import PassOption
+    from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
     from coremltools.models import utils as model_utils
 
     if stats is None:
@@ -328,7 +327,10 @@ def quantize_w8a8(mlmodel, samples: list[dict], act_config, weight_config, stats
             path = Path(tmp) / "float.mlpackage"
             mlmodel.save(str(path))
             stats = activation_ranges(path, samples)
-    return model_utils._apply_graph_pass(mlmodel, w8a8_passes(mlmodel, stats, act_config, weight_config),
+    weights = PASS_REGISTRY["compression::linear_quantize_weights"]
+    weights.set_options([PassOption("config", keep_shared_consts_consistent(mlmodel.get_spec(), weight_config)),
+                         PassOption("joint_compression", False)])
+    return model_utils._apply_graph_pass(mlmodel, activation_passes(mlmodel, stats, act_config) + [weights],
                                          spec_version=_SPECIFICATION_VERSION_IOS_17, pymil_load_func=milproto_load,
                                          skip_model_load=True)
 
